@@ -1,0 +1,1 @@
+"""Helpers shared by the host-side tools (no third-party dependencies)."""

@@ -1,0 +1,1 @@
+"""openfuyao.pd prefill/decode proxy (see docs/proxy.md)."""
