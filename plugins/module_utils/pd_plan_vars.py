@@ -1,0 +1,134 @@
+# Copyright: openFuyao PD maintainers
+# Apache License 2.0 (see LICENSE)
+"""Inventory variables the layout planner understands, their defaults and the typo check.
+
+Kept apart from the planner so the documentation (docs/plan.md) and the typo warning read
+from one list.
+"""
+
+from __future__ import annotations
+
+import difflib
+
+PLATFORMS = ("ascend", "cuda", "cpu")
+CONNECTORS = ("mooncake", "ucm", "shared_storage", "nixl")
+RUNTIMES = ("host", "container")
+ROLES = ("prefill", "decode")
+# Connectors where P and D talk to each other directly (engine ids, side-channel ports,
+# matching tp layouts); the others go through shared storage and may mix platforms.
+P2P_CONNECTORS = ("mooncake", "nixl")
+BUILTIN_MODELS = ("tiny-llama",)
+
+# Which connector runs on which platform; anything else is rejected at plan time.
+SUPPORTED = {
+    "ascend": ("mooncake", "ucm", "shared_storage"),
+    "cuda": ("mooncake", "nixl", "ucm", "shared_storage"),
+    "cpu": ("shared_storage",),
+}
+DEFAULT_CONNECTOR = {"ascend": "mooncake", "cuda": "nixl", "cpu": "shared_storage"}
+VISIBLE_DEVICES_ENV = {"ascend": "ASCEND_RT_VISIBLE_DEVICES", "cuda": "CUDA_VISIBLE_DEVICES", "cpu": None}
+
+# Settings that may differ between the prefill and the decode instances: each is looked up
+# as pd_<role>_<name> first, then pd_<name>, then the default. A host in both groups can
+# only tell its two roles apart through the pd_<role>_ form.
+ROLE_VARS = (
+    "tp",
+    "dp",
+    "instances_per_host",
+    "devices",
+    "max_model_len",
+    "max_num_batched_tokens",
+    "max_num_seqs",
+    "gpu_memory_utilization",
+    "extra_args",
+    "http_port_base",
+    "kv_port_base",
+    "dp_rpc_port_base",
+    "dp_address",
+    "env",
+    "hccl_env",
+    "enable_prefix_caching",
+    "enforce_eager",
+    "engine_ids",
+    "seed",
+)
+
+# Host-level (or group-level) settings.
+HOST_VARS = (
+    "platform",
+    "connector",
+    "runtime",
+    "model",
+    "served_model_name",
+    "data_dir",
+    "address",
+    "bind_host",
+    "dtype",
+    "block_size",
+    "trust_remote_code",
+    "batch_integration",
+    "devices_per_host",
+    "nic_name",
+    "kv_shared_path",
+    "kv_connector_module_path",
+    "kv_buffer_device",
+    "kv_extra_config",
+    "adxl_base_port",
+    "adxl_ports_per_device",
+    "python",
+    "cpu_kvcache_space",
+    "python_hash_seed",
+    "ucm_config_file",
+    "ucm_connector_name",
+    "ucm_store_pipeline",
+    "ucm_storage_backends",
+    "ucm_cache_buffer_capacity_gb",
+    "ucm_posix_capacity_gb",
+    "ucm_io_direct",
+    "ucm_enable_event_sync",
+    "ucm_use_layerwise",
+    "ucm_connector_config",
+    "ucm_extra",
+    "ucm_kv_role",
+    "ucm_module_path",
+    "proxy_port",
+    "proxy_bind_host",
+    "mooncake_master_port",
+    "mooncake_master_metrics_port",
+)
+
+# Proxy knobs: every pd_proxy_<name> lands in plan.proxy.options[<name>]; these are the ones
+# the proxy documents (others pass through unchanged, for newer proxies).
+PROXY_OPTIONS = {
+    "routing": "least_load",
+    "request_timeout_s": 600,
+    "max_retries": 3,
+    "health_interval_s": 5,
+    "prefill_queue_threshold": 0,
+    "local_prefill_max_tokens": 0,
+    "batch_priority": None,  # None: follows pd_batch_integration
+}
+
+KNOWN = frozenset(
+    ["pd_" + n for n in HOST_VARS]
+    + ["pd_" + n for n in ROLE_VARS]
+    + [f"pd_{r}_{n}" for r in ROLES for n in ROLE_VARS]
+    + ["pd_proxy_" + n for n in PROXY_OPTIONS]
+    + ["pd_plan_output", "pd_plan"]
+)
+
+
+def typo_warnings(host: str, names) -> list:
+    """One warning per pd_* variable that is unknown but close to a known name."""
+    out = []
+    for name in sorted(n for n in names if isinstance(n, str) and n.startswith("pd_")):
+        if name in KNOWN or name.startswith("pd_proxy_"):
+            continue
+        close = difflib.get_close_matches(name, sorted(KNOWN), n=1, cutoff=0.8)
+        if close:
+            out.append(f"host {host}: unknown variable {name} ignored; did you mean {close[0]}?")
+        else:
+            out.append(
+                f"host {host}: unknown variable {name} ignored (see docs/plan.md for the pd_* variables)"
+            )
+    return out

@@ -1,0 +1,85 @@
+# Copyright: openFuyao PD maintainers
+# Apache License 2.0 (see LICENSE)
+# This file only documents the action plugin plugins/action/pd_plan.py, which does the work
+# on the controller.
+
+DOCUMENTATION = r"""
+---
+module: pd_plan
+short_description: Compute and validate the prefill/decode layout plan from the inventory
+version_added: "0.1.0"
+description:
+  - Reads the C(prefill), C(decode), C(proxy), C(mooncake_master) and C(storage) groups and the
+    C(pd_*) variables of their hosts, and the C(ansible_facts.npu) facts gathered by
+    M(openfuyao.pd.npu_topology) when present, and computes the plan - devices, ports, engine ids,
+    connector configuration, environment and C(vllm serve) argv of every instance, and the proxy
+    backends (see C(docs/plan.md) and C(docs/plan-schema.md)).
+  - Runs entirely on the controller; no host is contacted.
+  - Every validation problem is reported on its own line naming the host, group or variable and the
+    fix; nothing is returned when any problem is found.
+  - Sets the fact C(pd_plan). Run it with C(run_once) to give the fact to every host of the play.
+options:
+  use_facts:
+    description:
+      - Use C(ansible_facts.npu) of each host (from M(openfuyao.pd.npu_topology)) to count devices
+        and to refuse devices that are unhealthy or busy.
+    type: bool
+    default: true
+  fail_on_warnings:
+    description:
+      - Treat warnings (likely typos of C(pd_*) variables, ports inside randomly used ranges) as errors.
+    type: bool
+    default: false
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  action:
+    support: full
+  platform:
+    platforms: all
+author:
+  - openFuyao PD maintainers
+"""
+
+EXAMPLES = r"""
+- name: Compute the plan once and give it to every host
+  openfuyao.pd.pd_plan:
+  run_once: true
+
+- name: Refuse likely typos of pd_* variables
+  openfuyao.pd.pd_plan:
+    fail_on_warnings: true
+  run_once: true
+"""
+
+RETURN = r"""
+plan:
+  description: The plan (schema in C(docs/plan-schema.md)).
+  returned: success
+  type: dict
+  sample:
+    schema_version: 1
+    connector: shared_storage
+    instances: []
+table:
+  description: Readable lines, one per instance (host, instance, role, devices, ports, engine id).
+  returned: success
+  type: list
+  elements: str
+problems:
+  description: Every validation error, one line each.
+  returned: failed
+  type: list
+  elements: str
+ansible_facts:
+  description: Facts set by the action.
+  returned: success
+  type: dict
+  contains:
+    pd_plan:
+      description: The plan, as in RETURN C(plan).
+      type: dict
+      returned: success
+"""
