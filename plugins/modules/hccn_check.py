@@ -1,0 +1,453 @@
+#!/usr/bin/python
+# Copyright (c) openFuyao PD contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: hccn_check
+short_description: Check the Ascend NPU parameter-plane network with hccn_tool
+version_added: "0.1.0"
+description:
+  - Runs C(hccn_tool) once per device and check, one call at a time, and turns the text it
+    prints into structured facts: link state, flap history, TLS switch, IP address, net health
+    and RoCE ping results.
+  - Every finding is a one-line problem prefixed with C(device N:). The module fails listing
+    all of them, or only reports them when O(fail_on_problem=false).
+  - Exit codes of C(hccn_tool) are not trusted alone (ping exits 1 on any loss, some
+    failures exit 0); the text is parsed. C(hccn_tool is busy) answers are retried with
+    exponential backoff.
+  - With O(fix_tls=true) devices whose TLS switch is 1 are set to 0 with
+    C(hccn_tool -i N -tls -s enable 0); this is the only change the module ever makes.
+author:
+  - openFuyao PD contributors
+options:
+  hccn_tool:
+    description:
+      - Path of C(hccn_tool).
+      - When not set, C(hccn_tool) is looked up on E(PATH), then at
+        C(/usr/local/Ascend/driver/tools/hccn_tool).
+    type: path
+  hccn_conf:
+    description:
+      - Path of the HCCN configuration file. Its C(address_N) keys select the default devices
+        and are compared with the address the device really has.
+    type: path
+    default: /etc/hccn.conf
+  devices:
+    description:
+      - Physical device ids to check (the C(-i) value of C(hccn_tool); 0..7 on A2, the Chip
+        Phy-ID 0..15 on A3).
+      - Default is every device found in O(hccn_conf), else 0..7.
+    type: list
+    elements: int
+  checks:
+    description:
+      - Which checks to run.
+      - Default is all but V(ping), plus V(ping) when O(ping_targets) is given.
+    type: list
+    elements: str
+    choices: [link, link_stat, tls, ip, net_health, ping]
+  ping_targets:
+    description:
+      - IP addresses every listed device pings (C(hccn_tool -i N -ping -g address IP)).
+        Use device IPs of other servers to check the parameter-plane mesh.
+    type: list
+    elements: str
+    default: []
+  link_flap_window:
+    description:
+      - A C(LINK DOWN) record in C(-link_stat -g) at most this many seconds older than the
+        tool's own C(current time) counts as flapping.
+    type: int
+    default: 86400
+  fix_tls:
+    description:
+      - Set the TLS switch to 0 on devices where it is 1. Reports C(changed); honours check mode.
+    type: bool
+    default: false
+  fail_on_problem:
+    description:
+      - Fail when any problem is found. With V(false) the report is returned and the task succeeds.
+    type: bool
+    default: true
+  busy_retries:
+    description:
+      - How many times a C(hccn_tool is busy) answer is retried (backoff 0.5 s, 1 s, 2 s, ...).
+    type: int
+    default: 5
+attributes:
+  check_mode:
+    support: full
+    details: Queries run in check mode too (they change nothing); O(fix_tls) only reports what it would change.
+  diff_mode:
+    support: none
+notes:
+  - The first C(hccn_tool -tls -g) on a device may record C(tls_enable_N) in C(/etc/hccn.conf); that is
+    the driver's own behaviour.
+  - Requires root on a host with the Ascend driver (Atlas 800I/800T A2 or A3).
+"""
+
+EXAMPLES = r"""
+- name: Check every device listed in /etc/hccn.conf
+  openfuyao.pd.hccn_check:
+
+- name: Ping a device of every other server and switch TLS off where it is on
+  openfuyao.pd.hccn_check:
+    ping_targets: [10.20.1.10, 10.20.2.10]
+    fix_tls: true
+
+- name: Report only, decide later
+  openfuyao.pd.hccn_check:
+    devices: [0, 1, 2, 3]
+    checks: [link, tls]
+    fail_on_problem: false
+  register: hccn
+
+# Ad hoc: ansible npu -i cluster.ini -m openfuyao.pd.hccn_check -a 'ping_targets=10.20.1.10'
+"""
+
+RETURN = r"""
+devices:
+  description: One entry per checked device; keys of checks that did not run are null.
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    device:
+      description: Physical device id.
+      type: int
+    link:
+      description: C(UP) or C(DOWN).
+      type: str
+    link_up_count:
+      description: Link up events since boot.
+      type: int
+    link_down_count:
+      description: Link down events (counted from the records on drivers that do not print it).
+      type: int
+    last_change:
+      description: Newest link change record, for example C(Fri Sep  1 06:34:43 2023 DOWN).
+      type: str
+    flapping:
+      description: Whether a C(LINK DOWN) record lies within O(link_flap_window).
+      type: bool
+    tls_switch:
+      description: TLS switch after any fix (0 off, 1 on); 0 when the device has no certificate.
+      type: int
+    tls_certificate:
+      description: Whether the device holds a TLS certificate.
+      type: bool
+    tls_fixed:
+      description: Whether the TLS switch was (or in check mode would be) set to 0.
+      type: bool
+    ip:
+      description: Address reported by C(hccn_tool -ip -g); null when none is configured.
+      type: str
+    netmask:
+      description: Netmask reported by C(hccn_tool -ip -g).
+      type: str
+    conf_ip:
+      description: C(address_N) from O(hccn_conf), if any.
+      type: str
+    net_health:
+      description: C(Success), C(Init), C(Fault), C(Socket fail), ...
+      type: str
+    ping:
+      description: One entry per target with C(target), C(transmitted), C(received), C(loss_pct), C(ok).
+      type: list
+      elements: dict
+    problems:
+      description: This device's problems.
+      type: list
+      elements: str
+  sample:
+    - device: 0
+      link: UP
+      link_up_count: 1
+      link_down_count: 0
+      last_change: Tue Oct 28 20:01:07 2025 UP
+      flapping: false
+      tls_switch: 0
+      tls_certificate: true
+      tls_fixed: false
+      ip: 10.20.0.10
+      netmask: 255.255.255.0
+      conf_ip: 10.20.0.10
+      net_health: Success
+      ping: [{target: 10.20.1.10, transmitted: 3, received: 3, loss_pct: 0.0, ok: true}]
+      problems: []
+problems:
+  description: Every problem of every device, one line each, prefixed C(device N:).
+  returned: always
+  type: list
+  elements: str
+  sample: ["device 3: link status is DOWN; check the cable, optics and switch port (hccn_tool -i 3 -link -g)"]
+table:
+  description: A human-readable table of the results, one line per device.
+  returned: always
+  type: list
+  elements: str
+msg:
+  description: One-line summary, followed by every problem when there are any.
+  returned: always
+  type: str
+  sample: "hccn_check: 8 device(s) passed link, link_stat, tls, ip, net_health"
+hccn_tool:
+  description: Path of the C(hccn_tool) that was run.
+  returned: always
+  type: str
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.openfuyao.pd.plugins.module_utils.ascend_tool import (
+    HCCN_TOOL_FALLBACK,
+    ToolRunner,
+    resolve_tool,
+)
+from ansible_collections.openfuyao.pd.plugins.module_utils.hccn_parse import (
+    BUSY_MARKER,
+    NO_CERT_MARKER,
+    NO_IP_MARKER,
+    ParseError,
+    excerpt,
+    flap_summary,
+    net_health_ok,
+    parse_hccn_conf,
+    parse_ip,
+    parse_link,
+    parse_link_stat,
+    parse_net_health,
+    parse_ping,
+    parse_set_result,
+    parse_tls,
+)
+
+ALL_CHECKS = ["link", "link_stat", "tls", "ip", "net_health", "ping"]
+
+
+class DeviceProblem(Exception):
+    """A check of one device could not produce its facts; the text is the problem line."""
+
+
+class DeviceChecker:
+    """Runs the selected checks of one device and collects facts and problem lines."""
+
+    def __init__(self, runner: ToolRunner, tool: str, conf_path: str, params: dict, check_mode: bool) -> None:
+        self.runner = runner
+        self.tool = tool
+        self.conf_path = conf_path
+        self.params = params
+        self.check_mode = check_mode
+
+    def call(self, dev: int, args: list[str], ok=lambda r: r.rc == 0):
+        result = self.runner.run([self.tool, "-i", str(dev)] + args)
+        if result.is_busy(BUSY_MARKER):
+            raise DeviceProblem("`%s` still answers 'hccn_tool is busy' after %d retries; stop other "
+                                "hccn_tool users on this host and run again" % (result.command, result.busy_retries))
+        if not ok(result):
+            raise DeviceProblem("`%s` failed (rc=%d): %s" % (result.command, result.rc,
+                                                            excerpt(result.stderr or result.stdout)))
+        return result
+
+    def run(self, dev: int, checks: list[str], conf: dict) -> tuple[dict, bool]:
+        facts = {
+            "device": dev, "link": None, "link_up_count": None, "link_down_count": None, "last_change": None,
+            "flapping": None, "tls_switch": None, "tls_certificate": None, "tls_fixed": False, "ip": None,
+            "netmask": None, "conf_ip": conf.get("address"), "net_health": None, "ping": [], "problems": [],
+        }
+        changed = False
+        for check in checks:
+            try:
+                changed = getattr(self, "check_" + check)(dev, facts) or changed
+            except DeviceProblem as exc:
+                facts["problems"].append("device %d: %s" % (dev, exc))
+            except ParseError as exc:
+                facts["problems"].append("device %d: %s" % (dev, exc))
+        return facts, changed
+
+    def check_link(self, dev: int, facts: dict) -> bool:
+        result = self.call(dev, ["-link", "-g"])
+        facts["link"] = parse_link(result.stdout, result.command)
+        if facts["link"] != "UP":
+            raise DeviceProblem("link status is DOWN; check the cable, optics and switch port (%s)" % result.command)
+        return False
+
+    def check_link_stat(self, dev: int, facts: dict) -> bool:
+        result = self.call(dev, ["-link_stat", "-g"])
+        stat = parse_link_stat(result.stdout, result.command)
+        summary = flap_summary(stat, self.params["link_flap_window"])
+        facts.update({
+            "link_up_count": stat["up_count"],
+            "link_down_count": summary["link_down_count"],
+            "last_change": summary["last_change"],
+            "flapping": summary["flapping"],
+        })
+        if summary["flapping"]:
+            downs = summary["recent_down_records"]
+            raise DeviceProblem(
+                "link flapping: %d LINK DOWN record(s) within %ds, latest %s; check the cable, optics and "
+                "switch port, then clear the history with `hccn_tool -i %d -link_stat -c`"
+                % (len(downs), self.params["link_flap_window"], downs[0], dev))
+        return False
+
+    def _read_tls(self, dev: int) -> tuple[dict, str]:
+        def ok(r):
+            return r.rc == 0 or NO_CERT_MARKER.lower() in (r.stderr + r.stdout).lower()
+
+        result = self.call(dev, ["-tls", "-g"], ok=ok)
+        return parse_tls(result.stdout, result.stderr, result.command), result.command
+
+    def check_tls(self, dev: int, facts: dict) -> bool:
+        tls, command = self._read_tls(dev)
+        facts["tls_switch"], facts["tls_certificate"] = tls["switch"], tls["certificate"]
+        if tls["switch"] == 0:
+            return False
+        if not self.params["fix_tls"]:
+            raise DeviceProblem(
+                "TLS switch is %d but must be 0 on every device (HCCL refuses mixed TLS settings); run with "
+                "fix_tls=true or `hccn_tool -i %d -tls -s enable 0`" % (tls["switch"], dev))
+        facts["tls_fixed"] = True
+        if self.check_mode:
+            return True
+        result = self.call(dev, ["-tls", "-s", "enable", "0"])
+        parse_set_result(result.stdout, result.command)
+        tls, command = self._read_tls(dev)
+        facts["tls_switch"] = tls["switch"]
+        if tls["switch"] != 0:
+            raise DeviceProblem("TLS switch is still %d after `%s`; check /var/log/hccn_tool/"
+                                % (tls["switch"], result.command))
+        return True
+
+    def check_ip(self, dev: int, facts: dict) -> bool:
+        def ok(r):
+            return r.rc == 0 or NO_IP_MARKER in (r.stderr + r.stdout).lower()
+
+        result = self.call(dev, ["-ip", "-g"], ok=ok)
+        parsed = parse_ip(result.stdout, result.stderr, result.command)
+        conf_ip = facts["conf_ip"]
+        if parsed is None:
+            where = ("%s has address_%d=%s but the device does not; run `hccn_tool -i %d -cfg recovery`"
+                     % (self.conf_path, dev, conf_ip, dev)) if conf_ip else (
+                "set address_%d and netmask_%d in %s, then run `hccn_tool -i %d -cfg recovery`"
+                % (dev, dev, self.conf_path, dev))
+            raise DeviceProblem("no IP address configured; " + where)
+        facts["ip"], facts["netmask"] = parsed["ipaddr"], parsed["netmask"]
+        if conf_ip and conf_ip != parsed["ipaddr"]:
+            raise DeviceProblem("device IP %s differs from address_%d=%s in %s (stale file?); fix the file or run "
+                                "`hccn_tool -i %d -cfg recovery`" % (parsed["ipaddr"], dev, conf_ip,
+                                                                       self.conf_path, dev))
+        return False
+
+    def check_net_health(self, dev: int, facts: dict) -> bool:
+        result = self.call(dev, ["-net_health", "-g"])
+        facts["net_health"] = parse_net_health(result.stdout, result.command)
+        if not net_health_ok(facts["net_health"]):
+            raise DeviceProblem("net health status is '%s' (expected Success or Init); check netdetect_%d in %s "
+                                "and the route to the detect address" % (facts["net_health"], dev, self.conf_path))
+        return False
+
+    def check_ping(self, dev: int, facts: dict) -> bool:
+        failures = []
+        for target in self.params["ping_targets"]:
+            # Any loss makes hccn_tool exit 1 with 'Command execute failed!': parse the text instead.
+            result = self.call(dev, ["-ping", "-g", "address", target], ok=lambda r: r.rc in (0, 1))
+            try:
+                ping = parse_ping(result.stdout, target, result.command)
+            except ParseError as exc:
+                if result.rc != 0:
+                    exc = DeviceProblem("`%s` failed (rc=%d): %s" % (result.command, result.rc,
+                                                                    excerpt(result.stderr or result.stdout)))
+                failures.append(str(exc))
+                continue
+            facts["ping"].append(ping)
+            if not ping["ok"]:
+                failures.append("ping %s: %d of %d packets received (%.2f%% loss); check the route, VLAN and "
+                                "switch between this device and %s" % (target, ping["received"],
+                                                                        ping["transmitted"], ping["loss_pct"], target))
+        facts["problems"].extend("device %d: %s" % (dev, failure) for failure in failures)
+        return False
+
+
+def default_checks(ping_targets: list[str]) -> list[str]:
+    return [c for c in ALL_CHECKS if c != "ping" or ping_targets]
+
+
+def render_table(devices: list[dict]) -> list[str]:
+    """Fixed-width lines an operator reads at a glance (ad hoc runs print them)."""
+    def show(value):
+        return "-" if value is None else str(value)
+
+    lines = ["%-6s %-5s %-6s %-4s %-16s %-12s %-10s %s" % ("device", "link", "flaps", "tls", "ip", "net_health",
+                                                           "ping", "result")]
+    for dev in devices:
+        pings = dev["ping"]
+        ping = "%d/%d ok" % (sum(1 for p in pings if p["ok"]), len(pings)) if pings else "-"
+        flaps = "-" if dev["flapping"] is None else ("YES" if dev["flapping"] else "no")
+        lines.append("%-6s %-5s %-6s %-4s %-16s %-12s %-10s %s" % (
+            dev["device"], show(dev["link"]), flaps, show(dev["tls_switch"]), show(dev["ip"]),
+            show(dev["net_health"]), ping, "FAIL" if dev["problems"] else "ok"))
+    return lines
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            hccn_tool=dict(type="path"),
+            hccn_conf=dict(type="path", default="/etc/hccn.conf"),
+            devices=dict(type="list", elements="int"),
+            checks=dict(type="list", elements="str", choices=ALL_CHECKS),
+            ping_targets=dict(type="list", elements="str", default=[]),
+            link_flap_window=dict(type="int", default=86400),
+            fix_tls=dict(type="bool", default=False),
+            fail_on_problem=dict(type="bool", default=True),
+            busy_retries=dict(type="int", default=5),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    checks = params["checks"] or default_checks(params["ping_targets"])
+    if "ping" in checks and not params["ping_targets"]:
+        module.fail_json(msg="checks contains 'ping' but ping_targets is empty; list the IPs to ping")
+    if params["link_flap_window"] < 0 or params["busy_retries"] < 0:
+        module.fail_json(msg="link_flap_window and busy_retries must not be negative")
+    tool = resolve_tool(module, params["hccn_tool"], "hccn_tool", HCCN_TOOL_FALLBACK)
+
+    conf: dict[int, dict[str, str]] = {}
+    if os.path.isfile(params["hccn_conf"]):
+        try:
+            with open(params["hccn_conf"]) as handle:
+                conf = parse_hccn_conf(handle.read())
+        except (OSError, UnicodeDecodeError) as exc:
+            module.fail_json(msg="cannot read %s: %s" % (params["hccn_conf"], exc))
+    devices = params["devices"] if params["devices"] else (sorted(conf) or list(range(8)))
+    bad = [d for d in devices if d < 0]
+    if bad:
+        module.fail_json(msg="devices must be physical ids >= 0, got %s" % bad)
+
+    runner = ToolRunner(module, busy_marker=BUSY_MARKER, retries=params["busy_retries"])
+    checker = DeviceChecker(runner, tool, params["hccn_conf"], params, module.check_mode)
+    results, changed = [], False
+    for dev in sorted(set(devices)):
+        facts, dev_changed = checker.run(dev, [c for c in ALL_CHECKS if c in checks], conf.get(dev, {}))
+        results.append(facts)
+        changed = changed or dev_changed
+    problems = [p for dev in results for p in dev["problems"]]
+    if problems:
+        msg = "hccn_check found %d problem(s) on %d device(s):\n%s" % (
+            len(problems), sum(1 for d in results if d["problems"]), "\n".join(problems))
+    else:
+        msg = "hccn_check: %d device(s) passed %s" % (len(results), ", ".join(c for c in ALL_CHECKS if c in checks))
+    output = dict(changed=changed, devices=results, problems=problems, msg=msg, table=render_table(results),
+                  hccn_tool=tool)
+    if problems and params["fail_on_problem"]:
+        module.fail_json(**output)
+    module.exit_json(**output)
+
+
+if __name__ == "__main__":
+    main()

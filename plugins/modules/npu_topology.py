@@ -1,0 +1,253 @@
+#!/usr/bin/python
+# Copyright (c) openFuyao PD contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: npu_topology
+short_description: Report the Ascend NPUs of a host, their ids, health and which are free
+version_added: "0.1.0"
+description:
+  - Runs C(npu-smi info), C(npu-smi info -m) and C(npu-smi info -l) and joins them with
+    C(/etc/hccn.conf) into one record per chip (per die on A3).
+  - Tables are read by splitting rows on C(|), never by column offsets, so the drifting
+    column widths of different driver versions are all understood.
+  - A chip is busy when a process runs on it or more than O(busy_hbm_mb) of its HBM is in use.
+  - Sets the fact C(npu) with the same data as the return values. Changes nothing on the host.
+author:
+  - openFuyao PD contributors
+options:
+  npu_smi:
+    description:
+      - Path of C(npu-smi). When not set it is looked up on E(PATH), then at C(/usr/local/sbin/npu-smi).
+    type: path
+  hccn_conf:
+    description:
+      - Path of the HCCN configuration file; its C(address_N)/C(netmask_N) give each chip's device IP.
+    type: path
+    default: /etc/hccn.conf
+  busy_hbm_mb:
+    description:
+      - A chip using more HBM than this many MB is busy even when no process is listed (another
+        container may hold it). Idle 910B/910C chips use about 3 GB.
+    type: int
+    default: 8192
+attributes:
+  check_mode:
+    support: full
+    details: The module only reads.
+  diff_mode:
+    support: none
+  facts:
+    support: full
+notes:
+  - Requires the Ascend driver; C(npu-smi) usually needs root.
+"""
+
+EXAMPLES = r"""
+- name: Learn the NPUs of every Ascend host
+  openfuyao.pd.npu_topology:
+  register: topo
+
+- name: Use the free devices
+  ansible.builtin.debug:
+    msg: "free logic ids on {{ inventory_hostname }}: {{ ansible_facts.npu.free_logic_ids }}"
+
+# Ad hoc: ansible npu -i cluster.ini -m openfuyao.pd.npu_topology
+"""
+
+RETURN = r"""
+product:
+  description: C(A2) (910B, 8 NPUs), C(A3) (Ascend910 / 910C, 8 cards x 2 dies) or C(other).
+  returned: always
+  type: str
+  sample: A2
+driver_version:
+  description: Version printed in the C(npu-smi info) header.
+  returned: always
+  type: str
+  sample: 24.1.rc3
+chips:
+  description: One entry per chip (die).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    npu_id:
+      description: NPU (card) id.
+      type: int
+    chip_id:
+      description: Chip index on the card (0, or 0/1 on A3).
+      type: int
+    logic_id:
+      description: Logic id (what C(ASCEND_RT_VISIBLE_DEVICES) counts).
+      type: int
+    phy_id:
+      description: Physical id (the C(-i) of C(hccn_tool), C(/dev/davinciN)).
+      type: int
+    name:
+      description: Chip name, for example C(910B4) or C(Ascend910).
+      type: str
+    health:
+      description: C(OK), C(Warning), C(Alarm), C(Critical) or C(UNKNOWN).
+      type: str
+    bus_id:
+      description: PCIe bus id.
+      type: str
+    aicore_pct:
+      description: AI core usage in percent.
+      type: int
+    hbm_used_mb:
+      description: HBM in use.
+      type: int
+    hbm_total_mb:
+      description: HBM size.
+      type: int
+    processes:
+      description: Processes on the chip, each with C(pid), C(name), C(memory_mb).
+      type: list
+      elements: dict
+    device_ip:
+      description: C(address_N) of this chip in O(hccn_conf), or null.
+      type: str
+    netmask:
+      description: C(netmask_N) of this chip in O(hccn_conf), or null.
+      type: str
+    busy:
+      description: Whether a process runs on the chip or its HBM use exceeds O(busy_hbm_mb).
+      type: bool
+  sample:
+    - {npu_id: 2, chip_id: 0, logic_id: 2, phy_id: 2, name: 910B4, health: OK, bus_id: "0000:C2:00.0",
+       aicore_pct: 0, hbm_used_mb: 2818, hbm_total_mb: 32768, processes: [], device_ip: 10.20.0.12,
+       netmask: 255.255.255.0, busy: false}
+free_logic_ids:
+  description: Logic ids of chips that are healthy and not busy.
+  returned: always
+  type: list
+  elements: int
+  sample: [2, 3, 4, 5]
+healthy:
+  description: Whether every chip reports health C(OK) and every card of C(npu-smi info -l) is in the table.
+  returned: always
+  type: bool
+problems:
+  description: One line per unhealthy chip or missing card, prefixed C(device N:) with the physical id.
+  returned: always
+  type: list
+  elements: str
+table:
+  description: A human-readable table, one line per chip.
+  returned: always
+  type: list
+  elements: str
+msg:
+  description: One-line summary.
+  returned: always
+  type: str
+ansible_facts:
+  description: The same data under C(npu).
+  returned: always
+  type: dict
+  contains:
+    npu:
+      description: C(product), C(driver_version), C(chips), C(free_logic_ids), C(healthy), C(problems).
+      type: dict
+"""
+
+import os
+
+from ansible.module_utils.basic import AnsibleModule
+
+from ansible_collections.openfuyao.pd.plugins.module_utils.ascend_tool import (
+    NPU_SMI_FALLBACK,
+    ToolRunner,
+    resolve_tool,
+)
+from ansible_collections.openfuyao.pd.plugins.module_utils.hccn_parse import ParseError, excerpt, parse_hccn_conf
+from ansible_collections.openfuyao.pd.plugins.module_utils.npu_smi_parse import (
+    HEALTH_OK,
+    build_chips,
+    parse_info,
+    parse_list,
+    parse_mapping,
+    product_of,
+)
+
+
+def run_npu_smi(module, runner: ToolRunner, tool: str, args: list[str]) -> str:
+    result = runner.run([tool] + args)
+    if result.rc != 0:
+        module.fail_json(msg="`%s` failed (rc=%d): %s; is the Ascend driver loaded and are you root?"
+                         % (result.command, result.rc, excerpt(result.stdout + result.stderr)),
+                         rc=result.rc, stdout=result.stdout, stderr=result.stderr, cmd=result.command)
+    return result.stdout
+
+
+def topology_problems(chips: list[dict], listed: dict) -> list[str]:
+    problems = ["device %d: npu-smi health is %s (expected OK); see `npu-smi info -t health -i %d`"
+                % (c["phy_id"], c["health"], c["npu_id"]) for c in chips if c["health"] != HEALTH_OK]
+    seen = {c["npu_id"] for c in chips}
+    missing = [card["npu_id"] for card in listed["cards"] if card["npu_id"] not in seen]
+    if missing:
+        problems.append("npu-smi info -l lists NPU(s) %s that npu-smi info does not show; the device may be lost "
+                        "(check dmesg, reset the NPU or reboot)" % ", ".join(str(m) for m in missing))
+    return problems
+
+
+def render_table(chips: list[dict]) -> list[str]:
+    lines = ["%-4s %-5s %-6s %-10s %-8s %-14s %-16s %s" % ("phy", "logic", "npu", "name", "health", "hbm MB",
+                                                          "device_ip", "state")]
+    for c in chips:
+        state = "busy (%d proc)" % len(c["processes"]) if c["busy"] else "free"
+        lines.append("%-4s %-5s %-6s %-10s %-8s %-14s %-16s %s" % (
+            c["phy_id"], c["logic_id"], "%d/%d" % (c["npu_id"], c["chip_id"]), c["name"], c["health"],
+            "%s/%s" % (c["hbm_used_mb"], c["hbm_total_mb"]), c["device_ip"] or "-", state))
+    return lines
+
+
+def main() -> None:
+    module = AnsibleModule(
+        argument_spec=dict(
+            npu_smi=dict(type="path"),
+            hccn_conf=dict(type="path", default="/etc/hccn.conf"),
+            busy_hbm_mb=dict(type="int", default=8192),
+        ),
+        supports_check_mode=True,
+    )
+    params = module.params
+    if params["busy_hbm_mb"] < 0:
+        module.fail_json(msg="busy_hbm_mb must not be negative")
+    tool = resolve_tool(module, params["npu_smi"], "npu-smi", NPU_SMI_FALLBACK)
+    runner = ToolRunner(module)
+    info_text = run_npu_smi(module, runner, tool, ["info"])
+    mapping_text = run_npu_smi(module, runner, tool, ["info", "-m"])
+    list_text = run_npu_smi(module, runner, tool, ["info", "-l"])
+    conf = {}
+    if os.path.isfile(params["hccn_conf"]):
+        try:
+            with open(params["hccn_conf"]) as handle:
+                conf = parse_hccn_conf(handle.read())
+        except (OSError, UnicodeDecodeError) as exc:
+            module.fail_json(msg="cannot read %s: %s" % (params["hccn_conf"], exc))
+    try:
+        info = parse_info(info_text, tool + " info")
+        mapping = parse_mapping(mapping_text, tool + " info -m")
+        listed = parse_list(list_text, tool + " info -l")
+    except ParseError as exc:
+        module.fail_json(msg=str(exc), stdout=exc.output)
+
+    chips = build_chips(info, mapping, conf, params["busy_hbm_mb"])
+    problems = topology_problems(chips, listed)
+    free = [c["logic_id"] for c in chips if c["health"] == HEALTH_OK and not c["busy"]]
+    facts = dict(product=product_of(info), driver_version=info["version"], chips=chips,
+                 free_logic_ids=free, healthy=not problems, problems=problems)
+    msg = "%s, driver %s: %d chip(s), %d free, %s" % (
+        facts["product"], facts["driver_version"], len(chips), len(free),
+        "healthy" if not problems else "%d problem(s): %s" % (len(problems), "; ".join(problems)))
+    module.exit_json(changed=False, msg=msg, table=render_table(chips), ansible_facts=dict(npu=facts), **facts)
+
+
+if __name__ == "__main__":
+    main()
