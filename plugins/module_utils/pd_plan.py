@@ -162,10 +162,14 @@ def _fmt_range(start, end):
 
 
 def _facts_devices(facts):
-    """Normalise npu_topology facts to {logic_id: {phy_id, usable, reason, ip}} (or None)."""
+    """Normalise npu_topology facts to {logic_id: {phy_id, usable, reason, ip}} (or None).
+
+    npu_topology reports ``chips`` (logic_id, phy_id, health "OK"|..., busy, device_ip,
+    processes); a generic ``devices`` list with the same or similar keys is accepted too.
+    """
     if not isinstance(facts, dict):
         return None
-    devices = facts.get("devices")
+    devices = facts.get("chips", facts.get("devices"))
     if not isinstance(devices, list):
         return None
     out = {}
@@ -179,21 +183,21 @@ def _facts_devices(facts):
         reasons = []
         healthy = dev.get("healthy")
         if healthy is None and "health" in dev:
-            healthy = str(dev["health"]).lower() in ("ok", "healthy", "normal")
+            healthy = str(dev["health"]).upper() == "OK"
         if healthy is False:
-            reasons.append("unhealthy (health {})".format(dev.get("health", "not OK")))
-        free = dev.get("free")
-        if free is None and dev.get("processes"):
-            free = False
-        if free is None and "in_use" in dev:
-            free = not dev["in_use"]
-        if free is False:
-            reasons.append("busy (processes running on it)")
+            reasons.append("unhealthy (npu-smi health {})".format(dev.get("health", "not OK")))
+        busy = dev.get("busy")
+        if busy is None and "free" in dev:
+            busy = not dev["free"]
+        if busy is None and dev.get("processes"):
+            busy = True
+        if busy:
+            reasons.append("busy ({} process(es) or HBM in use)".format(len(dev.get("processes") or [])))
         out[logic] = {
             "phy_id": phy if _is_int(phy) else logic,
             "usable": not reasons,
             "reason": " and ".join(reasons),
-            "ip": dev.get("ip") or dev.get("device_ip"),
+            "ip": dev.get("device_ip") or dev.get("ip"),
         }
     return out
 
@@ -647,7 +651,14 @@ def _env(ctx, inst, settings, opts):
     host, role, platform = inst["host"], inst["role"], inst["platform"]
     env = {}
     if platform == "ascend":
-        defaults = {"HCCL_EXEC_TIMEOUT": "204", "HCCL_CONNECT_TIMEOUT": "120", "HCCL_IF_IP": inst["address"]}
+        # HCCL defaults only where P and D talk over HCCL/ADXL (Mooncake); pd_hccl_env always applies.
+        defaults = {}
+        if inst["connector"] == "mooncake":
+            defaults = {
+                "HCCL_EXEC_TIMEOUT": "204",
+                "HCCL_CONNECT_TIMEOUT": "120",
+                "HCCL_IF_IP": inst["address"],
+            }
         nic, _ = ctx.var(host, "nic_name", None)
         if nic:
             for k in ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME"):
@@ -1222,13 +1233,10 @@ def _proxy_section(ctx, host, settings, port, connector, platforms, model, insta
     else:
         protocol = "centralized"
     hv = ctx.hostvars.get(host) or {}
-    options = {}
-    for name, default in PROXY_OPTIONS.items():
-        options[name] = hv.get("pd_proxy_" + name, default)
-    for key, value in hv.items():
-        if key.startswith("pd_proxy_") and key not in ("pd_proxy_port", "pd_proxy_bind_host"):
-            options[key[len("pd_proxy_") :]] = value
-    if options.get("batch_priority") is None:
+    options = {
+        name: hv["pd_proxy_" + name] for name in PROXY_OPTIONS if hv.get("pd_proxy_" + name) is not None
+    }
+    if "batch_priority" not in options:
         options["batch_priority"] = any(i["scheduling_policy"] for i in instances)
     bind, _ = ctx.var(host, "proxy_bind_host", "0.0.0.0")
 
@@ -1244,13 +1252,15 @@ def _proxy_section(ctx, host, settings, port, connector, platforms, model, insta
             "data_parallel_size": i["data_parallel_size"],
         }
         if protocol == "mooncake" and i["role"] == "prefill":
-            b["bootstrap_url"] = "http://{}:{}".format(_url_host(i["address"]), i["kv_port"])
+            # Upstream MooncakeConnector: the decode asks the prefill's bootstrap server.
+            b["bootstrap_host"] = i["address"]
+            b["bootstrap_port"] = i["kv_port"]
         return b
 
     return {
         "host": host,
         "address": settings["address"],
-        "bind_host": bind,
+        "bind": bind,
         "port": port,
         "protocol": protocol,
         "model": model["served_name"],

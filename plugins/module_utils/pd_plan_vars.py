@@ -97,17 +97,33 @@ HOST_VARS = (
     "mooncake_master_metrics_port",
 )
 
-# Proxy knobs: every pd_proxy_<name> lands in plan.proxy.options[<name>]; these are the ones
-# the proxy documents (others pass through unchanged, for newer proxies).
-PROXY_OPTIONS = {
-    "routing": "least_load",
-    "request_timeout_s": 600,
-    "max_retries": 3,
-    "health_interval_s": 5,
-    "prefill_queue_threshold": 0,
-    "local_prefill_max_tokens": 0,
-    "batch_priority": None,  # None: follows pd_batch_integration
-}
+# Proxy knobs: pd_proxy_<name> lands in plan.proxy.options[<name>] when set; unset ones take
+# the proxy's own defaults. The proxy rejects unknown options, so this list follows its
+# documented options (files/connector/openfuyao_pd/proxy/config.py) and others are warned about.
+PROXY_OPTIONS = (
+    "routing",
+    "local_prefill_max_tokens",
+    "prefill_queue_threshold",
+    "decode_busy_threshold",
+    "batch_priority",
+    "priority_buckets",
+    "chars_per_token",
+    "block_tokens",
+    "prefix_cache_blocks",
+    "affinity_max_imbalance_tokens",
+    "default_max_tokens",
+    "connect_timeout",
+    "prefill_timeout",
+    "decode_timeout",
+    "max_retries",
+    "fallback_local_prefill",
+    "health_interval",
+    "health_timeout",
+    "health_failures",
+    "health_successes",
+    "drain_timeout",
+    "bootstrap_port",
+)
 
 KNOWN = frozenset(
     ["pd_" + n for n in HOST_VARS]
@@ -122,7 +138,7 @@ def typo_warnings(host: str, names) -> list:
     """One warning per pd_* variable that is unknown but close to a known name."""
     out = []
     for name in sorted(n for n in names if isinstance(n, str) and n.startswith("pd_")):
-        if name in KNOWN or name.startswith("pd_proxy_"):
+        if name in KNOWN:
             continue
         close = difflib.get_close_matches(name, sorted(KNOWN), n=1, cutoff=0.8)
         if close:
