@@ -21,7 +21,8 @@ LOG = logging.getLogger("pd-engine-sim")
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="pd-engine-sim", description="A vLLM-like prefill/decode engine simulator (no accelerator needed).")
+        prog="pd-engine-sim", allow_abbrev=False,
+        description="A vLLM-like prefill/decode engine simulator (no accelerator needed).")
     parser.add_argument("--model", default=None, help="model name or path (or give it after 'serve')")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
