@@ -755,7 +755,7 @@ def _check_host_ports(ctx, host, entries):
     for a in binds:
         for p in pools:
             if a[0] <= p[1] and p[0] <= a[1]:
-                kind = p[2].split(" device")[0]
+                kind = p[2].split(" (")[0].split(" device")[0]
                 if (a[3], a[2], kind) in seen:
                     continue
                 seen.add((a[3], a[2], kind))
@@ -824,7 +824,9 @@ def build_plan(inventory):
             "platforms {} are mixed with the P2P connector {}: only a centralized connector (ucm) "
             "may mix platforms; use one platform or pd_connector=ucm".format("+".join(platforms), connector)
         )
-    if ctx.problems:
+    # Without a usable platform/connector for every host nothing below can be checked.
+    unusable = any(settings[h]["platform"] is None or settings[h]["connector"] is None for h in pd_hosts)
+    if unusable or len(connectors) > 1:
         raise PlanError(ctx.problems, ctx.warnings)
 
     # Per-host layout requests, prefill instances first (the seed's device order).
