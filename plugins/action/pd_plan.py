@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleError
+from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import PlanError, build_plan, render_table
@@ -42,12 +43,16 @@ class ActionModule(ActionBase):
         result = super().run(tmp, task_vars)
         task_vars = task_vars or {}
         args = self._task.args
-        use_facts = args.get("use_facts", True)
-        fail_on_warnings = args.get("fail_on_warnings", False)
-        for name, val in (("use_facts", use_facts), ("fail_on_warnings", fail_on_warnings)):
-            if not isinstance(val, bool):
-                result.update(failed=True, msg=f"pd_plan: option {name} must be a boolean, got {val!r}")
+        opts = {}
+        for name, default in (("use_facts", True), ("fail_on_warnings", False)):
+            try:
+                opts[name] = boolean(args.get(name, default), strict=True)
+            except TypeError:
+                result.update(
+                    failed=True, msg=f"pd_plan: option {name} must be a boolean, got {args.get(name)!r}"
+                )
                 return result
+        use_facts, fail_on_warnings = opts["use_facts"], opts["fail_on_warnings"]
 
         groups = task_vars.get("groups") or {}
         all_hostvars = task_vars.get("hostvars") or {}

@@ -398,14 +398,14 @@ def _claim_devices(ctx, host, settings, wanted):
     free = [
         d for d in range(count) if d not in used and (facts is None or (d in facts and facts[d]["usable"]))
     ]
-    for key, _role, need, devs, var in wanted:
+    for key, role, need, devs, _var in wanted:
         if devs is not None:
             continue
         if len(free) < need:
             ctx.error(
-                "host {}: {} needs {} free devices but only {} are left ({}): lower tp/dp or "
-                "pd_instances_per_host, or set {} explicitly".format(
-                    host, key, need, len(free), ",".join(str(d) for d in free) or "none", var
+                "host {}: {} needs {} free devices but only {} are left ({}): lower pd_{}_tp/pd_{}_dp or "
+                "pd_{}_instances_per_host, or list pd_{}_devices explicitly".format(
+                    host, key, need, len(free), ",".join(str(d) for d in free) or "none", role, role, role, role
                 )
             )
             result[key] = []
@@ -978,12 +978,20 @@ def build_plan(inventory):
                 )
             )
     if connector in P2P_CONNECTORS:
-        p_min = min(i["tensor_parallel_size"] for i in instances if i["role"] == "prefill")
-        d_max = max(i["tensor_parallel_size"] for i in instances if i["role"] == "decode")
-        if p_min < d_max:
+        p_low = min((i for i in instances if i["role"] == "prefill"), key=lambda i: i["tensor_parallel_size"])
+        d_high = max((i for i in instances if i["role"] == "decode"), key=lambda i: i["tensor_parallel_size"])
+        if p_low["tensor_parallel_size"] < d_high["tensor_parallel_size"]:
             ctx.error(
-                f"prefill tp {p_min} < decode tp {d_max} with connector {connector}: the prefill tp must be >= the decode tp; "
-                "raise pd_prefill_tp or lower pd_decode_tp"
+                "prefill tp {} ({} on {}) < decode tp {} ({} on {}) with connector {}: the prefill tp must be "
+                ">= the decode tp; raise pd_prefill_tp or lower pd_decode_tp".format(
+                    p_low["tensor_parallel_size"],
+                    p_low["name"],
+                    p_low["host"],
+                    d_high["tensor_parallel_size"],
+                    d_high["name"],
+                    d_high["host"],
+                    connector,
+                )
             )
 
     # Ports, host by host.

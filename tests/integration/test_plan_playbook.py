@@ -96,6 +96,21 @@ def test_broken_inventory_fails_with_one_line_each(tmp_path):
     text = result.stdout + result.stderr
     assert result.returncode != 0
     assert "Traceback" not in text
-    assert "prefill tp 1 < decode tp 2 with connector mooncake" in text
+    assert "prefill tp 1 (prefill-0 on n1) < decode tp 2 (decode-0 on n1) with connector mooncake" in text
     assert "port clash: prefill-0 http 8100 overlaps proxy http 8100: change pd_proxy_port" in text
     assert not out.exists()
+
+
+def test_untemplatable_variable_is_one_line(tmp_path):
+    inv = tmp_path / "cluster.ini"
+    inv.write_text(
+        '[prefill]\nlocalhost ansible_connection=local pd_model="{{ nope_undefined }}"\n[decode]\nlocalhost\n'
+        "[proxy]\nlocalhost\n"
+    )
+    result = run_playbook(inv, "-e", f"pd_plan_output={tmp_path / 'plan.json'}")
+    assert result.returncode != 0
+    assert (
+        "host localhost: variable pd_model cannot be templated: 'nope_undefined' is undefined"
+        in result.stdout + result.stderr
+    )
+    assert "Traceback" not in result.stdout + result.stderr

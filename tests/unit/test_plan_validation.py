@@ -112,7 +112,7 @@ def test_two_proxies():
         ({"pd_extra_args": "--x 'unterminated"}, "pd_extra_args cannot be split into arguments"),
         (
             {"pd_decode_tp": 4, "pd_decode_devices": [[2, 3, 4, 5]]},
-            "prefill tp 2 < decode tp 4 with connector mooncake",
+            "prefill tp 2 (prefill-0 on n1) < decode tp 4 (decode-0 on n1) with connector mooncake",
         ),
         ({"pd_decode_http_port_base": 8100}, "port clash: prefill-0 http 8100 overlaps decode-0 http 8100"),
         (
