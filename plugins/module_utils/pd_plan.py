@@ -405,7 +405,15 @@ def _claim_devices(ctx, host, settings, wanted):
             ctx.error(
                 "host {}: {} needs {} free devices but only {} are left ({}): lower pd_{}_tp/pd_{}_dp or "
                 "pd_{}_instances_per_host, or list pd_{}_devices explicitly".format(
-                    host, key, need, len(free), ",".join(str(d) for d in free) or "none", role, role, role, role
+                    host,
+                    key,
+                    need,
+                    len(free),
+                    ",".join(str(d) for d in free) or "none",
+                    role,
+                    role,
+                    role,
+                    role,
                 )
             )
             result[key] = []
@@ -1195,27 +1203,17 @@ def build_plan(inventory):
         for h in pd_hosts:
             if settings[h]["platform"] == "ascend":
                 hosts[h]["ping_targets"] = sorted({ip for o in pd_hosts if o != h for ip in ips[o]})
+    # Hosts that need the Mooncake transfer engine: P2P Mooncake, or a UCM Mooncake pipeline.
     mooncake_hosts = sorted(
-        {i["host"] for i in out_instances if i["connector"] == "mooncake"}
-        | (
-            {
-                i["host"]
-                for i in out_instances
-                if "Mooncake" in str(ctx.var(i["host"], "ucm_store_pipeline", "")[0])
-            }
-        )
+        i["host"] for i in instances if i["connector"] == "mooncake" or "Mooncake" in i.get("_pipeline", "")
     )
     storage = None
     if connector in ("ucm", "shared_storage"):
-        path = (
-            shared_path
-            if connector == "shared_storage"
-            else str(
-                ctx.var(instances[0]["host"], "ucm_storage_backends", None)[0]
-                or ctx.var(instances[0]["host"], "kv_shared_path", "")[0]
-            )
-        )
-        storage = {"path": path, "hosts": list(ctx.groups.get("storage") or []), "clients": pd_hosts}
+        first = instances[0]["host"]
+        path = shared_path
+        if connector == "ucm":
+            path = ctx.var(first, "ucm_storage_backends", None)[0] or ctx.var(first, "kv_shared_path", "")[0]
+        storage = {"path": str(path), "hosts": list(ctx.groups.get("storage") or []), "clients": pd_hosts}
     plan = {
         "schema_version": SCHEMA_VERSION,
         "platforms": platforms,
@@ -1224,7 +1222,7 @@ def build_plan(inventory):
         "instances": out_instances,
         "proxy": proxy,
         "hosts": hosts,
-        "mooncake": {"hosts": mooncake_hosts, "master": master},
+        "mooncake": {"hosts": sorted(set(mooncake_hosts)), "master": master},
         "storage": storage,
         "warnings": list(ctx.warnings),
     }
