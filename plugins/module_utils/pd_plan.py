@@ -1026,18 +1026,17 @@ def build_plan(inventory):
                 base, bname = ctx.var(h, "http_port_base", DEFAULT_HTTP_BASE[role], role)
                 base = _as_port(ctx, h, bname, base) or DEFAULT_HTTP_BASE[role]
                 inst["http_port"] = base + k
-                inst["_http_var"] = bname
+                inst["_http_var"] = f"pd_{role}_http_port_base"  # the fix names the role form
                 rbase, rname = ctx.var(h, "dp_rpc_port_base", DEFAULT_DP_RPC_BASE[role], role)
                 rbase = _as_port(ctx, h, rname, rbase) or DEFAULT_DP_RPC_BASE[role]
                 inst["dp_rpc_port"] = rbase + k
-                inst["_rpc_var"] = rname
+                inst["_rpc_var"] = f"pd_{role}_dp_rpc_port_base"
                 inst["kv_port"] = None
                 inst["_kv_var"] = f"pd_{role}_kv_port_base"
                 if connector == "mooncake" and s["platform"] != "ascend":
                     if role == "prefill":
                         kbase, kname = ctx.var(h, "kv_port_base", DEFAULT_MOONCAKE_BOOTSTRAP, role)
                         inst["kv_port"] = (_as_port(ctx, h, kname, kbase) or DEFAULT_MOONCAKE_BOOTSTRAP) + k
-                        inst["_kv_var"] = kname
                 elif connector in P2P_CONNECTORS:
                     kbase, kname = ctx.var(h, "kv_port_base", None, role)
                     if role not in kv_cursor:
@@ -1046,13 +1045,12 @@ def build_plan(inventory):
                         elif connector == "nixl":
                             kv_cursor[role] = DEFAULT_NIXL_BASE[role]
                         else:
-                            # Auto: past the ADXL block, decode after prefill's footprint.
+                            # Auto: past the ADXL block; decode 1000 ports above prefill.
                             start = adxl[0] + max(s["device_count"], 1) * adxl[1]
                             if role == "decode":
                                 start += 1000
                             kv_cursor[role] = _auto_base(start, _kv_footprint(inst), avoid)
                     inst["kv_port"] = kv_cursor[role]
-                    inst["_kv_var"] = kname
                     kv_cursor[role] += _kv_footprint(inst)
         for inst in mine:
             if inst["connector"] == "ucm":
