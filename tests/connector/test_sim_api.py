@@ -26,10 +26,10 @@ def _sse(raw: bytes) -> list:
 
 async def test_completion_ids_usage_and_token_ids(sim_factory):
     sim = await sim_factory("both", "none")
-    status, _, raw = await _post(sim, {"model": "tiny-llama", "prompt": PROMPT, "max_tokens": 5,
-                                       "return_token_ids": True}, headers={"X-Request-Id": "abc"})
+    status, headers, raw = await _post(sim, {"model": "tiny-llama", "prompt": PROMPT, "max_tokens": 5,
+                                             "return_token_ids": True}, headers={"X-Request-Id": "abc"})
     body = json.loads(raw)
-    assert status == 200
+    assert status == 200 and headers["X-Request-Id"] == "abc"
     assert body["id"] == "cmpl-abc-0" and body["object"] == "text_completion"
     assert body["usage"] == {"prompt_tokens": 20, "completion_tokens": 5, "total_tokens": 25,
                              "prompt_tokens_details": {"cached_tokens": 0}}

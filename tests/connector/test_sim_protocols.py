@@ -227,3 +227,30 @@ async def test_centralized_shared_storage_round_trip(sim_factory, sim_shared_dir
     _, headers, out = await post(d2, {"prompt": PROMPT, "max_tokens": 4})
     assert out["usage"]["prompt_tokens_details"]["cached_tokens"] in (0, 16)
     assert headers["x-sim-kv-reason"] in ("corrupt", "ok")
+
+
+async def test_ipv6_round_trip(sim_factory):
+    p = await sim_factory("prefill", "nixl", host="::1")
+    d = await sim_factory("decode", "nixl", host="::1")
+    assert p.startswith("http://[::1]:")
+    _, _, pre = await post(p, prefill_body())
+    assert pre["kv_transfer_params"]["remote_host"] == "::1"
+    status, headers, _ = await post(d, {"prompt": PROMPT, "max_tokens": 2,
+                                        "kv_transfer_params": pre["kv_transfer_params"]})
+    assert status == 200 and headers["x-sim-kv-source"] == "remote"
+
+
+async def test_centralized_between_processes(sim_process_factory, tmp_path):
+    """Two engine processes sharing only a directory (as two containers share a volume)."""
+    shared = tmp_path / "volume"
+    ktc = {"kv_connector": "ExampleConnector", "kv_connector_extra_config": {"shared_storage_path": str(shared)}}
+    p_url, _ = await sim_process_factory("serve", "tiny-llama", "--kv-transfer-config",
+                                         json.dumps({**ktc, "kv_role": "kv_producer"}))
+    d_url, _ = await sim_process_factory("serve", "tiny-llama", "--kv-transfer-config",
+                                         json.dumps({**ktc, "kv_role": "kv_consumer"}))
+    _, _, pre = await post(p_url, {"prompt": PROMPT, "max_tokens": 1})
+    _, headers, out = await post(d_url, {"prompt": PROMPT, "max_tokens": 3})
+    assert headers["x-sim-kv-source"] == "shared"
+    assert out["usage"]["prompt_tokens_details"]["cached_tokens"] == 32
+    assert await metric(d_url, "pd_sim_kv_bytes_received_total", transport="shared") == 32 * 2048
+    assert out["choices"][0]["text"].startswith(pre["choices"][0]["text"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -133,11 +134,25 @@ class SimConfig:
 
 
 def _reachable_host(bind_host: str) -> str:
-    if bind_host in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if bind_host == "::":
-        return "::1"
-    return bind_host
+    """The address peers should use: the bind address, or for a wildcard bind this host's
+    primary address (what vLLM's get_ip() finds; in a container, the container's IP)."""
+    if bind_host not in ("", "0.0.0.0", "::"):
+        return bind_host
+    family = socket.AF_INET6 if bind_host == "::" else socket.AF_INET
+    probe = ("2001:4860:4860::8888", 80) if family == socket.AF_INET6 else ("8.8.8.8", 80)
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.connect(probe)  # UDP connect sends nothing; it only picks the outgoing interface
+            return str(sock.getsockname()[0])
+    except OSError:
+        pass
+    try:
+        address = socket.gethostbyname(socket.gethostname())
+        if not address.startswith("127."):
+            return address
+    except OSError:
+        pass
+    return "::1" if family == socket.AF_INET6 else "127.0.0.1"
 
 
 def shared_storage_from_config(ktc: dict[str, Any]) -> str | None:

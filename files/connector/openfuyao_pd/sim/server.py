@@ -80,6 +80,7 @@ class Request:
     return_token_ids: bool
     ktp: dict[str, Any]
     echo_model: str
+    base_id: str = ""
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -280,7 +281,7 @@ class SimEngine:
             ignore_eos=bool(body.get("ignore_eos")), eos_at=eos_at,
             seed=cfg.seed if seed is None else seed, priority=priority,
             return_token_ids=bool(body.get("return_token_ids")), ktp=ktp,
-            echo_model=name or cfg.model_name)
+            echo_model=name or cfg.model_name, base_id=base)
 
     # ----------------------------------------------------------------- generation
     def token_at(self, req: Request, digest: bytes, position: int) -> int:
@@ -567,7 +568,7 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
 
         headers = {"x-sim-kv-source": load.source, "x-sim-kv-reason": load.reason,
                    "x-sim-kv-tokens": str(external), "x-sim-engine-id": str(cfg.engine_id),
-                   "X-Request-Id": req.external_id}
+                   "X-Request-Id": req.base_id}
         cached = local_hits + external
         if req.stream:
             response = await _stream(engine, http, req, headers, arrival, cached, expected)
