@@ -16,6 +16,7 @@ here; roles read the plan.
 
 from __future__ import annotations
 
+import ast
 import copy
 import json
 import shlex
@@ -84,14 +85,24 @@ class _Ctx:
         hv = self.hostvars.get(host) or {}
         if role is not None and (f"pd_{role}_{name}") in hv:
             key = f"pd_{role}_{name}"
-            return hv[key], key
+            return _literal(hv[key]), key
         key = f"pd_{name}"
         if key in hv and hv[key] is not None:
-            return hv[key], key
+            return _literal(hv[key]), key
         return default, key
 
 
 # ----------------------------------------------------------------------------- value checks
+
+
+def _literal(value):
+    """INI `[group:vars]` values arrive as strings: read lists/mappings written there."""
+    if isinstance(value, str) and value.strip()[:1] in ("[", "{"):
+        try:
+            return ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            return value
+    return value
 
 
 def _is_int(v):

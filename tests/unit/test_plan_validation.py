@@ -263,3 +263,20 @@ def test_explicit_port_inside_random_ranges_warns_not_fails():
         "16000-16001 lies inside the mooncake transfer engine rpc range 15000-17000" in w
         for w in plan["warnings"]
     )
+
+
+def test_ini_group_vars_strings_are_understood():
+    # INI [group:vars] values are strings: numbers, booleans, lists and mappings still work.
+    inv = one_host(
+        pd_tp="2",
+        pd_prefill_devices="[[4, 5]]",
+        pd_decode_devices="[[6, 7]]",
+        pd_enforce_eager="true",
+        pd_env="{'A': 1}",
+        pd_prefill_http_port_base="9001",
+        pd_max_model_len="4096",
+    )
+    plan = build_plan(inv)
+    p = plan["instances"][0]
+    assert (p["devices"], p["http_port"], p["env"]["A"]) == ([4, 5], 9001, "1")
+    assert "--enforce-eager" in p["argv"] and p["argv"][p["argv"].index("--max-model-len") + 1] == "4096"
