@@ -254,3 +254,23 @@ async def test_centralized_between_processes(sim_process_factory, tmp_path):
     assert out["usage"]["prompt_tokens_details"]["cached_tokens"] == 32
     assert await metric(d_url, "pd_sim_kv_bytes_received_total", transport="shared") == 32 * 2048
     assert out["choices"][0]["text"].startswith(pre["choices"][0]["text"])
+
+
+async def test_aborted_decode_releases_prefill_kv(sim_factory):
+    """A decode request that is queued when its client goes away still frees P's blocks."""
+    p = await sim_factory("prefill", "mooncake_v1")
+    d = await sim_factory("decode", "mooncake_v1", max_num_seqs=1, decode_step_ms=20)
+    busy = asyncio.create_task(post(d, {"prompt": PROMPT, "max_tokens": 30}))
+    await asyncio.sleep(0.1)
+    _, _, pre = await post(p, prefill_body())
+    assert await metric(p, "pd_sim_kv_held_blocks") == 3
+    with pytest.raises(asyncio.TimeoutError):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=0.2)) as session:
+            await session.post(d + "/v1/completions", json={"prompt": PROMPT, "max_tokens": 2,
+                                                            "kv_transfer_params": pre["kv_transfer_params"]})
+    for _ in range(100):
+        if await metric(p, "pd_sim_kv_held_blocks") == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert await metric(p, "pd_sim_kv_held_blocks") == 0
+    assert (await busy)[0] == 200

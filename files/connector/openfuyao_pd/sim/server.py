@@ -118,6 +118,7 @@ class SimEngine:
         self.session: aiohttp.ClientSession | None = None
         self.ports: dict[str, int] = {}
         self._sweeper: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
         self.metrics = self._build_metrics()
 
     # ----------------------------------------------------------------- lifecycle
@@ -434,6 +435,14 @@ class SimEngine:
             if region is not None:
                 self.mooncake.unregister(region)  # type: ignore[union-attr]
 
+    def forget_remote(self, ktp: dict[str, Any]) -> None:
+        """An aborted remote-prefill request: release P's blocks in the background."""
+        if self.session is None or self.session.closed:
+            return
+        task = asyncio.get_running_loop().create_task(self.release_remote(ktp))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
     async def release_remote(self, ktp: dict[str, Any]) -> None:
         """A remote-prefill request rejected before admission: let P free its blocks (§0.2)."""
         if (self.config.protocol in ("mooncake_v1", "nixl") and ktp.get("do_remote_prefill")
@@ -533,10 +542,14 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
     prompt_len = len(req.prompt_ids)
     hashes = model.block_hashes(req.prompt_ids, cfg.block_size, cfg.model_tag)
     blocks = math.ceil((prompt_len + req.max_tokens) / cfg.block_size)
-    await engine.scheduler.admit(blocks, req.priority)
+    try:
+        await engine.scheduler.admit(blocks, req.priority)
+    except asyncio.CancelledError:
+        engine.forget_remote(req.ktp)
+        raise
     admitted = time.monotonic()
     engine.metrics.observe("vllm:request_queue_time_seconds", admitted - arrival)
-    finished = False
+    finished = kv_settled = False
     try:
         # --- where the prompt's KV comes from
         local_hits = min(engine.prefix_cache.hits(hashes) * cfg.block_size, prompt_len - 1)
@@ -552,6 +565,7 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
                 None, engine.shared.load, hashes, expected, block_bytes)
             engine.metrics.inc("pd_sim_kv_bytes_received_total", nbytes, labels={"transport": "shared"})
             load = KvLoad(source="shared" if loaded else "local", reason=reason, tokens=loaded * cfg.block_size)
+        kv_settled = True
         external = max(0, min(load.tokens, prompt_len - 1) - local_hits) if load.source != "local" else 0
         computed = prompt_len - local_hits - external
         engine.metrics.inc("pd_sim_kv_loads_total", labels={"source": load.source, "reason": load.reason})
@@ -578,6 +592,8 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
         return response
     finally:
         engine.scheduler.release(blocks)
+        if not kv_settled:
+            engine.forget_remote(req.ktp)
         if not finished:
             engine.metrics.inc("pd_sim_requests_aborted_total")
 
