@@ -56,7 +56,12 @@ class ActionModule(ActionBase):
 
         groups = task_vars.get("groups") or {}
         all_hostvars = task_vars.get("hostvars") or {}
-        inventory = {"groups": {g: list(groups.get(g) or []) for g in GROUPS}, "hostvars": {}, "facts": {}}
+        inventory = {
+            "groups": {g: list(groups.get(g) or []) for g in GROUPS},
+            "all_groups": sorted(groups),
+            "hostvars": {},
+            "facts": {},
+        }
         problems = []
         hosts = []
         for g in GROUPS:

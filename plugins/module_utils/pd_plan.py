@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ast
 import copy
+import difflib
 import json
 import shlex
 
@@ -803,9 +804,12 @@ def _auto_base(start, footprint, avoid):
 def build_plan(inventory):
     """Validate the inventory and return the plan; raise PlanError listing every problem."""
     ctx = _Ctx(inventory)
+    known_groups = [g for g in (inventory.get("all_groups") or []) if g not in ("all", "ungrouped")]
     for group in ("prefill", "decode", "proxy"):
         if not ctx.groups.get(group):
-            ctx.error(f"group {group} is empty: add at least one host under [{group}] in the inventory")
+            close = difflib.get_close_matches(group, [g for g in known_groups if g != group], n=1, cutoff=0.7)
+            hint = f" (the inventory has a group [{close[0]}]: rename it)" if close else ""
+            ctx.error(f"group {group} is empty: add at least one host under [{group}] in the inventory{hint}")
     if ctx.problems:
         raise PlanError(ctx.problems)
     proxy_hosts = ctx.groups["proxy"]

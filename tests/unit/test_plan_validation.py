@@ -280,3 +280,14 @@ def test_ini_group_vars_strings_are_understood():
     p = plan["instances"][0]
     assert (p["devices"], p["http_port"], p["env"]["A"]) == ([4, 5], 9001, "1")
     assert "--enforce-eager" in p["argv"] and p["argv"][p["argv"].index("--max-model-len") + 1] == "4096"
+
+
+def test_empty_group_suggests_a_misspelt_one():
+    inv = one_host()
+    inv["groups"]["prefil"] = inv["groups"].pop("prefill")
+    inv["all_groups"] = ["all", "prefil", "decode", "proxy", "ungrouped"]
+    only(
+        inv,
+        "group prefill is empty: add at least one host under [prefill] in the inventory "
+        "(the inventory has a group [prefil]: rename it)",
+    )
