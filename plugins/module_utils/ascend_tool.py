@@ -35,7 +35,7 @@ class ToolResult:
 
     @property
     def command(self) -> str:
-        return " ".join([os.path.basename(self.argv[0])] + self.argv[1:])
+        return " ".join([os.path.basename(self.argv[0]), *self.argv[1:]])
 
     def is_busy(self, marker: str) -> bool:
         return marker.lower() in (self.stdout + self.stderr).lower()
@@ -49,15 +49,14 @@ def resolve_tool(module, option: str | None, name: str, fallback: str) -> str:
     if option:
         if os.path.isfile(option) and os.access(option, os.X_OK):
             return option
-        module.fail_json(msg="%s not found or not executable at %s; fix the path or install the Ascend driver"
-                         % (name, option))
+        module.fail_json(msg=f"{name} not found or not executable at {option}; fix the path or install the Ascend driver")
     found = module.get_bin_path(name)
     if found:
         return found
     if os.path.isfile(fallback) and os.access(fallback, os.X_OK):
         return fallback
-    module.fail_json(msg="%s not found on PATH nor at %s; install the Ascend driver or pass its path in "
-                     "the option of the same name" % (name, fallback))
+    module.fail_json(msg=f"{name} not found on PATH nor at {fallback}; install the Ascend driver or pass its path in "
+                     "the option of the same name")
     return ""  # unreachable, fail_json exits
 
 
@@ -87,14 +86,14 @@ class ToolRunner:
     def _run_locked(self, argv: list[str]) -> tuple[int, str, str]:
         self.calls.append(" ".join(argv))
         try:
-            handle = open(self.lock_path, "a")
+            fd = os.open(self.lock_path, os.O_CREAT | os.O_WRONLY, 0o600)
         except OSError:
-            handle = None  # an unwritable temp dir must not stop a read-only check
+            fd = -1  # an unwritable temp dir must not stop a read-only check
         try:
-            if handle is not None:
-                fcntl.flock(handle, fcntl.LOCK_EX)
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_EX)
             return self.module.run_command(argv, environ_update=dict(C_LOCALE), check_rc=False)
         finally:
-            if handle is not None:
-                fcntl.flock(handle, fcntl.LOCK_UN)
-                handle.close()
+            if fd >= 0:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+                os.close(fd)

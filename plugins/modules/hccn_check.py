@@ -11,8 +11,8 @@ short_description: Check the Ascend NPU parameter-plane network with hccn_tool
 version_added: "0.1.0"
 description:
   - Runs C(hccn_tool) once per device and check, one call at a time, and turns the text it
-    prints into structured facts: link state, flap history, TLS switch, IP address, net health
-    and RoCE ping results.
+    prints into structured facts (link state, flap history, TLS switch, IP address, net health
+    and RoCE ping results).
   - Every finding is a one-line problem prefixed with C(device N:). The module fails listing
     all of them, or only reports them when O(fail_on_problem=false).
   - Exit codes of C(hccn_tool) are not trusted alone (ping exits 1 on any loss, some
@@ -21,7 +21,7 @@ description:
   - With O(fix_tls=true) devices whose TLS switch is 1 are set to 0 with
     C(hccn_tool -i N -tls -s enable 0); this is the only change the module ever makes.
 author:
-  - openFuyao PD contributors
+  - openFuyao PD contributors (@openfuyao)
 options:
   hccn_tool:
     description:
@@ -79,9 +79,11 @@ options:
     default: 5
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Queries run in check mode too (they change nothing); O(fix_tls) only reports what it would change.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 notes:
   - The first C(hccn_tool -tls -g) on a device may record C(tls_enable_N) in C(/etc/hccn.conf); that is
@@ -245,13 +247,12 @@ class DeviceChecker:
         self.check_mode = check_mode
 
     def call(self, dev: int, args: list[str], ok=lambda r: r.rc == 0):
-        result = self.runner.run([self.tool, "-i", str(dev)] + args)
+        result = self.runner.run([self.tool, "-i", str(dev), *args])
         if result.is_busy(BUSY_MARKER):
-            raise DeviceProblem("`%s` still answers 'hccn_tool is busy' after %d retries; stop other "
-                                "hccn_tool users on this host and run again" % (result.command, result.busy_retries))
+            raise DeviceProblem(f"`{result.command}` still answers 'hccn_tool is busy' after {result.busy_retries} "
+                                "retries; stop other hccn_tool users on this host and run again")
         if not ok(result):
-            raise DeviceProblem("`%s` failed (rc=%d): %s" % (result.command, result.rc,
-                                                            excerpt(result.stderr or result.stdout)))
+            raise DeviceProblem(f"`{result.command}` failed (rc={result.rc}): {excerpt(result.stderr or result.stdout)}")
         return result
 
     def run(self, dev: int, checks: list[str], conf: dict) -> tuple[dict, bool]:
@@ -264,17 +265,15 @@ class DeviceChecker:
         for check in checks:
             try:
                 changed = getattr(self, "check_" + check)(dev, facts) or changed
-            except DeviceProblem as exc:
-                facts["problems"].append("device %d: %s" % (dev, exc))
-            except ParseError as exc:
-                facts["problems"].append("device %d: %s" % (dev, exc))
+            except (DeviceProblem, ParseError) as exc:
+                facts["problems"].append(f"device {dev}: {exc}")
         return facts, changed
 
     def check_link(self, dev: int, facts: dict) -> bool:
         result = self.call(dev, ["-link", "-g"])
         facts["link"] = parse_link(result.stdout, result.command)
         if facts["link"] != "UP":
-            raise DeviceProblem("link status is DOWN; check the cable, optics and switch port (%s)" % result.command)
+            raise DeviceProblem(f"link status is DOWN; check the cable, optics and switch port ({result.command})")
         return False
 
     def check_link_stat(self, dev: int, facts: dict) -> bool:
@@ -290,37 +289,37 @@ class DeviceChecker:
         if summary["flapping"]:
             downs = summary["recent_down_records"]
             raise DeviceProblem(
-                "link flapping: %d LINK DOWN record(s) within %ds, latest %s; check the cable, optics and "
-                "switch port, then clear the history with `hccn_tool -i %d -link_stat -c`"
-                % (len(downs), self.params["link_flap_window"], downs[0], dev))
+                f"link flapping: {len(downs)} LINK DOWN record(s) within {self.params['link_flap_window']}s, latest "
+                f"{downs[0]}; check the cable, optics and switch port, then clear the history with "
+                f"`hccn_tool -i {dev} -link_stat -c`")
         return False
 
-    def _read_tls(self, dev: int) -> tuple[dict, str]:
+    def _read_tls(self, dev: int) -> dict:
         def ok(r):
             return r.rc == 0 or NO_CERT_MARKER.lower() in (r.stderr + r.stdout).lower()
 
         result = self.call(dev, ["-tls", "-g"], ok=ok)
-        return parse_tls(result.stdout, result.stderr, result.command), result.command
+        return parse_tls(result.stdout, result.stderr, result.command)
 
     def check_tls(self, dev: int, facts: dict) -> bool:
-        tls, command = self._read_tls(dev)
+        tls = self._read_tls(dev)
         facts["tls_switch"], facts["tls_certificate"] = tls["switch"], tls["certificate"]
         if tls["switch"] == 0:
             return False
         if not self.params["fix_tls"]:
             raise DeviceProblem(
-                "TLS switch is %d but must be 0 on every device (HCCL refuses mixed TLS settings); run with "
-                "fix_tls=true or `hccn_tool -i %d -tls -s enable 0`" % (tls["switch"], dev))
+                f"TLS switch is {tls['switch']} but must be 0 on every device (HCCL refuses mixed TLS settings); "
+                f"run with fix_tls=true or `hccn_tool -i {dev} -tls -s enable 0`")
         facts["tls_fixed"] = True
         if self.check_mode:
             return True
         result = self.call(dev, ["-tls", "-s", "enable", "0"])
         parse_set_result(result.stdout, result.command)
-        tls, command = self._read_tls(dev)
+        tls = self._read_tls(dev)
         facts["tls_switch"] = tls["switch"]
         if tls["switch"] != 0:
-            raise DeviceProblem("TLS switch is still %d after `%s`; check /var/log/hccn_tool/"
-                                % (tls["switch"], result.command))
+            raise DeviceProblem(f"TLS switch is still {tls['switch']} after `{result.command}`; "
+                                "check /var/log/hccn_tool/")
         return True
 
     def check_ip(self, dev: int, facts: dict) -> bool:
@@ -331,24 +330,24 @@ class DeviceChecker:
         parsed = parse_ip(result.stdout, result.stderr, result.command)
         conf_ip = facts["conf_ip"]
         if parsed is None:
-            where = ("%s has address_%d=%s but the device does not; run `hccn_tool -i %d -cfg recovery`"
-                     % (self.conf_path, dev, conf_ip, dev)) if conf_ip else (
-                "set address_%d and netmask_%d in %s, then run `hccn_tool -i %d -cfg recovery`"
-                % (dev, dev, self.conf_path, dev))
+            recover = f"`hccn_tool -i {dev} -cfg recovery`"
+            where = (f"{self.conf_path} has address_{dev}={conf_ip} but the device does not; run {recover}"
+                     if conf_ip else
+                     f"set address_{dev} and netmask_{dev} in {self.conf_path}, then run {recover}")
             raise DeviceProblem("no IP address configured; " + where)
         facts["ip"], facts["netmask"] = parsed["ipaddr"], parsed["netmask"]
         if conf_ip and conf_ip != parsed["ipaddr"]:
-            raise DeviceProblem("device IP %s differs from address_%d=%s in %s (stale file?); fix the file or run "
-                                "`hccn_tool -i %d -cfg recovery`" % (parsed["ipaddr"], dev, conf_ip,
-                                                                       self.conf_path, dev))
+            raise DeviceProblem(f"device IP {parsed['ipaddr']} differs from address_{dev}={conf_ip} in "
+                                f"{self.conf_path} (stale file?); fix the file or run "
+                                f"`hccn_tool -i {dev} -cfg recovery`")
         return False
 
     def check_net_health(self, dev: int, facts: dict) -> bool:
         result = self.call(dev, ["-net_health", "-g"])
         facts["net_health"] = parse_net_health(result.stdout, result.command)
         if not net_health_ok(facts["net_health"]):
-            raise DeviceProblem("net health status is '%s' (expected Success or Init); check netdetect_%d in %s "
-                                "and the route to the detect address" % (facts["net_health"], dev, self.conf_path))
+            raise DeviceProblem(f"net health status is '{facts['net_health']}' (expected Success or Init); check "
+                                f"netdetect_{dev} in {self.conf_path} and the route to the detect address")
         return False
 
     def check_ping(self, dev: int, facts: dict) -> bool:
@@ -358,18 +357,18 @@ class DeviceChecker:
             result = self.call(dev, ["-ping", "-g", "address", target], ok=lambda r: r.rc in (0, 1))
             try:
                 ping = parse_ping(result.stdout, target, result.command)
-            except ParseError as exc:
+            except ParseError:
                 if result.rc != 0:
-                    exc = DeviceProblem("`%s` failed (rc=%d): %s" % (result.command, result.rc,
-                                                                    excerpt(result.stderr or result.stdout)))
+                    exc = DeviceProblem(f"`{result.command}` failed (rc={result.rc}): "
+                                        f"{excerpt(result.stderr or result.stdout)}")
                 failures.append(str(exc))
                 continue
             facts["ping"].append(ping)
             if not ping["ok"]:
-                failures.append("ping %s: %d of %d packets received (%.2f%% loss); check the route, VLAN and "
-                                "switch between this device and %s" % (target, ping["received"],
-                                                                        ping["transmitted"], ping["loss_pct"], target))
-        facts["problems"].extend("device %d: %s" % (dev, failure) for failure in failures)
+                failures.append(f"ping {target}: {ping['received']} of {ping['transmitted']} packets received "
+                                f"({ping['loss_pct']:.2f}% loss); check the route, VLAN and switch between this "
+                                f"device and {target}")
+        facts["problems"].extend(f"device {dev}: {failure}" for failure in failures)
         return False
 
 
@@ -382,15 +381,16 @@ def render_table(devices: list[dict]) -> list[str]:
     def show(value):
         return "-" if value is None else str(value)
 
-    lines = ["%-6s %-5s %-6s %-4s %-16s %-12s %-10s %s" % ("device", "link", "flaps", "tls", "ip", "net_health",
-                                                           "ping", "result")]
+    def row(*cells) -> str:
+        return "{:<6} {:<5} {:<6} {:<4} {:<16} {:<12} {:<10} {}".format(*cells)
+
+    lines = [row("device", "link", "flaps", "tls", "ip", "net_health", "ping", "result")]
     for dev in devices:
         pings = dev["ping"]
-        ping = "%d/%d ok" % (sum(1 for p in pings if p["ok"]), len(pings)) if pings else "-"
+        ping = f"{sum(1 for p in pings if p['ok'])}/{len(pings)} ok" if pings else "-"
         flaps = "-" if dev["flapping"] is None else ("YES" if dev["flapping"] else "no")
-        lines.append("%-6s %-5s %-6s %-4s %-16s %-12s %-10s %s" % (
-            dev["device"], show(dev["link"]), flaps, show(dev["tls_switch"]), show(dev["ip"]),
-            show(dev["net_health"]), ping, "FAIL" if dev["problems"] else "ok"))
+        lines.append(row(dev["device"], show(dev["link"]), flaps, show(dev["tls_switch"]), show(dev["ip"]),
+                         show(dev["net_health"]), ping, "FAIL" if dev["problems"] else "ok"))
     return lines
 
 
@@ -423,11 +423,11 @@ def main() -> None:
             with open(params["hccn_conf"]) as handle:
                 conf = parse_hccn_conf(handle.read())
         except (OSError, UnicodeDecodeError) as exc:
-            module.fail_json(msg="cannot read %s: %s" % (params["hccn_conf"], exc))
+            module.fail_json(msg="cannot read {}: {}".format(params["hccn_conf"], exc))
     devices = params["devices"] if params["devices"] else (sorted(conf) or list(range(8)))
     bad = [d for d in devices if d < 0]
     if bad:
-        module.fail_json(msg="devices must be physical ids >= 0, got %s" % bad)
+        module.fail_json(msg=f"devices must be physical ids >= 0, got {bad}")
 
     runner = ToolRunner(module, busy_marker=BUSY_MARKER, retries=params["busy_retries"])
     checker = DeviceChecker(runner, tool, params["hccn_conf"], params, module.check_mode)
@@ -438,10 +438,10 @@ def main() -> None:
         changed = changed or dev_changed
     problems = [p for dev in results for p in dev["problems"]]
     if problems:
-        msg = "hccn_check found %d problem(s) on %d device(s):\n%s" % (
-            len(problems), sum(1 for d in results if d["problems"]), "\n".join(problems))
+        failing = sum(1 for d in results if d["problems"])
+        msg = f"hccn_check found {len(problems)} problem(s) on {failing} device(s):\n" + "\n".join(problems)
     else:
-        msg = "hccn_check: %d device(s) passed %s" % (len(results), ", ".join(c for c in ALL_CHECKS if c in checks))
+        msg = f"hccn_check: {len(results)} device(s) passed " + ", ".join(c for c in ALL_CHECKS if c in checks)
     output = dict(changed=changed, devices=results, problems=problems, msg=msg, table=render_table(results),
                   hccn_tool=tool)
     if problems and params["fail_on_problem"]:

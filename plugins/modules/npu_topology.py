@@ -17,7 +17,7 @@ description:
   - A chip is busy when a process runs on it or more than O(busy_hbm_mb) of its HBM is in use.
   - Sets the fact C(npu) with the same data as the return values. Changes nothing on the host.
 author:
-  - openFuyao PD contributors
+  - openFuyao PD contributors (@openfuyao)
 options:
   npu_smi:
     description:
@@ -28,6 +28,22 @@ options:
       - Path of the HCCN configuration file; its C(address_N)/C(netmask_N) give each chip's device IP.
     type: path
     default: /etc/hccn.conf
+  devices:
+    description:
+      - Physical ids of the chips to judge (health, and with O(require_free) whether they are free).
+      - Default is every chip. Mutually exclusive with O(logic_ids).
+    type: list
+    elements: int
+  logic_ids:
+    description:
+      - Logic ids of the chips to judge, as a deployment plan assigns them. Mutually exclusive with O(devices).
+    type: list
+    elements: int
+  require_free:
+    description:
+      - Report a problem for every judged chip that is busy.
+    type: bool
+    default: false
   busy_hbm_mb:
     description:
       - A chip using more HBM than this many MB is busy even when no process is listed (another
@@ -36,11 +52,14 @@ options:
     default: 8192
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   facts:
+    description: Action returns an C(ansible_facts) dictionary that will update existing host facts.
     support: full
 notes:
   - Requires the Ascend driver; C(npu-smi) usually needs root.
@@ -50,6 +69,11 @@ EXAMPLES = r"""
 - name: Learn the NPUs of every Ascend host
   openfuyao.pd.npu_topology:
   register: topo
+
+- name: Judge the chips a plan gives this host; busy ones are problems
+  openfuyao.pd.npu_topology:
+    logic_ids: [0, 1, 2, 3]
+    require_free: true
 
 - name: Use the free devices
   ansible.builtin.debug:
@@ -129,11 +153,19 @@ free_logic_ids:
   elements: int
   sample: [2, 3, 4, 5]
 healthy:
-  description: Whether every chip reports health C(OK) and every card of C(npu-smi info -l) is in the table.
+  description: Whether every judged chip reports health C(OK) and every card of C(npu-smi info -l) is in the table.
   returned: always
   type: bool
+selected:
+  description: Physical ids of the judged chips (all, or those of O(devices) / O(logic_ids)).
+  returned: always
+  type: list
+  elements: int
+  sample: [0, 1, 2, 3]
 problems:
-  description: One line per unhealthy chip or missing card, prefixed C(device N:) with the physical id.
+  description:
+    - One line per unhealthy (or, with O(require_free), busy) judged chip, prefixed C(device N:) with the
+      physical id, per requested id that does not exist, and per card missing from the table.
   returned: always
   type: list
   elements: str
@@ -152,7 +184,7 @@ ansible_facts:
   type: dict
   contains:
     npu:
-      description: C(product), C(driver_version), C(chips), C(free_logic_ids), C(healthy), C(problems).
+      description: C(product), C(driver_version), C(chips), C(free_logic_ids), C(healthy), C(selected), C(problems).
       type: dict
 """
 
@@ -177,33 +209,65 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.npu_smi_parse import 
 
 
 def run_npu_smi(module, runner: ToolRunner, tool: str, args: list[str]) -> str:
-    result = runner.run([tool] + args)
+    result = runner.run([tool, *args])
     if result.rc != 0:
-        module.fail_json(msg="`%s` failed (rc=%d): %s; is the Ascend driver loaded and are you root?"
-                         % (result.command, result.rc, excerpt(result.stdout + result.stderr)),
+        module.fail_json(msg=f"`{result.command}` failed (rc={result.rc}): {excerpt(result.stdout + result.stderr)}; "
+                         "is the Ascend driver loaded and are you root?",
                          rc=result.rc, stdout=result.stdout, stderr=result.stderr, cmd=result.command)
     return result.stdout
 
 
-def topology_problems(chips: list[dict], listed: dict) -> list[str]:
-    problems = ["device %d: npu-smi health is %s (expected OK); see `npu-smi info -t health -i %d`"
-                % (c["phy_id"], c["health"], c["npu_id"]) for c in chips if c["health"] != HEALTH_OK]
+def select_chips(chips: list[dict], devices: list[int] | None, logic_ids: list[int] | None) -> tuple[list, list]:
+    """The judged chips and one problem line per requested id that does not exist."""
+    if devices:
+        key, wanted, label = "phy_id", devices, "device"
+    elif logic_ids:
+        key, wanted, label = "logic_id", logic_ids, "logic id"
+    else:
+        return chips, []
+    known = {c[key] for c in chips}
+    listing = ", ".join(str(k) for k in sorted(known))
+    missing = [f"{label} {i}: no such NPU on this host (npu-smi lists {label}s {listing})"
+               for i in wanted if i not in known]
+    return [c for c in chips if c[key] in wanted], missing
+
+
+def busy_problem(chip: dict, busy_hbm_mb: int) -> str:
+    procs = ", ".join(f"pid {p['pid']} {p['name'] or '(no name)'}"
+                      + (f" {p['memory_mb']} MB" if p["memory_mb"] is not None else "")
+                      for p in chip["processes"])
+    why = (f"{len(chip['processes'])} process(es): {procs}" if chip["processes"]
+           else f"no process listed but HBM use is above {busy_hbm_mb} MB (another container?)")
+    return (f"device {chip['phy_id']}: busy (logic id {chip['logic_id']}): {why}; HBM {chip['hbm_used_mb']}/"
+            f"{chip['hbm_total_mb']} MB in use; stop it or choose other devices")
+
+
+def topology_problems(chips: list[dict], listed: dict, require_free: bool = False, busy_hbm_mb: int = 0) -> list[str]:
+    problems = []
+    for c in chips:
+        if c["health"] != HEALTH_OK:
+            problems.append(f"device {c['phy_id']}: npu-smi health is {c['health']} (expected OK); see "
+                            f"`npu-smi info -t health -i {c['npu_id']}`")
+        elif require_free and c["busy"]:
+            problems.append(busy_problem(c, busy_hbm_mb))
     seen = {c["npu_id"] for c in chips}
     missing = [card["npu_id"] for card in listed["cards"] if card["npu_id"] not in seen]
     if missing:
-        problems.append("npu-smi info -l lists NPU(s) %s that npu-smi info does not show; the device may be lost "
-                        "(check dmesg, reset the NPU or reboot)" % ", ".join(str(m) for m in missing))
+        lost = ", ".join(str(m) for m in missing)
+        problems.append(f"npu-smi info -l lists NPU(s) {lost} that npu-smi info does not show; the device may be "
+                        "lost (check dmesg, reset the NPU or reboot)")
     return problems
 
 
 def render_table(chips: list[dict]) -> list[str]:
-    lines = ["%-4s %-5s %-6s %-10s %-8s %-14s %-16s %s" % ("phy", "logic", "npu", "name", "health", "hbm MB",
-                                                          "device_ip", "state")]
+    def row(*cells) -> str:
+        return "{:<4} {:<5} {:<6} {:<10} {:<8} {:<14} {:<16} {}".format(*cells)
+
+    lines = [row("phy", "logic", "npu", "name", "health", "hbm MB", "device_ip", "state")]
     for c in chips:
-        state = "busy (%d proc)" % len(c["processes"]) if c["busy"] else "free"
-        lines.append("%-4s %-5s %-6s %-10s %-8s %-14s %-16s %s" % (
-            c["phy_id"], c["logic_id"], "%d/%d" % (c["npu_id"], c["chip_id"]), c["name"], c["health"],
-            "%s/%s" % (c["hbm_used_mb"], c["hbm_total_mb"]), c["device_ip"] or "-", state))
+        state = f"busy ({len(c['processes'])} proc)" if c["busy"] else "free"
+        lines.append(row(c["phy_id"], c["logic_id"], f"{c['npu_id']}/{c['chip_id']}", c["name"], c["health"],
+                         f"{c['hbm_used_mb']}/{c['hbm_total_mb']}", c["device_ip"] or "-", state))
     return lines
 
 
@@ -212,8 +276,12 @@ def main() -> None:
         argument_spec=dict(
             npu_smi=dict(type="path"),
             hccn_conf=dict(type="path", default="/etc/hccn.conf"),
+            devices=dict(type="list", elements="int"),
+            logic_ids=dict(type="list", elements="int"),
+            require_free=dict(type="bool", default=False),
             busy_hbm_mb=dict(type="int", default=8192),
         ),
+        mutually_exclusive=[("devices", "logic_ids")],
         supports_check_mode=True,
     )
     params = module.params
@@ -230,7 +298,7 @@ def main() -> None:
             with open(params["hccn_conf"]) as handle:
                 conf = parse_hccn_conf(handle.read())
         except (OSError, UnicodeDecodeError) as exc:
-            module.fail_json(msg="cannot read %s: %s" % (params["hccn_conf"], exc))
+            module.fail_json(msg="cannot read {}: {}".format(params["hccn_conf"], exc))
     try:
         info = parse_info(info_text, tool + " info")
         mapping = parse_mapping(mapping_text, tool + " info -m")
@@ -239,13 +307,16 @@ def main() -> None:
         module.fail_json(msg=str(exc), stdout=exc.output)
 
     chips = build_chips(info, mapping, conf, params["busy_hbm_mb"])
-    problems = topology_problems(chips, listed)
+    judged, missing = select_chips(chips, params["devices"], params["logic_ids"])
+    problems = missing + topology_problems(judged, listed, params["require_free"], params["busy_hbm_mb"])
+    # The lost-card line is about the whole host; it stays even when only some chips are judged.
+    healthy = not any(c["health"] != HEALTH_OK for c in judged) and not any(p.startswith("npu-smi") for p in problems)
     free = [c["logic_id"] for c in chips if c["health"] == HEALTH_OK and not c["busy"]]
     facts = dict(product=product_of(info), driver_version=info["version"], chips=chips,
-                 free_logic_ids=free, healthy=not problems, problems=problems)
-    msg = "%s, driver %s: %d chip(s), %d free, %s" % (
-        facts["product"], facts["driver_version"], len(chips), len(free),
-        "healthy" if not problems else "%d problem(s): %s" % (len(problems), "; ".join(problems)))
+                 free_logic_ids=free, healthy=healthy, selected=[c["phy_id"] for c in judged], problems=problems)
+    verdict = "ok" if not problems else f"{len(problems)} problem(s): " + "; ".join(problems)
+    msg = (f"{facts['product']}, driver {facts['driver_version']}: {len(chips)} chip(s), {len(free)} free, "
+           f"{len(judged)} judged: {verdict}")
     module.exit_json(changed=False, msg=msg, table=render_table(chips), ansible_facts=dict(npu=facts), **facts)
 
 

@@ -1,0 +1,242 @@
+"""playbooks/preflight.yml for real (ansible-playbook, connection local) against the fake NPU tools.
+
+Every inventory host is this machine; each gets its own fake `hccn_tool`/`npu-smi` (wrappers that
+point the fake at the host's scenario file) and its own hccn.conf, so one run checks several
+"servers" at once, ping mesh included. The JSON report is the oracle: each faulty host must carry
+exactly the one expected problem line, and the healthy ones none.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+FAKES = REPO / "tests" / "fakes"
+SCENARIOS = FAKES / "scenarios"
+PLAYBOOK = REPO / "playbooks" / "preflight.yml"
+ANSIBLE_PLAYBOOK = Path(sys.executable).parent / "ansible-playbook"
+
+
+def make_npu_host(root: Path, name: str, scenario: str, ip_prefix: str, **overrides) -> dict:
+    """Scenario copy, fake-tool wrappers and hccn.conf for one simulated server; returns its host vars."""
+    hdir = root / name
+    (hdir / "bin").mkdir(parents=True)
+    doc = json.loads((SCENARIOS / scenario).read_text())
+    doc["ip_prefix"] = ip_prefix
+    doc.update(overrides)
+    scen = hdir / "scenario.json"
+    scen.write_text(json.dumps(doc))
+    for tool in ("hccn_tool", "npu-smi"):
+        wrapper = hdir / "bin" / tool
+        wrapper.write_text(f'#!/bin/sh\nPD_FAKE_NPU_SCENARIO={scen} exec {FAKES / tool} "$@"\n')
+        wrapper.chmod(0o755)
+    conf = subprocess.run([str(FAKES / "fake_npu_tool"), "hccn-conf"], env={**os.environ, "PD_FAKE_NPU_SCENARIO": str(scen)},
+                          capture_output=True, text=True, check=True).stdout
+    (hdir / "hccn.conf").write_text(conf)
+    return {
+        "pd_platform": "ascend",
+        "preflight_hccn_tool": str(hdir / "bin" / "hccn_tool"),
+        "preflight_npu_smi": str(hdir / "bin" / "npu-smi"),
+        "preflight_hccn_conf": str(hdir / "hccn.conf"),
+    }
+
+
+def scenario_doc(root: Path, name: str) -> dict:
+    return json.loads((root / name / "scenario.json").read_text())
+
+
+def run_preflight(root: Path, hosts: dict, *extra: str) -> tuple[subprocess.CompletedProcess, dict]:
+    report = root / "report.json"
+    report.unlink(missing_ok=True)
+    inventory = {"all": {
+        "vars": {
+            "ansible_connection": "local",
+            "ansible_python_interpreter": sys.executable,
+            "preflight_report_path": str(report),
+            "preflight_disk_path": str(root),
+            "preflight_disk_min_free_gb": 1,
+        },
+        "hosts": hosts,
+    }}
+    inv = root / "inventory.yml"
+    inv.write_text(yaml.safe_dump(inventory))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1",
+           "ANSIBLE_FORKS": "8"}
+    proc = subprocess.run([str(ANSIBLE_PLAYBOOK), "-i", str(inv), str(PLAYBOOK), *extra], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=240)
+    assert report.exists(), proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc, json.loads(report.read_text())
+
+
+def host_problems(report: dict, host: str) -> list[str]:
+    return [p for p in report["problems"] if p.startswith(host + ": ")]
+
+
+def checks_of(report: dict, host: str) -> dict[str, dict]:
+    entry = next(e for e in report["hosts"] if e["host"] == host)
+    return {c["check"]: c for c in entry["checks"]}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------------------- faults in one run
+
+# flapping.json puts its LINK DOWN 602 s before the device clock; pin that clock so the stamp is known.
+FLAP_NOW = "Mon Oct 27 11:51:32 2025"
+FLAP_DOWN = "Mon Oct 27 11:41:30 2025"
+
+EXPECTED = {
+    "linkdown": "linkdown: device 3: link status is DOWN; check the cable, optics and switch port "
+                "(hccn_tool -i 3 -link -g)",
+    "flapping": "flapping: device 2: link flapping: 1 LINK DOWN record(s) within 86400s, latest {stamp}; check "
+                "the cable, optics and switch port, then clear the history with `hccn_tool -i 2 -link_stat -c`",
+    "tlson": "tlson: device 5: TLS switch is 1 but must be 0 on every device (HCCL refuses mixed TLS settings); "
+             "run with fix_tls=true or `hccn_tool -i 5 -tls -s enable 0`",
+    "pingloss": "pingloss: device 4: ping 10.20.0.10: 0 of 3 packets received (100.00% loss); check the route, "
+                "VLAN and switch between this device and 10.20.0.10",
+    "noip": "noip: device 6: no IP address configured; set address_6 and netmask_6 in {conf}, then run "
+            "`hccn_tool -i 6 -cfg recovery`",
+    "busychip": "busychip: device 1: busy (logic id 1): 1 process(es): pid 4242 python3 20480 MB; HBM 23301/32768 MB "
+                "in use; stop it or choose other devices",
+    "nostorage": "nostorage: storage: {path} is not a mount point; mount the shared storage there (e.g. `mount -t "
+                 "nfs SERVER:/export {path}`) or set preflight_storage_mount_command",
+    "portbusy": "portbusy: ports: {port} (test http) already in use; stop what listens there or change the ports "
+                "in the inventory/plan",
+}
+
+
+@pytest.fixture(scope="module")
+def fault_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))
+    listener.listen()
+    busy_port = listener.getsockname()[1]
+    storage = root / "mnt-shared"
+    storage.mkdir()
+    hosts = {
+        "healthy": make_npu_host(root, "healthy", "healthy_a2.json", "10.20.0."),
+        "linkdown": make_npu_host(root, "linkdown", "link_down.json", "10.20.1."),
+        "flapping": make_npu_host(root, "flapping", "flapping.json", "10.20.2.", current_time=FLAP_NOW),
+        "tlson": make_npu_host(root, "tlson", "tls_on.json", "10.20.3."),
+        "pingloss": make_npu_host(root, "pingloss", "ping_loss.json", "10.20.4."),
+        "noip": make_npu_host(root, "noip", "missing_ip.json", "10.20.5."),
+        "busychip": make_npu_host(root, "busychip", "busy_chip.json", "10.20.6."),
+        "nostorage": {"pd_platform": "cpu", "preflight_storage_path": str(storage)},
+        "portbusy": {"preflight_ports": [{"start": busy_port, "end": busy_port, "purpose": "test http"}]},
+    }
+    # Pinging is the slow part of the fakes; three hosts run the mesh (the healthy one, the one with the
+    # lossy port, the one with a dead port), the others only publish their sound device IPs as targets.
+    for name in ("flapping", "tlson", "noip", "busychip"):
+        hosts[name]["preflight_ping_mesh"] = False
+    try:
+        proc, report = run_preflight(root, hosts)
+    finally:
+        listener.close()
+    expected = {h: line.format(stamp=FLAP_DOWN, conf=root / "noip" / "hccn.conf", path=storage, port=busy_port)
+                for h, line in EXPECTED.items()}
+    return proc, report, expected, root
+
+
+@pytest.mark.parametrize("host", sorted(EXPECTED))
+def test_each_fault_gives_exactly_its_one_line(fault_run, host):
+    proc, report, expected, _ = fault_run
+    assert host_problems(report, host) == [expected[host]]
+    assert expected[host] in proc.stdout  # the failure message lists it verbatim
+
+
+def test_fault_run_fails_and_healthy_host_is_clean(fault_run):
+    proc, report, expected, _ = fault_run
+    assert proc.returncode == 2
+    assert report["passed"] is False
+    assert host_problems(report, "healthy") == []
+    assert sorted(report["problems"]) == sorted(expected.values())
+    assert "Traceback" not in proc.stdout + proc.stderr
+
+
+def test_ping_mesh_targets_one_sound_device_per_peer(fault_run):
+    _, report, _, _ = fault_run
+    detail = checks_of(report, "healthy")["ping mesh"]["detail"]
+    targets = detail.split(": ", 1)[1].split(", ")
+    # one per NPU peer (6), each peer's first device with link up and an address; the cpu hosts have none
+    assert sorted(targets) == sorted(f"10.20.{n}.10" for n in range(1, 7))
+    assert detail.startswith("8 device(s) x 6 target(s)")
+    # link-down device 3 of linkdown does not ping (its failure is reported once, by link)
+    assert checks_of(report, "linkdown")["ping mesh"]["detail"].startswith("7 device(s)")
+
+
+def test_non_ascend_hosts_skip_npu_checks_with_a_note(fault_run):
+    _, report, _, _ = fault_run
+    npu = checks_of(report, "nostorage")["npu"]
+    assert npu["status"] == "skip"
+    assert "platform is cpu, not ascend" in npu["detail"]
+
+
+def test_preflight_never_changed_tls_without_fix_tls(fault_run):
+    _, _, _, root = fault_run
+    assert scenario_doc(root, "tlson")["devices"]["5"]["tls"] == 1
+
+
+# ------------------------------------------------------------------------------- healthy cluster
+
+
+def test_healthy_cluster_passes(tmp_path):
+    port = free_port()
+    hosts = {
+        "a2": make_npu_host(tmp_path, "a2", "healthy_a2.json", "10.30.0."),
+        "a3": make_npu_host(tmp_path, "a3", "healthy_a3.json", "10.31.0."),
+        "busytool": make_npu_host(tmp_path, "busytool", "hccn_busy.json", "10.32.0."),
+        "olddriver": make_npu_host(tmp_path, "olddriver", "old_driver.json", "10.33.0.",
+                                   devices={"1": {"link_records": [{"ago": 200000, "state": "UP"},
+                                                                   {"ago": 200100, "state": "DOWN"}]}}),
+        "cpu": {"preflight_storage_path": "/proc", "preflight_storage_fstype": "proc",
+                "preflight_ports": [{"start": port, "end": port + 1, "purpose": "proxy"}]},
+    }
+    proc, report = run_preflight(tmp_path, hosts)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert report["passed"] is True and report["problems"] == []
+    a3 = checks_of(report, "a3")
+    assert a3["npu topology"]["detail"].startswith("A3, driver 24.1.rc3.3: 16 chip(s), 16 free")
+    assert a3["npu devices"]["detail"] == "hccn_check: 16 device(s) passed link, link_stat, tls, ip, net_health"
+    assert sorted(a3["ping mesh"]["detail"].split(": ", 1)[1].split(", ")) == [
+        "10.30.0.10", "10.32.0.10", "10.33.0.10"]
+    # the busy answers were retried away, one after another
+    assert scenario_doc(tmp_path, "busytool")["hccn_busy_responses"] == 0
+    cpu = checks_of(report, "cpu")
+    assert cpu["storage"]["status"] == "pass" and "/proc mounted (proc" in cpu["storage"]["detail"]
+    assert cpu["ports"]["status"] == "pass"
+    assert cpu["npu"]["status"] == "skip"
+    assert "PASSED: 5 host(s) fit for PD" in proc.stdout
+
+
+# ------------------------------------------------------------------------------- TLS fix
+
+
+def test_fix_tls_check_mode_then_fix_then_clean_second_run(tmp_path):
+    hosts = {"tlson": make_npu_host(tmp_path, "tlson", "tls_on.json", "10.40.0.")}
+    proc, report = run_preflight(tmp_path, hosts, "--check", "-e", "preflight_fix_tls=true")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert scenario_doc(tmp_path, "tlson")["devices"]["5"]["tls"] == 1  # check mode changed nothing
+
+    proc, report = run_preflight(tmp_path, hosts, "-e", "preflight_fix_tls=true")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert report["passed"] is True
+    assert scenario_doc(tmp_path, "tlson")["devices"]["5"]["tls"] == 0
+    assert "changed=1" in proc.stdout
+
+    proc, report = run_preflight(tmp_path, hosts)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert report["passed"] is True
+    assert "changed=0" in proc.stdout
