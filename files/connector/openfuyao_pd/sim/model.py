@@ -7,7 +7,9 @@ receive from a prefill instance and detect corrupted or foreign KV.
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import random
 import re
 import struct
 from collections.abc import Sequence
@@ -27,6 +29,7 @@ def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: i
     return layers * 2 * kv_heads * head_dim * dtype_bytes
 
 
+@functools.lru_cache(maxsize=65536)
 def _word_id(word: str) -> int:
     digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
     return _FIRST_WORD_ID + int.from_bytes(digest, "big") % (VOCAB_SIZE - _FIRST_WORD_ID)
@@ -78,19 +81,41 @@ def block_hashes(prompt_ids: Sequence[int], block_size: int, model_tag: str) -> 
     return hashes
 
 
-def kv_content(prompt_ids: Sequence[int], bytes_per_token: int, model_tag: str) -> bytes:
-    """The prompt's KV cache bytes: each token's slice depends on the whole prefix up to it.
+_POOL_BYTES = 4 * 1024 * 1024
 
-    ``model_tag`` stands for the weights: two engines of the same model compute the same bytes.
+
+@functools.lru_cache(maxsize=4)
+def _kv_pool(model_tag: str, size: int) -> bytes:
+    """Pseudo-random bytes standing for the weights' output space (made once per model)."""
+    return random.Random(hashlib.sha256(model_tag.encode()).digest()).randbytes(size)
+
+
+def kv_content(prompt_ids: Sequence[int], bytes_per_token: int, model_tag: str, block_size: int = 16) -> bytes:
+    """The prompt's KV cache bytes, block by block.
+
+    A block's bytes are a window of a per-model pseudo-random pool at an offset given by the
+    chained hash of the prefix up to the block's end (the prefix-cache hash for full blocks),
+    so they depend on every earlier token and on position: a shifted, truncated or foreign
+    read does not match. Cost: one hash and one memcpy per block. ``model_tag`` stands for
+    the weights: two engines of the same model compute the same bytes.
     """
     if bytes_per_token <= 0 or not prompt_ids:
         return b""
-    out = bytearray()
-    state = hashlib.sha256(model_tag.encode()).digest()
-    for token in prompt_ids:
-        state = hashlib.sha256(state + struct.pack("<I", token)).digest()
-        out += hashlib.shake_128(state).digest(bytes_per_token)
-    return bytes(out)
+    window = block_size * bytes_per_token
+    pool = memoryview(_kv_pool(model_tag, max(_POOL_BYTES, 2 * window)))
+    span = len(pool) - window
+    hashes = block_hashes(prompt_ids, block_size, model_tag)
+    tail = len(prompt_ids) % block_size
+    if tail:  # the partial last block has its own hash (it is never prefix-cached)
+        parent = hashes[-1] if hashes else hashlib.sha256(model_tag.encode()).digest()
+        chunk = prompt_ids[len(prompt_ids) - tail:]
+        hashes.append(hashlib.sha256(parent + b"partial" + struct.pack(f"<{tail}I", *chunk)).digest())
+    parts = []
+    for index, block_hash in enumerate(hashes):
+        offset = int.from_bytes(block_hash[:8], "little") % span
+        size = tail * bytes_per_token if tail and index == len(hashes) - 1 else window
+        parts.append(pool[offset:offset + size])
+    return b"".join(parts)
 
 
 def checksum(data: bytes) -> str:

@@ -120,6 +120,8 @@ class SimEngine:
         self._sweeper: asyncio.Task | None = None
         self._background: set[asyncio.Task] = set()
         self.metrics = self._build_metrics()
+        if config.kv_bytes_per_token > 0:  # build the KV byte pool now, not on the first request
+            model.kv_content([0], config.kv_bytes_per_token, config.model_tag, config.block_size)
 
     # ----------------------------------------------------------------- lifecycle
     def setup_mooncake(self) -> None:
@@ -520,6 +522,9 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
         if request.transport is not None:
             request.transport.abort()
         return web.Response(status=500)
+    except ConnectionResetError:  # the client went away mid-stream (aiohttp's ClientConnectionResetError)
+        engine.metrics.inc("pd_sim_requests_aborted_total")
+        return web.Response(status=499)
     except ApiError as exc:
         if req is None:
             try:
@@ -555,7 +560,8 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
         local_hits = min(engine.prefix_cache.hits(hashes) * cfg.block_size, prompt_len - 1)
         need_kv = cfg.kv_bytes_per_token > 0 and (
             cfg.protocol == "centralized" or bool(req.ktp.get("do_remote_prefill") or req.ktp.get("do_remote_decode")))
-        expected = model.kv_content(req.prompt_ids, cfg.kv_bytes_per_token, cfg.model_tag) if need_kv else b""
+        expected = (model.kv_content(req.prompt_ids, cfg.kv_bytes_per_token, cfg.model_tag, cfg.block_size)
+                    if need_kv else b"")
         load = KvLoad(reason="no-kv-params")
         if cfg.protocol in ("mooncake_v1", "nixl", "mooncake") and cfg.is_consumer:
             load = await engine.load_remote(req, expected)
