@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -30,7 +35,7 @@ def sim_config(protocol: str, role: str, index: int, storage: str, **knobs: Any)
         extra["bootstrap_port"] = free_port(host)
     # The engine advertises its own port to peers (side channel), so it must know it up front.
     return SimConfig(model="tiny-llama", host=host, port=free_port(host), kv_transfer_config=ktc, mooncake="off",
-                     seed=index, **extra, **knobs)
+                     seed=0, **extra, **knobs)  # one seed = the same weights everywhere
 
 
 @dataclass
@@ -122,3 +127,31 @@ async def cluster(tmp_path: Any, protocol: str = "mooncake_v1", n_prefill: int =
             await runner.cleanup()
         for r in [*sims["prefill"], *sims["decode"]]:
             await r.stop()
+
+
+CONNECTOR_ROOT = str(Path(__file__).resolve().parents[2] / "files" / "connector")
+
+
+async def spawn_sim(protocol: str, role: str, storage: str, *flags: str) -> tuple[subprocess.Popen[bytes], int]:
+    """A simulator in its own process (`pd-engine-sim serve`), so a test can SIGKILL it like a crashed engine."""
+    port = free_port()
+    ktc = {"kv_connector": CONNECTORS[protocol], "kv_role": "kv_producer" if role == "prefill" else "kv_consumer",
+           "engine_id": f"{role}-spawned"}
+    if protocol == "centralized":
+        ktc["kv_connector_extra_config"] = {"shared_storage_path": storage}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "openfuyao_pd.sim", "serve", "tiny-llama", "--host", "127.0.0.1", "--port", str(port),
+         "--kv-transfer-config", json.dumps(ktc), "--seed", "0", "--sim-mooncake", "off", "--log-level", "error",
+         *flags],
+        env={**os.environ, "PYTHONPATH": CONNECTOR_ROOT}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(200):
+            try:
+                async with session.get(f"http://127.0.0.1:{port}/health") as resp:
+                    if resp.status == 200:
+                        return proc, port
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.05)
+    proc.kill()
+    raise RuntimeError("spawned simulator did not become healthy")
