@@ -141,3 +141,25 @@ def test_the_plans_argv_starts_the_simulator(tmp_path):
                 assert config.shared_storage_path, where
             checked += 1
     assert checked >= 4
+
+
+def test_kv_size_from_the_model_directory(tmp_path):
+    model_dir = tmp_path / "qwen"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(json.dumps({
+        "num_hidden_layers": 36, "num_attention_heads": 32, "num_key_value_heads": 8, "hidden_size": 4096,
+        "head_dim": 128, "torch_dtype": "bfloat16"}))
+    config, _ = _config("serve", str(model_dir))
+    assert config.kv_bytes_per_token == 36 * 2 * 8 * 128 * 2
+    config, _ = _config("serve", str(model_dir), "--sim-kv-bytes-per-token", "10")
+    assert config.kv_bytes_per_token == 10
+    config, _ = _config("serve", "no-such-dir")
+    assert config.kv_bytes_per_token == 2048
+
+
+def test_kv_size_of_the_builtin_tiny_model(tmp_path):
+    """The tiny model the collection builds gives the simulator's default KV size."""
+    tinymodel = pytest.importorskip("openfuyao_pd.tinymodel")
+    from openfuyao_pd.sim.model import TINY_LLAMA_KV_BYTES_PER_TOKEN, kv_bytes_per_token_from_hf_config
+
+    assert kv_bytes_per_token_from_hf_config(tinymodel.CONFIG) == TINY_LLAMA_KV_BYTES_PER_TOKEN

@@ -47,7 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--sim-max-seqs", type=int, default=None, help="max running sequences (default --max-num-seqs)")
     sim.add_argument("--sim-kv-capacity-blocks", type=int, default=4096)
     sim.add_argument("--sim-kv-bytes-per-token", type=int, default=None,
-                     help="KV bytes per token (default: tiny llama, 2 layers x k,v x 4 heads x 64 x bf16)")
+                     help="KV bytes per token (default: from MODEL/config.json when MODEL is a directory, "
+                          "else the tiny llama's 2 layers x k,v x 4 heads x 64 x bf16 = 2048)")
     sim.add_argument("--sim-kv-hold-timeout", type=float, default=None,
                      help="seconds a prefill holds unclaimed KV (default VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT or 480)")
     sim.add_argument("--sim-kv-transfer-timeout", type=float, default=None,
@@ -79,8 +80,11 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
     parse_faults(args.sim_fault)  # fail early on a bad spec
     seed = args.seed if args.sim_seed is None else args.sim_seed
     extra: dict = {}
-    if args.sim_kv_bytes_per_token is not None:
-        extra["kv_bytes_per_token"] = args.sim_kv_bytes_per_token
+    bytes_per_token = args.sim_kv_bytes_per_token
+    if bytes_per_token is None:
+        bytes_per_token = _bytes_from_model_dir(args.model)
+    if bytes_per_token is not None:
+        extra["kv_bytes_per_token"] = bytes_per_token
     hold = args.sim_kv_hold_timeout
     if hold is None:
         hold = float(os.environ.get("VLLM_MOONCAKE_ABORT_REQUEST_TIMEOUT", "480"))
@@ -101,6 +105,24 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         decode_step_growth=args.sim_decode_step_growth, kv_capacity_blocks=args.sim_kv_capacity_blocks,
         kv_hold_timeout_s=hold, kv_transfer_timeout_s=transfer, mooncake=args.sim_mooncake,
         eos_rate=args.sim_eos_rate, faults=list(args.sim_fault), in_process=False, **extra)
+
+
+def _bytes_from_model_dir(model_path: str) -> int | None:
+    """KV size per token from MODEL/config.json when MODEL is a model directory."""
+    import json
+    from pathlib import Path
+
+    from openfuyao_pd.sim.model import kv_bytes_per_token_from_hf_config
+
+    config_file = Path(model_path) / "config.json"
+    try:
+        config = json.loads(config_file.read_text())
+    except (OSError, ValueError):
+        return None
+    value = kv_bytes_per_token_from_hf_config(config) if isinstance(config, dict) else None
+    if value is not None:
+        LOG.info("KV size %d bytes/token from %s", value, config_file)
+    return value
 
 
 async def _serve(config: SimConfig) -> None:

@@ -29,6 +29,21 @@ def kv_bytes_per_token(layers: int, kv_heads: int, head_dim: int, dtype_bytes: i
     return layers * 2 * kv_heads * head_dim * dtype_bytes
 
 
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float8_e4m3fn": 1, "int8": 1}
+
+
+def kv_bytes_per_token_from_hf_config(config: dict) -> int | None:
+    """KV bytes per token from a Hugging Face config.json (None when the shape is incomplete)."""
+    try:
+        layers = int(config["num_hidden_layers"])
+        heads = int(config.get("num_key_value_heads") or config["num_attention_heads"])
+        head_dim = int(config.get("head_dim") or int(config["hidden_size"]) // int(config["num_attention_heads"]))
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    dtype = _DTYPE_BYTES.get(str(config.get("torch_dtype") or config.get("dtype") or "bfloat16"), 2)
+    return kv_bytes_per_token(layers, heads, head_dim, dtype)
+
+
 @functools.lru_cache(maxsize=65536)
 def _word_id(word: str) -> int:
     digest = hashlib.blake2b(word.encode(), digest_size=4).digest()
