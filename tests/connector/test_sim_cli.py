@@ -163,3 +163,13 @@ def test_kv_size_of_the_builtin_tiny_model(tmp_path):
     from openfuyao_pd.sim.model import TINY_LLAMA_KV_BYTES_PER_TOKEN, kv_bytes_per_token_from_hf_config
 
     assert kv_bytes_per_token_from_hf_config(tinymodel.CONFIG) == TINY_LLAMA_KV_BYTES_PER_TOKEN
+
+
+def test_unusable_shared_storage_is_one_line(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    ktc = {"kv_connector": "ExampleConnector", "kv_role": "kv_producer",
+           "kv_connector_extra_config": {"shared_storage_path": str(blocker / "kv")}}
+    assert main(["serve", "m", "--port", "0", "--kv-transfer-config", json.dumps(ktc)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert f"shared KV storage {blocker / 'kv'} is not usable" in err and "\n" not in err

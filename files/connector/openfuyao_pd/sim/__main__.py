@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"pd-engine-sim: error: cannot listen on {config.host}:{config.port}: {exc}", file=sys.stderr)
         return 1
-    except RuntimeError as exc:
+    except (RuntimeError, ConfigError) as exc:
         print(f"pd-engine-sim: error: {exc}", file=sys.stderr)
         return 1
     return 0

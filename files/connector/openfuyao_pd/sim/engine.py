@@ -6,12 +6,17 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from openfuyao_pd.sim.config import ConfigError
+
+LOG = logging.getLogger("pd-engine-sim")
 
 
 class CapacityError(ValueError):
@@ -186,9 +191,21 @@ class HeldStore:
 class SharedKvStore:
     """Centralized KV: one file per full block under a shared directory, named by block hash."""
 
-    def __init__(self, root: str, model_tag: str) -> None:
+    def __init__(self, root: str, model_tag: str, writable: bool) -> None:
         safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in model_tag)
         self.root = Path(root) / safe
+        self.errors = 0
+        try:  # fail at start-up, in one line, rather than on every request
+            if writable:
+                self.root.mkdir(parents=True, exist_ok=True)
+                probe = self.root / f".probe{os.getpid()}"
+                probe.write_bytes(b"")
+                probe.unlink()
+            elif Path(root).exists() and not Path(root).is_dir():  # missing is fine: no producer wrote yet
+                raise OSError(f"{root} is not a directory")
+        except OSError as exc:
+            raise ConfigError(f"shared KV storage {root} is not usable ({exc}); mount the shared volume there "
+                              f"or fix shared_storage_path / storage_backends") from exc
 
     def _path(self, block_hash: bytes) -> Path:
         name = block_hash.hex()
@@ -201,10 +218,15 @@ class SharedKvStore:
             path = self._path(block_hash)
             if path.exists():
                 continue
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_bytes(data[index * block_bytes:(index + 1) * block_bytes])
-            os.replace(tmp, path)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                tmp = path.with_suffix(f".tmp{os.getpid()}")
+                tmp.write_bytes(data[index * block_bytes:(index + 1) * block_bytes])
+                os.replace(tmp, path)
+            except OSError as exc:  # full or vanished volume: the decode side will recompute
+                self.errors += 1
+                LOG.warning("cannot write KV block to %s: %s", path, exc)
+                return written
             written += block_bytes
         return written
 

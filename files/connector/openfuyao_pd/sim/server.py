@@ -108,7 +108,7 @@ class SimEngine:
         self.scheduler = Scheduler(config.max_num_seqs, config.kv_capacity_blocks, config.scheduling_policy)
         self.prefix_cache = PrefixCache(config.kv_capacity_blocks, config.enable_prefix_caching)
         self.held = HeldStore(self.scheduler, config.kv_hold_timeout_s)
-        self.shared = (SharedKvStore(config.shared_storage_path, config.model_tag)
+        self.shared = (SharedKvStore(config.shared_storage_path, config.model_tag, config.is_producer)
                        if config.protocol == "centralized" and config.shared_storage_path else None)
         self.requests_seen = 0
         self.on_die: Callable[[], None] | None = None
