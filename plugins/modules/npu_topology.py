@@ -242,9 +242,10 @@ def busy_problem(chip: dict, busy_hbm_mb: int) -> str:
             f"{chip['hbm_total_mb']} MB in use; stop it or choose other devices")
 
 
-def topology_problems(chips: list[dict], listed: dict, require_free: bool = False, busy_hbm_mb: int = 0) -> list[str]:
+def topology_problems(chips: list[dict], judged: list[dict], listed: dict, require_free: bool = False,
+                      busy_hbm_mb: int = 0) -> list[str]:
     problems = []
-    for c in chips:
+    for c in judged:
         if c["health"] != HEALTH_OK:
             problems.append(f"device {c['phy_id']}: npu-smi health is {c['health']} (expected OK); see "
                             f"`npu-smi info -t health -i {c['npu_id']}`")
@@ -308,7 +309,7 @@ def main() -> None:
 
     chips = build_chips(info, mapping, conf, params["busy_hbm_mb"])
     judged, missing = select_chips(chips, params["devices"], params["logic_ids"])
-    problems = missing + topology_problems(judged, listed, params["require_free"], params["busy_hbm_mb"])
+    problems = missing + topology_problems(chips, judged, listed, params["require_free"], params["busy_hbm_mb"])
     # The lost-card line is about the whole host; it stays even when only some chips are judged.
     healthy = not any(c["health"] != HEALTH_OK for c in judged) and not any(p.startswith("npu-smi") for p in problems)
     free = [c["logic_id"] for c in chips if c["health"] == HEALTH_OK and not c["busy"]]
