@@ -274,3 +274,15 @@ async def test_aborted_decode_releases_prefill_kv(sim_factory):
         await asyncio.sleep(0.02)
     assert await metric(p, "pd_sim_kv_held_blocks") == 0
     assert (await busy)[0] == 200
+
+
+async def test_centralized_write_failure_is_counted_not_fatal(sim_factory):
+    import shutil
+
+    p = await sim_factory("prefill", "centralized")
+    root = p.engine.shared.root
+    shutil.rmtree(root)
+    root.write_text("the volume went away")  # every block directory below it now fails
+    status, _, _ = await post(p, {"prompt": PROMPT, "max_tokens": 1})
+    assert status == 200
+    assert await metric(p, "pd_sim_kv_store_errors_total") == 1

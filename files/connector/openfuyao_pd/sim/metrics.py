@@ -33,9 +33,11 @@ class Registry:
     def _labels(self, labels: dict[str, str] | None) -> Labels:
         return self._base + tuple(sorted((labels or {}).items()))
 
-    def counter(self, name: str, doc: str) -> None:
+    def counter(self, name: str, doc: str, fn: Callable[[], float] | None = None) -> None:
         self._meta[name] = ("counter", doc)
         self._values.setdefault(name, {})
+        if fn is not None:
+            self._gauge_fns[name] = fn
 
     def gauge(self, name: str, doc: str, fn: Callable[[], float] | None = None) -> None:
         self._meta[name] = ("gauge", doc)

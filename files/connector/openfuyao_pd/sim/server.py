@@ -219,6 +219,8 @@ class SimEngine:
         reg.counter("pd_sim_requests_total", "Completion requests received, by endpoint.")
         reg.counter("pd_sim_requests_aborted_total", "Requests aborted before they finished (client gone).")
         reg.counter("pd_sim_faults_injected_total", "Faults injected, by fault.")
+        reg.counter("pd_sim_kv_store_errors_total", "Shared-storage KV blocks that could not be written.",
+                    lambda: self.shared.errors if self.shared is not None else 0)
         reg.gauge("pd_sim_mooncake_enabled", "1 when KV moves through the Mooncake TCP transfer engine.",
                   lambda: 1 if self.mooncake is not None else 0)
         return reg
