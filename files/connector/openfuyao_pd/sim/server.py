@@ -270,10 +270,6 @@ class SimEngine:
         ktp = body.get("kv_transfer_params") or {}
         if not isinstance(ktp, dict):
             raise ApiError(400, "kv_transfer_params must be an object")
-        if (cfg.protocol == "nixl" and ktp.get("do_remote_decode")
-                and (body.get("min_tokens") or body.get("min_completion_tokens"))):
-            raise ApiError(400, "min_tokens is not supported for a prefill request with the NixlConnector "
-                                "(remove it on P, restore it on D)")
         base = headers.get("X-Request-Id") or uuid.uuid4().hex
         external = f"cmpl-{base}-0" if kind == "completion" else f"chatcmpl-{base}"
         stream_options = body.get("stream_options") or {}
