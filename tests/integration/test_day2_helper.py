@@ -1,0 +1,183 @@
+"""The day-2 playbooks' helper (playbooks/tasks/day2/files/pd_day2.py): batches, diff, status, parsing."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HELPER = Path(__file__).resolve().parents[2] / "playbooks" / "tasks" / "day2" / "files" / "pd_day2.py"
+_spec = importlib.util.spec_from_file_location("pd_day2", HELPER)
+assert _spec and _spec.loader
+pd_day2 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(pd_day2)
+
+
+def inst(name: str, role: str, port: int, host: str = "h1", address: str = "10.0.0.1") -> dict[str, Any]:
+    return {"name": name, "role": role, "host": host, "address": address, "http_port": port,
+            "health_url": f"http://{address}:{port}/health", "devices": [0, 1] if role == "prefill" else [2, 3],
+            "ports": [{"start": port, "end": port, "purpose": "http"}]}
+
+
+def plan(*instances: dict[str, Any]) -> dict[str, Any]:
+    return {"schema_version": 1, "model": {"served_name": "m"}, "instances": list(instances),
+            "proxy": {"host": "h0", "address": "10.0.0.9", "port": 9090, "protocol": "mooncake_v1"}}
+
+
+P2D2 = plan(inst("prefill-0", "prefill", 8100), inst("prefill-1", "prefill", 8101),
+            inst("decode-0", "decode", 8200, "h2", "10.0.0.2"), inst("decode-1", "decode", 8201, "h2", "10.0.0.2"))
+
+
+def test_batches_decode_first_then_prefill_one_at_a_time() -> None:
+    out = pd_day2.batches({"plan": P2D2, "roles": ["decode", "prefill", "proxy"], "max_unavailable": 1,
+                           "min_available": {"prefill": 1, "decode": 1}})
+    assert out["error"] is None
+    assert [[i["name"] for i in b["instances"]] for b in out["batches"]] == [
+        ["decode-0"], ["decode-1"], ["prefill-0"], ["prefill-1"]]
+
+
+def test_batches_never_below_the_minimum() -> None:
+    # max_unavailable 5 with 2 instances and a minimum of 1: still one at a time
+    out = pd_day2.batches({"plan": P2D2, "roles": ["decode"], "max_unavailable": 5,
+                           "min_available": {"decode": 1}})
+    assert [len(b["instances"]) for b in out["batches"]] == [1, 1]
+    out = pd_day2.batches({"plan": P2D2, "roles": ["decode"], "max_unavailable": 2,
+                           "min_available": {"decode": 0}})
+    assert [len(b["instances"]) for b in out["batches"]] == [2]
+
+
+def test_batches_refuse_a_single_instance_role() -> None:
+    one = plan(inst("prefill-0", "prefill", 8100), inst("decode-0", "decode", 8200))
+    out = pd_day2.batches({"plan": one, "roles": ["decode", "prefill"], "max_unavailable": 1,
+                           "min_available": {"prefill": 0, "decode": 1}})
+    assert out["error"].startswith("role decode has 1 instance(s) and day2_min_available_decode=1")
+    # prefill may go to zero (the proxy prefills on decode meanwhile) when the operator says so
+    assert [b["role"] for b in out["batches"]] == ["prefill"]
+
+
+def test_batches_only_and_unknown_names() -> None:
+    out = pd_day2.batches({"plan": P2D2, "roles": ["decode", "prefill"], "max_unavailable": 1,
+                           "min_available": {}, "only": ["decode-1", "nope-9"]})
+    assert [[i["name"] for i in b["instances"]] for b in out["batches"]] == [["decode-1"]]
+    assert "day2_only_instances names nope-9" in out["error"]
+
+
+def live(*items: tuple[str, str, str]) -> list[dict[str, Any]]:
+    return [{"name": n, "role": r, "url": u, "healthy": True, "ejected": False, "draining": False,
+             "inflight_requests": 0} for n, r, u in items]
+
+
+def test_diff_added_removed_kept_by_endpoint() -> None:
+    running = live(("prefill-0", "prefill", "http://10.0.0.1:8100"), ("decode-0", "decode", "http://10.0.0.2:8200"),
+                   ("decode-9", "decode", "http://10.0.0.7:8200"))
+    new = plan(inst("prefill-0", "prefill", 8100), inst("decode-0", "decode", 8200, "h2", "10.0.0.2"),
+               inst("decode-1", "decode", 8201, "h2", "10.0.0.2"))
+    out = pd_day2.diff({"plan": new, "live": running})
+    assert [i["name"] for i in out["added"]] == ["decode-1"]
+    assert [b["name"] for b in out["removed"]] == ["decode-9"]
+    assert out["kept"] == ["prefill-0", "decode-0"]
+    assert out["error"] is None and out["changed"]
+    assert out["lines"][0].startswith("+ decode-1") and out["lines"][1].startswith("- decode-9")
+
+
+def test_diff_refuses_renames_and_empty_roles() -> None:
+    running = live(("decode-1", "decode", "http://10.0.0.2:8200"), ("prefill-0", "prefill", "http://10.0.0.1:8100"))
+    new = plan(inst("prefill-0", "prefill", 8100), inst("decode-0", "decode", 8200, "h2", "10.0.0.2"))
+    out = pd_day2.diff({"plan": new, "live": running})
+    assert "renames running instances (decode-1 -> decode-0)" in out["error"]
+    out = pd_day2.diff({"plan": plan(inst("decode-0", "decode", 8200)), "live": []})
+    assert "the new plan has no prefill instance" in out["error"]
+
+
+def test_diff_ipv6_endpoints_match_the_proxy_urls() -> None:
+    new = plan(inst("prefill-0", "prefill", 8100, address="fd00::1"), inst("decode-0", "decode", 8200, address="fd00::2"))
+    running = live(("prefill-0", "prefill", "http://[fd00::1]:8100"), ("decode-0", "decode", "http://[fd00::2]:8200"))
+    out = pd_day2.diff({"plan": new, "live": running})
+    assert not out["changed"] and out["error"] is None
+
+
+def test_parse_supervisor_status() -> None:
+    text = ("openfuyao-pd-decode-0           RUNNING   pid 4242, uptime 0:03:07\n"
+            "openfuyao-pd-decode-1           STOPPED   Nov 22 03:31 AM\n"
+            "openfuyao-pd-prefill-0          RUNNING   pid 77, uptime 2 days, 1:02:03\n"
+            "openfuyao-pd-prefill-1          FATAL     Exited too quickly (process log may have details)\n")
+    st = pd_day2.parse_supervisor_status(text)
+    assert st["openfuyao-pd-decode-0"] == {"state": "RUNNING", "pid": 4242, "uptime": "0:03:07", "detail": None}
+    assert st["openfuyao-pd-decode-1"]["state"] == "STOPPED" and st["openfuyao-pd-decode-1"]["pid"] is None
+    assert st["openfuyao-pd-prefill-0"]["uptime"] == "2 days, 1:02:03"
+    assert st["openfuyao-pd-prefill-1"]["detail"].startswith("Exited too quickly")
+
+
+def test_parse_systemctl_show() -> None:
+    out = pd_day2.parse_systemctl_show("ActiveState=active\nMainPID=991\nActiveEnterTimestamp=Sun 2026-11-22 03:00:00 UTC\n")
+    assert out["state"] == "ACTIVE" and out["pid"] == 991 and out["uptime"].startswith("since Sun")
+    assert pd_day2.parse_systemctl_show("ActiveState=inactive\nMainPID=0\n")["pid"] is None
+
+
+def probe_ok(name: str) -> dict[str, Any]:
+    return {"name": name, "health": "ok", "models": ["m"], "version": "0.11.0", "state": "RUNNING",
+            "pid": 1, "uptime": "0:01:00"}
+
+
+def test_status_table_and_problems() -> None:
+    probes = {
+        "h1": {"instances": [probe_ok("prefill-0"), {**probe_ok("prefill-1"), "health": "connection refused",
+                                                      "state": "STOPPED", "pid": None}],
+               "packages": {"vllm": "0.11.0", "mooncake-transfer-engine": "0.3.13"}},
+        "h2": {"instances": [probe_ok("decode-0"), {**probe_ok("decode-1"), "models": ["other"]}],
+               "packages": {"vllm": "0.10.2", "mooncake-transfer-engine": "0.3.13"}},
+    }
+    proxy = {"instances": live(("prefill-0", "prefill", "http://10.0.0.1:8100"),
+                               ("decode-0", "decode", "http://10.0.0.2:8200"),
+                               ("decode-1", "decode", "http://10.0.0.2:8201"),
+                               ("decode-7", "decode", "http://10.0.0.5:8200")),
+             "health": {"status": "ok"}, "state": "RUNNING", "uptime": "1:00:00"}
+    proxy["instances"][1]["ejected"] = True
+    out = pd_day2.status({"plan": P2D2, "probes": probes, "proxy": proxy})
+    table = out["table"]
+    assert table.splitlines()[0].split() == ["HOST", "INSTANCE", "ROLE", "DEVICES", "PORTS", "SERVICE", "HEALTH",
+                                             "MODEL", "VERSION", "STACK", "UPTIME", "PROXY", "VIEW"]
+    row = next(line for line in table.splitlines() if " prefill-0 " in line)
+    assert "0,1" in row and "http:8100" in row and "mooncake-transfer-engine=0.3.13,vllm=0.11.0" in row
+    problems = "\n".join(out["problems"])
+    assert "prefill-1 on h1: service is STOPPED" in problems
+    assert "prefill-1 on h1: /health connection refused" in problems
+    assert "prefill-1: the proxy does not route to it" in problems
+    assert "decode-0: proxy marks it ejected" in problems
+    assert "decode-1 on h2: serves ['other'], the plan says m" in problems
+    assert "proxy routes to decode-7 (http://10.0.0.5:8200) which the plan does not have" in problems
+    assert "package vllm differs between hosts (0.10.2, 0.11.0)" in problems
+    assert "mooncake" not in problems  # same version everywhere
+    assert f"PROBLEMS ({len(out['problems'])}):" in table
+
+
+def test_status_unreachable_proxy_and_unprobed_host() -> None:
+    out = pd_day2.status({"plan": P2D2, "probes": {"h1": {"instances": [probe_ok("prefill-0"), probe_ok("prefill-1")]}},
+                          "proxy": {"error": "no answer at http://10.0.0.9:9090 (Connection refused)"}})
+    problems = "\n".join(out["problems"])
+    assert "decode-0 on h2: host not probed" in problems
+    assert "proxy on h0: no answer at http://10.0.0.9:9090" in problems
+
+
+@pytest.mark.parametrize(("argv", "stdin"), [(["batches"], "{not json"), (["diff"], "{}"), (["bogus"], "")])
+def test_cli_bad_input_is_one_json_line(argv: list[str], stdin: str) -> None:
+    proc = subprocess.run([sys.executable, str(HELPER), *argv], input=stdin, capture_output=True, text=True,
+                          check=False)
+    assert proc.stderr == ""
+    doc = json.loads(proc.stdout)
+    assert doc["error"] and "Traceback" not in proc.stdout
+
+
+def test_probe_against_nothing_running(tmp_path: Path) -> None:
+    spec = {"manager": "supervisord", "supervisor_conf": str(tmp_path / "none.conf"), "venv": str(tmp_path),
+            "instances": [{"name": "decode-0", "health_url": "http://127.0.0.1:9/health",
+                           "service": "openfuyao-pd-decode-0"}]}
+    out = pd_day2.probe(spec)
+    (one,) = out["instances"]
+    assert one["health"] != "ok" and one["models"] == []
+    assert one["state"] in ("NO-SUPERVISOR", "ABSENT")
