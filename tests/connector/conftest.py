@@ -152,9 +152,11 @@ async def sim_process_factory(tmp_path: Path) -> AsyncIterator[Callable[..., Awa
         return url, proc
 
     yield factory
-    for proc in procs:
+    for proc in procs:  # signal all first: Mooncake's shutdown takes about a second each
         if proc.poll() is None:
             proc.terminate()
+    for proc in procs:
+        if proc.poll() is None:
             try:
                 proc.wait(timeout=5)
             except subprocess.TimeoutExpired:

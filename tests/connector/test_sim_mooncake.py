@@ -113,3 +113,29 @@ async def test_in_process_pair_can_share_one_engine(sim_factory):
         d_metrics = await _metrics(session, d)
     assert headers["x-sim-kv-source"] == "remote"
     assert _sum(d_metrics, "pd_sim_kv_bytes_received_total", 'transport="mooncake"') == 100 * 2048
+
+
+@pytest.mark.parametrize(("p_mode", "d_mode"), [("on", "off"), ("off", "on")])
+@pytest.mark.parametrize("protocol", ["mooncake_v1", "mooncake"])
+async def test_mixed_mooncake_and_http_peers(sim_factory, protocol, p_mode, d_mode):
+    """One side without Mooncake: the bytes move over HTTP and are counted once."""
+    p = await sim_factory("prefill", protocol, mooncake=p_mode)
+    d = await sim_factory("decode", protocol, mooncake=d_mode)
+    xfer = f"xfer-{uuid.uuid4()}"
+    async with aiohttp.ClientSession() as session:
+        if protocol == "mooncake":
+            (_, _, _), (_, headers, _) = await asyncio.gather(
+                _post(session, p, {"prompt": PROMPT, "max_tokens": 1, "kv_transfer_params": {
+                    "do_remote_decode": True, "transfer_id": xfer}}),
+                _post(session, d, {"prompt": PROMPT, "max_tokens": 2, "kv_transfer_params": {
+                    "do_remote_prefill": True, "transfer_id": xfer, "remote_bootstrap_addr": p.bootstrap_url,
+                    "remote_engine_id": p.config.engine_id}}))
+        else:
+            _, _, pre = await _post(session, p, {"prompt": PROMPT, "max_tokens": 1,
+                                                 "kv_transfer_params": {"do_remote_decode": True}})
+            _, headers, _ = await _post(session, d, {"prompt": PROMPT, "max_tokens": 2,
+                                                     "kv_transfer_params": pre["kv_transfer_params"]})
+        p_metrics, d_metrics = await _metrics(session, p), await _metrics(session, d)
+    assert headers["x-sim-kv-source"] == "remote", headers
+    assert _sum(p_metrics, "pd_sim_kv_bytes_sent_total") == 100 * 2048
+    assert _sum(d_metrics, "pd_sim_kv_bytes_received_total", 'transport="http"') == 100 * 2048

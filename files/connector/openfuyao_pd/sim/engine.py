@@ -150,6 +150,7 @@ class HeldKv:
     region: Any = None  # kvxfer.Region when registered with Mooncake
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     failed: str | None = None  # mooncake push: why the transfer cannot happen
+    served_http: bool = False  # a decode without Mooncake fetched the bytes over HTTP
 
 
 class HeldStore:

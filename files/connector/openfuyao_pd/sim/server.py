@@ -426,7 +426,7 @@ class SimEngine:
                 if resp.status in (404, 410):
                     raise _KvMiss((await resp.json()).get("reason", "unprocessed"))
                 resp.raise_for_status()
-                if region is not None:
+                if region is not None and resp.content_type == "application/json":  # P wrote into our buffer
                     info = await resp.json()
                     data = self.mooncake.read_region(region)[: int(info["length"])]  # type: ignore[union-attr]
                     return data, "mooncake"
@@ -856,6 +856,7 @@ async def kv_data(request: web.Request) -> web.Response:
     item = engine.held.items.get(request.match_info["key"])
     if item is None:
         return _error(404, f"no KV held for {request.match_info['key']}", "NotFoundError")
+    item.served_http = True
     engine.metrics.inc("pd_sim_kv_bytes_sent_total", len(item.data), labels={"transport": "http"})
     return web.Response(body=item.data, content_type="application/octet-stream")
 
@@ -865,7 +866,7 @@ async def kv_done(request: web.Request) -> web.Response:
     item = engine._free_held(request.match_info["key"], "pulled")
     if item is None:
         return _error(404, f"no KV held for {request.match_info['key']}", "NotFoundError")
-    if item.region is not None:  # D read it through Mooncake; account the bytes here
+    if item.region is not None and not item.served_http:  # D read it through Mooncake; account it here
         engine.metrics.inc("pd_sim_kv_bytes_sent_total", len(item.data), labels={"transport": "mooncake"})
     return web.json_response({"status": "freed", "blocks": item.blocks})
 
