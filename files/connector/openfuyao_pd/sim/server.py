@@ -399,11 +399,12 @@ class SimEngine:
             await self._notify_done(base, key)
 
     async def _notify_done(self, base: str, key: str) -> None:
-        try:
-            async with self.session.post(f"{base}/sim/kv/{key}/done") as resp:  # type: ignore[union-attr]
+        try:  # short: a rejected request must not wait for an unreachable prefill
+            async with self.session.post(f"{base}/sim/kv/{key}/done",  # type: ignore[union-attr]
+                                         timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
                 await resp.read()
-        except aiohttp.ClientError as exc:
-            LOG.warning("could not tell %s that KV %s was consumed: %s", base, key, exc)
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            LOG.warning("could not tell %s that KV %s was consumed: %s", base, key, exc or type(exc).__name__)
 
     async def _pull_pushed(self, req: Request) -> tuple[bytes, str]:
         """Upstream mooncake: check the bootstrap server, then let P push into our buffer."""
@@ -445,7 +446,8 @@ class SimEngine:
 
     async def release_remote(self, ktp: dict[str, Any]) -> None:
         """A remote-prefill request rejected before admission: let P free its blocks (§0.2)."""
-        if (self.config.protocol in ("mooncake_v1", "nixl") and ktp.get("do_remote_prefill")
+        if (self.config.protocol in ("mooncake_v1", "nixl") and self.config.is_consumer
+                and isinstance(ktp, dict) and ktp.get("do_remote_prefill")
                 and ktp.get("remote_host") and ktp.get("remote_port") and ktp.get("remote_request_id")):
             await self._notify_done(self._peer_url(ktp["remote_host"], ktp["remote_port"]),
                                     str(ktp["remote_request_id"]))
