@@ -16,12 +16,23 @@ from dataclasses import dataclass
 from typing import Any
 
 _IMPORT_ERROR: str | None = None
-try:  # pragma: no cover - depends on the host
+_TransferEngine: Any = None
+_LOADED = False
+
+
+def _load() -> None:
+    """Import Mooncake on first use (it is slow to import and often absent)."""
+    global _TransferEngine, _IMPORT_ERROR, _LOADED
+    if _LOADED:
+        return
+    _LOADED = True
     os.environ.setdefault("MC_FORCE_TCP", "1")  # never probe RDMA devices: TCP is what we ship
-    from mooncake.engine import TransferEngine as _TransferEngine
-except Exception as exc:  # ImportError or OSError from a missing shared library
-    _TransferEngine = None
-    _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+    try:  # pragma: no cover - depends on the host
+        from mooncake.engine import TransferEngine
+    except Exception as exc:  # ImportError, or OSError from a missing shared library
+        _IMPORT_ERROR = f"{type(exc).__name__}: {exc}"
+    else:
+        _TransferEngine = TransferEngine
 
 
 class KvTransferError(RuntimeError):
@@ -30,6 +41,7 @@ class KvTransferError(RuntimeError):
 
 def unavailable_reason() -> str | None:
     """None when Mooncake can be used here, else why not (one line)."""
+    _load()
     if _TransferEngine is None:
         return f"mooncake transfer engine not importable ({_IMPORT_ERROR})"
     return None
