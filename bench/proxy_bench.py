@@ -1,0 +1,427 @@
+#!/usr/bin/env python3
+"""PD proxy benchmark: overhead vs direct and vs peer proxies, and goodput per routing policy.
+
+Everything runs on this host over loopback against the engine simulator (`openfuyao_pd.sim`)
+in separate processes. Peers come from a separate virtualenv (PEERS_VENV, see bench/README.md):
+  - vllm-router (`vllm-router --vllm-pd-disaggregation --kv-connector nixl`)
+  - the vLLM v1 proxy shipped in the Mooncake wheel (`mooncake/vllm_v1_proxy_server.py`)
+Missing peers are reported as skipped, never guessed.
+
+    python bench/proxy_bench.py all --peers-venv /tmp/work/proxy/peers --out bench/results
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+ROOT = Path(__file__).resolve().parents[1]
+CONNECTOR = ROOT / "files" / "connector"
+ENV = {**os.environ, "PYTHONPATH": str(CONNECTOR)}
+WORDS = [f"w{i:02d}" for i in range(100)]  # 3 chars + space = 4 chars = 1 sim token = 1 estimated token
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_http(url: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                async with session.get(url, timeout=aiohttp.ClientTimeout(total=2)) as resp:
+                    if resp.status == 200:
+                        return
+            await asyncio.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up within {timeout:.0f}s")
+
+
+class Procs:
+    """Child processes, stopped (by pid) when the block ends."""
+
+    def __init__(self) -> None:
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
+        out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
+        self.procs.append(subprocess.Popen(argv, env=env or ENV, stdout=out, stderr=subprocess.STDOUT,
+                                           start_new_session=True))
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.procs.clear()
+
+
+@contextlib.contextmanager
+def processes() -> Iterator[Procs]:
+    procs = Procs()
+    try:
+        yield procs
+    finally:
+        procs.stop()
+
+
+def sim_argv(role: str, port: int, flags: list[str]) -> list[str]:
+    ktc = {"kv_connector": "NixlConnector", "kv_role": "kv_producer" if role == "prefill" else "kv_consumer",
+           "engine_id": f"{role}-{port}"}
+    return [sys.executable, "-m", "openfuyao_pd.sim", "serve", "tiny-llama", "--host", "127.0.0.1",
+            "--port", str(port), "--kv-transfer-config", json.dumps(ktc), "--seed", "0", "--sim-mooncake", "off",
+            "--log-level", "error", *flags]
+
+
+# ------------------------------------------------------------------------------------ client
+@dataclass
+class Sample:
+    ok: bool
+    latency: float
+    ttft: float | None = None
+    tokens: int = 0
+    error: str | None = None
+
+
+def prompt(rng: random.Random, n_tokens: int, prefix: str = "") -> str:
+    return prefix + " ".join(rng.choice(WORDS) for _ in range(n_tokens))
+
+
+async def one_request(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> Sample:
+    start = time.perf_counter()
+    try:
+        async with session.post(url + "/v1/completions", json=body) as resp:
+            if not body.get("stream"):
+                data = await resp.read()
+                ok = resp.status == 200 and b'"choices"' in data
+                return Sample(ok, time.perf_counter() - start,
+                              error=None if ok else f"HTTP {resp.status}: {data[:160].decode(errors='replace')}")
+            ttft = None
+            tokens = 0
+            done = False
+            async for line in resp.content:
+                if not line.startswith(b"data: "):
+                    continue
+                if line.startswith(b"data: [DONE]"):
+                    done = True
+                    break
+                if b'"error"' in line:
+                    break
+                if b'"text": "' in line or b'"text":"' in line:
+                    if ttft is None:
+                        ttft = time.perf_counter() - start
+                    tokens += 1
+            ok = resp.status == 200 and done
+            return Sample(ok, time.perf_counter() - start, ttft, tokens, None if ok else f"HTTP {resp.status}")
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+        return Sample(False, time.perf_counter() - start, error=type(exc).__name__)
+
+
+async def closed_loop(url: str, n: int, concurrency: int, prompt_tokens: int, max_tokens: int, stream: bool,
+                      seed: int) -> tuple[list[Sample], float]:
+    rng = random.Random(seed)
+    bodies = [{"model": "tiny-llama", "prompt": prompt(rng, prompt_tokens), "max_tokens": max_tokens,
+               "stream": stream, "ignore_eos": True} for _ in range(n)]
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
+        for body in bodies[: min(50, n)]:  # warm-up: connections, caches of the proxy itself
+            await one_request(session, url, {**body, "prompt": "warm " + body["prompt"]})
+        queue = iter(bodies)
+        samples: list[Sample] = []
+
+        async def worker() -> None:
+            for body in queue:
+                samples.append(await one_request(session, url, body))
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        return samples, time.perf_counter() - start
+
+
+def pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, round(q / 100 * (len(values) - 1)))]
+
+
+# ------------------------------------------------------------------------------------ overhead
+@dataclass
+class Target:
+    name: str
+    url: str
+    note: str
+    ready: str = "/health"
+
+
+def our_proxy_config(port: int, prefill: list[int], decode: list[int], options: dict[str, Any]) -> str:
+    cfg = {"address": "127.0.0.1", "port": port, "protocol": "nixl", "model": "tiny-llama",
+           "prefill": [{"name": f"prefill-{i}", "address": "127.0.0.1", "port": p} for i, p in enumerate(prefill)],
+           "decode": [{"name": f"decode-{i}", "address": "127.0.0.1", "port": p} for i, p in enumerate(decode)],
+           "options": options}
+    fd, path = tempfile.mkstemp(suffix=".json", prefix="pd-proxy-bench-")
+    with os.fdopen(fd, "w") as handle:
+        json.dump(cfg, handle)
+    return path
+
+
+async def overhead(args: argparse.Namespace) -> dict[str, Any]:
+    peers = Path(args.peers_venv) if args.peers_venv else None
+    logs = Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("requests", "concurrency",
+                                                                          "prompt_tokens", "max_tokens")},
+                               "rows": [], "skipped": []}
+    with processes() as procs:
+        p_port, d_port = free_port(), free_port()
+        zero = ["--sim-kv-bytes-per-token", "16", "--sim-max-seqs", "1024", "--sim-kv-capacity-blocks", "200000"]
+        procs.start(sim_argv("prefill", p_port, zero), log=logs / "sim-prefill.log")
+        procs.start(sim_argv("decode", d_port, zero), log=logs / "sim-decode.log")
+        await wait_http(f"http://127.0.0.1:{p_port}/health")
+        await wait_http(f"http://127.0.0.1:{d_port}/health")
+        targets = [Target("direct (client → decode, no PD)", f"http://127.0.0.1:{d_port}", "one hop, baseline",
+                          "/v1/models")]
+
+        port = free_port()
+        procs.start([sys.executable, "-m", "openfuyao_pd.proxy", "--config",
+                     our_proxy_config(port, [p_port], [d_port], {}), "--log-level", "WARNING"],
+                    log=logs / "pd-proxy.log")
+        targets.append(Target("pd-proxy (ours), P→D", f"http://127.0.0.1:{port}", "nixl protocol, 2 hops"))
+        port2 = free_port()
+        procs.start([sys.executable, "-m", "openfuyao_pd.proxy", "--config",
+                     our_proxy_config(port2, [p_port], [d_port], {"local_prefill_max_tokens": 1000000}),
+                     "--log-level", "WARNING"], log=logs / "pd-proxy-local.log")
+        targets.append(Target("pd-proxy (ours), local route", f"http://127.0.0.1:{port2}",
+                              "every request sent straight to D: pure proxy cost, 1 hop"))
+
+        router = peers / "bin" / "vllm-router" if peers else None
+        if router and router.exists():
+            port3 = free_port()
+            procs.start([str(router), "--vllm-pd-disaggregation", "--prefill", f"http://127.0.0.1:{p_port}",
+                         "--decode", f"http://127.0.0.1:{d_port}", "--host", "127.0.0.1", "--port", str(port3),
+                         "--kv-connector", "nixl", "--policy", "round_robin", "--prometheus-port",
+                         str(free_port()), "--log-level", "warning"], env=dict(os.environ),
+                        log=logs / "vllm-router.log")
+            targets.append(Target("vllm-router (Rust), P→D", f"http://127.0.0.1:{port3}",
+                                  "--vllm-pd-disaggregation --kv-connector nixl"))
+        else:
+            results["skipped"].append("vllm-router: not installed in the peers venv")
+        mooncake_proxy = None
+        if peers:
+            found = sorted((peers / "lib").glob("python3*/site-packages/mooncake/vllm_v1_proxy_server.py"))
+            mooncake_proxy = found[0] if found else None
+        if mooncake_proxy:
+            port4 = free_port()
+            procs.start([str(peers / "bin" / "python"), str(mooncake_proxy), "--host", "127.0.0.1", "--port",
+                         str(port4), "--prefiller-hosts", "127.0.0.1", "--prefiller-ports", str(p_port),
+                         "--decoder-hosts", "127.0.0.1", "--decoder-ports", str(d_port)],
+                        env=dict(os.environ), log=logs / "mooncake-proxy.log")
+            targets.append(Target("Mooncake wheel vllm_v1_proxy_server.py, P→D", f"http://127.0.0.1:{port4}",
+                                  "FastAPI + httpx", "/healthcheck"))
+        else:
+            results["skipped"].append("Mooncake wheel proxy: mooncake-transfer-engine-non-cuda not in the peers venv")
+
+        for target in targets:
+            await wait_http(target.url + target.ready)
+        direct: dict[bool, float] = {}
+        direct99: dict[bool, float] = {}
+        for stream in (False, True):
+            for target in targets:
+                samples, wall = await closed_loop(target.url, args.requests, args.concurrency, args.prompt_tokens,
+                                                  args.max_tokens, stream, seed=1)
+                ok = [s for s in samples if s.ok]
+                lat = [s.latency for s in ok]
+                row = {"target": target.name, "note": target.note, "stream": stream, "requests": len(samples),
+                       "errors": len(samples) - len(ok),
+                       "first_error": next((s.error for s in samples if not s.ok), None),
+                       "rps": round(len(ok) / wall, 1), "p50_ms": round(pct(lat, 50) * 1000, 2),
+                       "p99_ms": round(pct(lat, 99) * 1000, 2)}
+                if stream:
+                    row["ttft_p50_ms"] = round(pct([s.ttft for s in ok if s.ttft], 50) * 1000, 2)
+                if "direct" in target.name:
+                    direct[stream], direct99[stream] = row["p50_ms"], row["p99_ms"]
+                row["added_p50_ms"] = round(row["p50_ms"] - direct[stream], 2)
+                row["added_p99_ms"] = round(row["p99_ms"] - direct99[stream], 2)
+                results["rows"].append(row)
+                print(json.dumps(row), flush=True)
+    return results
+
+
+# ------------------------------------------------------------------------------------ goodput
+POLICIES: dict[str, dict[str, Any]] = {
+    "round_robin": {"routing": "round_robin"},
+    "least_load": {"routing": "least_load"},
+    "prefix_affinity": {"routing": "prefix_affinity"},
+    "least_load + load awareness": {"routing": "least_load", "local_prefill_max_tokens": 128,
+                                    "prefill_queue_threshold": 6, "decode_busy_threshold": 48},
+    "prefix_affinity + load awareness": {"routing": "prefix_affinity", "local_prefill_max_tokens": 128,
+                                         "prefill_queue_threshold": 6, "decode_busy_threshold": 48},
+}
+
+
+def mixed_workload(n: int, seed: int) -> list[dict[str, Any]]:
+    """60 % chat turns on 8 shared 1,000-token system prompts, 30 % short unique, 10 % long unique."""
+    rng = random.Random(seed)
+    systems = [prompt(random.Random(1000 + i), 1000) + " " for i in range(8)]
+    bodies = []
+    for _ in range(n):
+        roll = rng.random()
+        if roll < 0.6:
+            text = prompt(rng, rng.randint(20, 80), rng.choice(systems))
+        elif roll < 0.9:
+            text = prompt(rng, rng.randint(40, 120))
+        else:
+            text = prompt(rng, rng.randint(2500, 3500))
+        bodies.append({"model": "tiny-llama", "prompt": text, "max_tokens": rng.randint(16, 48), "stream": True,
+                       "ignore_eos": True})
+    return bodies
+
+
+async def open_loop(url: str, bodies: list[dict[str, Any]], rate: float, seed: int) -> tuple[list[Sample], float]:
+    rng = random.Random(seed)
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                     timeout=aiohttp.ClientTimeout(total=120)) as session:
+        tasks = []
+        start = time.perf_counter()
+        for body in bodies:
+            tasks.append(asyncio.create_task(one_request(session, url, body)))
+            await asyncio.sleep(rng.expovariate(rate))
+        samples = await asyncio.gather(*tasks)
+        return list(samples), time.perf_counter() - start
+
+
+async def goodput(args: argparse.Namespace) -> dict[str, Any]:
+    logs = Path(args.out) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    timing = ["--sim-prefill-ms-per-token", str(args.prefill_ms_per_token), "--sim-decode-step-ms",
+              str(args.decode_step_ms), "--sim-decode-step-growth", "0.02",
+              "--sim-kv-bytes-per-token", "16", "--sim-kv-capacity-blocks", "100000"]
+    seqs = {"prefill": ["--sim-max-seqs", str(args.prefill_max_seqs)], "decode": ["--sim-max-seqs", "64"]}
+    results: dict[str, Any] = {"settings": {"requests": args.goodput_requests, "rate": args.rate,
+                                            "ttft_slo_ms": args.ttft_slo_ms, "tpot_slo_ms": args.tpot_slo_ms,
+                                            "prefill_ms_per_token": args.prefill_ms_per_token,
+                                            "decode_step_ms": args.decode_step_ms, "topology": "2P2D",
+                                            "prefill_max_seqs": args.prefill_max_seqs},
+                               "rows": []}
+    bodies = mixed_workload(args.goodput_requests, seed=7)
+    for name, options in POLICIES.items():
+        with processes() as procs:
+            ports = [free_port() for _ in range(4)]
+            for i, port in enumerate(ports):
+                role = "prefill" if i < 2 else "decode"
+                procs.start(sim_argv(role, port, timing + seqs[role]))
+            for port in ports:
+                await wait_http(f"http://127.0.0.1:{port}/health")
+            proxy_port = free_port()
+            procs.start([sys.executable, "-m", "openfuyao_pd.proxy", "--config",
+                         our_proxy_config(proxy_port, ports[:2], ports[2:], options), "--log-level", "WARNING"],
+                        log=logs / f"goodput-{name.replace(' ', '_')}.log")
+            url = f"http://127.0.0.1:{proxy_port}"
+            await wait_http(url + "/health")
+            samples, wall = await open_loop(url, bodies, args.rate, seed=3)
+            async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
+                metrics = await resp.text()
+        ok = [s for s in samples if s.ok and s.ttft is not None]
+        tpots = {id(s): (s.latency - s.ttft) / max(1, s.tokens - 1) for s in ok}  # type: ignore[operator]
+        good = [s for s in ok if s.ttft * 1000 <= args.ttft_slo_ms and tpots[id(s)] * 1000 <= args.tpot_slo_ms]
+        local = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                    if line.startswith('pd_proxy_route_decisions_total{decision="local"'))
+        row = {"policy": name, "requests": len(samples), "errors": len(samples) - len(ok),
+               "slo_met": len(good), "goodput_rps": round(len(good) / wall, 2),
+               "slo_attainment": round(len(good) / len(samples), 3),
+               "ttft_p50_ms": round(pct([s.ttft for s in ok], 50) * 1000, 1),  # type: ignore[misc]
+               "ttft_p99_ms": round(pct([s.ttft for s in ok], 99) * 1000, 1),  # type: ignore[misc]
+               "tpot_p50_ms": round(pct(list(tpots.values()), 50) * 1000, 1),
+               "tpot_p99_ms": round(pct(list(tpots.values()), 99) * 1000, 1),
+               "local_prefills": int(local)}
+        results["rows"].append(row)
+        print(json.dumps(row), flush=True)
+    return results
+
+
+# ------------------------------------------------------------------------------------ report
+def markdown(over: dict[str, Any] | None, good: dict[str, Any] | None) -> str:
+    out: list[str] = []
+    if over:
+        s = over["settings"]
+        out.append(f"### Proxy overhead ({s['requests']} requests, {s['concurrency']} concurrent, "
+                   f"{s['prompt_tokens']}-token prompts, {s['max_tokens']} output tokens, zero-delay simulator)\n")
+        out.append("| target | mode | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for r in over["rows"]:
+            out.append(f"| {r['target']} | {'stream' if r['stream'] else 'non-stream'} | {r['rps']} | {r['p50_ms']} | "
+                       f"{r['p99_ms']} | {r['added_p50_ms']} | {r['added_p99_ms']} | {r['errors']} |")
+        for skipped in over.get("skipped", []):
+            out.append(f"\nSkipped: {skipped}")
+        out.append("")
+    if good:
+        s = good["settings"]
+        out.append(f"### Goodput on a simulated 2P2D, mixed workload ({s['requests']} streamed requests, "
+                   f"Poisson {s['rate']} req/s; SLO TTFT ≤ {s['ttft_slo_ms']} ms and TPOT ≤ {s['tpot_slo_ms']} ms)\n")
+        out.append("| policy | goodput req/s | SLO met | TTFT p50 / p99 ms | TPOT p50 / p99 ms | local prefills | errors |")
+        out.append("|---|---|---|---|---|---|---|")
+        for r in good["rows"]:
+            out.append(f"| {r['policy']} | {r['goodput_rps']} | {r['slo_met']}/{r['requests']} "
+                       f"({r['slo_attainment']:.0%}) | {r['ttft_p50_ms']} / {r['ttft_p99_ms']} | "
+                       f"{r['tpot_p50_ms']} / {r['tpot_p99_ms']} | {r['local_prefills']} | {r['errors']} |")
+    return "\n".join(out) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=("overhead", "goodput", "all"))
+    parser.add_argument("--peers-venv", default=os.environ.get("PEERS_VENV"),
+                        help="virtualenv holding vllm-router and mooncake-transfer-engine-non-cuda (+ httpx)")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--prompt-tokens", type=int, default=128)
+    parser.add_argument("--max-tokens", type=int, default=16)
+    parser.add_argument("--goodput-requests", type=int, default=300)
+    parser.add_argument("--rate", type=float, default=40.0)
+    parser.add_argument("--ttft-slo-ms", type=float, default=300.0)
+    parser.add_argument("--tpot-slo-ms", type=float, default=40.0)
+    parser.add_argument("--prefill-ms-per-token", type=float, default=0.1)
+    parser.add_argument("--decode-step-ms", type=float, default=15.0)
+    parser.add_argument("--prefill-max-seqs", type=int, default=2,
+                        help="concurrent sequences per simulated prefill engine (a small value makes P queue)")
+    args = parser.parse_args()
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    over = good = None
+    if args.what in ("overhead", "all"):
+        over = asyncio.run(overhead(args))
+        (Path(args.out) / "overhead.json").write_text(json.dumps(over, indent=2) + "\n")
+    if args.what in ("goodput", "all"):
+        good = asyncio.run(goodput(args))
+        (Path(args.out) / "goodput.json").write_text(json.dumps(good, indent=2) + "\n")
+    report = markdown(over, good)
+    (Path(args.out) / "results.md").write_text(report)
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
