@@ -137,3 +137,56 @@ async def test_scheduler_rejects_what_can_never_fit():
     assert scheduler.free_blocks == 0
     scheduler.release(10)
     assert scheduler.running == 0 and scheduler.free_blocks == 10
+
+
+async def test_concurrent_prefills_share_the_engine(sim_factory):
+    """Prefill chunks run one at a time: a third concurrent prompt waits for the lane."""
+    sim = await sim_factory("both", "none", prefill_ms_per_token=5, max_num_batched_tokens=16)
+    tasks = [asyncio.create_task(_post(sim, {"prompt": f"{i} {PROMPT}", "max_tokens": 1})) for i in range(3)]
+    seen = 0
+    for _ in range(300):
+        state = await _state(sim)
+        seen = max(seen, state["prefill_waiting"])
+        if seen == 2 or all(t.done() for t in tasks):
+            break
+        await asyncio.sleep(0.005)
+    assert seen == 2
+    assert [(await t)[0] for t in tasks] == [200, 200, 200]
+    state = await _state(sim)
+    assert state["prefill_busy"] is False and state["prefill_waiting"] == 0
+
+
+async def test_priority_orders_prefill_chunks():
+    from openfuyao_pd.sim.engine import ComputeLane
+
+    lane = ComputeLane("priority")
+    order: list[str] = []
+
+    async def job(name: str, priority: int) -> None:
+        await lane.run(0.01, priority)
+        order.append(name)
+
+    first = asyncio.create_task(job("first", 0))
+    await asyncio.sleep(0)
+    late_low = asyncio.create_task(job("low", 9))
+    await asyncio.sleep(0)
+    late_high = asyncio.create_task(job("high", -1))
+    await asyncio.gather(first, late_low, late_high)
+    assert order == ["first", "high", "low"]
+    assert lane.busy is False
+
+
+async def test_cancelled_prefill_releases_the_lane():
+    from openfuyao_pd.sim.engine import ComputeLane
+
+    lane = ComputeLane("fcfs")
+    holder = asyncio.create_task(lane.run(10))
+    await asyncio.sleep(0)
+    queued = asyncio.create_task(lane.run(10))
+    await asyncio.sleep(0)
+    assert lane.waiting == 1
+    queued.cancel()
+    holder.cancel()
+    await asyncio.gather(holder, queued, return_exceptions=True)
+    assert lane.busy is False and lane.waiting == 0
+    await asyncio.wait_for(lane.run(0), 1)

@@ -107,6 +107,51 @@ class Scheduler:
             head.future.set_result(None)
 
 
+class ComputeLane:
+    """The engine's compute for prefill: one chunk at a time, so concurrent prefills contend.
+
+    A prefill is cut into chunks of at most ``max_num_batched_tokens`` (chunked prefill); each
+    chunk waits for the lane, in arrival order or by (priority, arrival), so long prompts do
+    not starve short ones and a busy instance really is slower to first token.
+    """
+
+    def __init__(self, policy: str) -> None:
+        self.policy = policy
+        self.busy = False
+        self._queue: list[_Waiter] = []
+        self._arrivals = itertools.count()
+
+    @property
+    def waiting(self) -> int:
+        return sum(1 for w in self._queue if not w.future.done())
+
+    async def run(self, seconds: float, priority: int = 0) -> None:
+        rank = (priority if self.policy == "priority" else 0, next(self._arrivals))
+        if self.busy or self.waiting:
+            waiter = _Waiter(rank, 0, asyncio.get_running_loop().create_future())
+            heapq.heappush(self._queue, waiter)
+            try:
+                await waiter.future
+            except asyncio.CancelledError:
+                if waiter.future.done() and not waiter.future.cancelled():
+                    self._release()  # the lane was handed to us as we were cancelled
+                raise
+        else:
+            self.busy = True
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            self._release()
+
+    def _release(self) -> None:
+        while self._queue:
+            head = heapq.heappop(self._queue)
+            if not head.future.done():
+                head.future.set_result(None)  # hand the lane over (stays busy)
+                return
+        self.busy = False
+
+
 class PrefixCache:
     """Block-hash LRU of computed full blocks (vLLM automatic prefix caching)."""
 

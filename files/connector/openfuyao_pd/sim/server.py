@@ -24,7 +24,15 @@ from aiohttp import web
 from openfuyao_pd import kvxfer
 from openfuyao_pd.sim import model
 from openfuyao_pd.sim.config import SimConfig
-from openfuyao_pd.sim.engine import CapacityError, HeldKv, HeldStore, PrefixCache, Scheduler, SharedKvStore
+from openfuyao_pd.sim.engine import (
+    CapacityError,
+    ComputeLane,
+    HeldKv,
+    HeldStore,
+    PrefixCache,
+    Scheduler,
+    SharedKvStore,
+)
 from openfuyao_pd.sim.faults import FailDice, FaultError, parse_faults
 from openfuyao_pd.sim.metrics import LATENCY_BUCKETS, TTFT_BUCKETS, Registry
 
@@ -106,6 +114,7 @@ class SimEngine:
         self.faults = parse_faults(config.faults)
         self.dice = FailDice(config.seed)
         self.scheduler = Scheduler(config.max_num_seqs, config.kv_capacity_blocks, config.scheduling_policy)
+        self.lane = ComputeLane(config.scheduling_policy)
         self.prefix_cache = PrefixCache(config.kv_capacity_blocks, config.enable_prefix_caching)
         self.held = HeldStore(self.scheduler, config.kv_hold_timeout_s)
         self.shared = (SharedKvStore(config.shared_storage_path, config.model_tag, config.is_producer)
@@ -579,7 +588,10 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
 
         # --- prefill
         if cfg.prefill_ms_per_token > 0:
-            await asyncio.sleep(computed * cfg.prefill_ms_per_token / 1000.0)
+            chunk = max(1, cfg.max_num_batched_tokens)
+            for start in range(0, computed, chunk):
+                tokens = min(chunk, computed - start)
+                await engine.lane.run(tokens * cfg.prefill_ms_per_token / 1000.0, req.priority)
         engine.prefix_cache.insert(hashes)
         if cfg.protocol == "centralized" and cfg.is_producer and engine.shared is not None and need_kv:
             written = await asyncio.get_running_loop().run_in_executor(
@@ -839,6 +851,7 @@ async def sim_state(request: web.Request) -> web.Response:
         "engine_id": cfg.engine_id, "protocol": cfg.protocol, "kv_role": cfg.kv_role, "ports": engine.ports,
         "mooncake": engine.mooncake.segment if engine.mooncake else None, "mooncake_reason": engine.mooncake_reason,
         "running": engine.scheduler.running, "waiting": engine.scheduler.waiting,
+        "prefill_busy": engine.lane.busy, "prefill_waiting": engine.lane.waiting,
         "used_blocks": engine.scheduler.used_blocks, "held_blocks": engine.held.held_blocks,
         "held_requests": sorted(engine.held.items), "freed": engine.held.freed})
 
