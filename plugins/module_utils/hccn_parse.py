@@ -33,7 +33,7 @@ class ParseError(ValueError):
         self.expected = expected
         self.output = output
         super().__init__(
-            "cannot parse the output of `%s` (expected %s), got: %s" % (command, expected, excerpt(output))
+            f"cannot parse the output of `{command}` (expected {expected}), got: {excerpt(output)}"
         )
 
 
@@ -151,7 +151,7 @@ def flap_summary(stat: dict, window: int) -> dict:
         "flapping": bool(recent_downs),
         "recent_down_records": recent_downs,
         "link_down_count": down_count,
-        "last_change": "%s %s" % (last["time"], last["state"]) if last else None,
+        "last_change": f"{last['time']} {last['state']}" if last else None,
     }
 
 
