@@ -190,3 +190,19 @@ async def test_cancelled_prefill_releases_the_lane():
     await asyncio.gather(holder, queued, return_exceptions=True)
     assert lane.busy is False and lane.waiting == 0
     await asyncio.wait_for(lane.run(0), 1)
+
+
+async def test_decode_steps_wait_for_a_running_prefill_chunk():
+    from openfuyao_pd.sim.engine import ComputeLane
+
+    lane = ComputeLane("fcfs")
+    await lane.join_step()  # idle: no wait
+    chunk = asyncio.create_task(lane.run(60))
+    await asyncio.sleep(0)
+    step = asyncio.create_task(lane.join_step())
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert not step.done()  # the decode token is held by the prefill chunk in its batch
+    chunk.cancel()  # the chunk ends (however it ends), and so does the step
+    await asyncio.wait_for(step, 1)
+    assert lane.busy is False

@@ -120,10 +120,17 @@ class ComputeLane:
         self.busy = False
         self._queue: list[_Waiter] = []
         self._arrivals = itertools.count()
+        self._chunk_end: asyncio.Event | None = None
 
     @property
     def waiting(self) -> int:
         return sum(1 for w in self._queue if not w.future.done())
+
+    async def join_step(self) -> None:
+        """A decode step shares the forward pass of a running prefill chunk (mixed batch):
+        it ends when that chunk ends. Returns at once when no chunk runs."""
+        if self.busy and self._chunk_end is not None:
+            await self._chunk_end.wait()
 
     async def run(self, seconds: float, priority: int = 0) -> None:
         rank = (priority if self.policy == "priority" else 0, next(self._arrivals))
@@ -138,9 +145,11 @@ class ComputeLane:
                 raise
         else:
             self.busy = True
+        chunk_end = self._chunk_end = asyncio.Event()
         try:
             await asyncio.sleep(seconds)
         finally:
+            chunk_end.set()
             self._release()
 
     def _release(self) -> None:

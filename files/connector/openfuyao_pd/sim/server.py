@@ -637,6 +637,7 @@ async def _generate(engine: SimEngine, http: web.Request, req: Request, arrival:
     for position in range(req.max_tokens):
         if position > 0 and engine.config.decode_step_ms > 0:
             await asyncio.sleep(engine.step_seconds())
+            await engine.lane.join_step()  # a prefill chunk in the same step delays this token
         elif position % 64 == 63:
             await asyncio.sleep(0)  # zero-delay mode: let other requests run
         if cut is not None and position >= cut:
