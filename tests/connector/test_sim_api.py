@@ -145,3 +145,23 @@ async def test_models_health_and_metric_names(sim_factory):
     assert 'vllm:generation_tokens_total{model_name="served",engine="0"} 3' in text
     assert 'vllm:time_to_first_token_seconds_count{model_name="served",engine="0"} 1' in text
     assert 'vllm:request_success_total{model_name="served",engine="0",finished_reason="length"} 1' in text
+
+
+async def test_api_key_guards_v1_only(sim_factory):
+    sim = await sim_factory("both", "none", api_key="s3cret")
+    status, _, raw = await _post(sim, {"prompt": PROMPT, "max_tokens": 1})
+    assert status == 401 and json.loads(raw) == {"error": "Unauthorized"}
+    status, _, _ = await _post(sim, {"prompt": PROMPT, "max_tokens": 1}, headers={"Authorization": "Bearer s3cret"})
+    assert status == 200
+    async with aiohttp.ClientSession() as session, session.get(sim + "/health") as resp:
+        assert resp.status == 200  # health and metrics stay open, as in vLLM
+
+
+async def test_phase_histograms(sim_factory):
+    sim = await sim_factory("both", "none")
+    await _post(sim, {"prompt": PROMPT, "max_tokens": 3})
+    async with aiohttp.ClientSession() as session, session.get(sim + "/metrics") as resp:
+        text = await resp.text()
+    for name in ("vllm:request_prefill_time_seconds", "vllm:request_decode_time_seconds",
+                 "vllm:request_queue_time_seconds", "vllm:inter_token_latency_seconds"):
+        assert f'{name}_count{{model_name="tiny-llama",engine="0"}}' in text, name

@@ -34,6 +34,7 @@ def test_api_server_style_with_unknown_vllm_flags():
     assert (config.model, config.model_name, config.port, config.tensor_parallel_size) == ("/models/m", "m", 8100, 2)
     assert (config.max_model_len, config.max_num_seqs, config.block_size, config.seed) == (17000, 20, 128, 1024)
     assert config.scheduling_policy == "priority" and config.enable_prefix_caching is False
+    assert config.api_key is None
     assert config.advertise_host not in ("0.0.0.0", "") and config.in_process is False
     assert "--enforce-eager" in unknown and "--data-parallel-rpc-port" in unknown
 

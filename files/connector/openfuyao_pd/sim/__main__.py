@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--kv-transfer-config", default=None, help="vLLM KVTransferConfig as JSON")
     parser.add_argument("--scheduling-policy", default="fcfs", choices=("fcfs", "priority"))
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--api-key", default=None, help="require this bearer token on /v1 (or VLLM_API_KEY)")
     parser.add_argument("--enable-prefix-caching", dest="prefix_caching", action="store_true", default=True)
     parser.add_argument("--no-enable-prefix-caching", dest="prefix_caching", action="store_false")
     sim = parser.add_argument_group("simulation")
@@ -100,6 +101,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         max_num_seqs=args.sim_max_seqs or args.max_num_seqs, block_size=args.block_size,
         scheduling_policy=args.scheduling_policy, enable_prefix_caching=args.prefix_caching, seed=seed,
         kv_transfer_config=parse_kv_transfer_config(args.kv_transfer_config),
+        api_key=args.api_key or os.environ.get("VLLM_API_KEY") or None,
         bootstrap_port=args.sim_bootstrap_port,
         prefill_ms_per_token=args.sim_prefill_ms_per_token, decode_step_ms=args.sim_decode_step_ms,
         decode_step_growth=args.sim_decode_step_growth, kv_capacity_blocks=args.sim_kv_capacity_blocks,

@@ -48,6 +48,7 @@ class SimConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     kv_transfer_config: dict[str, Any] | None = None
+    api_key: str | None = None  # like vLLM's --api-key: /v1/* needs "Authorization: Bearer KEY"
     # simulation
     protocol: str | None = None  # derived from kv_transfer_config unless given
     kv_role: str | None = None

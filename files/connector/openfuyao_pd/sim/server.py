@@ -89,6 +89,8 @@ class Request:
     ktp: dict[str, Any]
     echo_model: str
     base_id: str = ""
+    admitted: float = 0.0
+    first_token: float = 0.0
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -212,6 +214,10 @@ class SimEngine:
         reg.histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS)
         reg.histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", TTFT_BUCKETS)
         reg.histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+                      LATENCY_BUCKETS)
+        reg.histogram("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
+                      LATENCY_BUCKETS)
+        reg.histogram("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
                       LATENCY_BUCKETS)
         reg.histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
                       LATENCY_BUCKETS)
@@ -561,7 +567,7 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
     except asyncio.CancelledError:
         engine.forget_remote(req.ktp)
         raise
-    admitted = time.monotonic()
+    admitted = req.admitted = time.monotonic()
     engine.metrics.observe("vllm:request_queue_time_seconds", admitted - arrival)
     finished = kv_settled = False
     try:
@@ -645,7 +651,9 @@ async def _generate(engine: SimEngine, http: web.Request, req: Request, arrival:
             raise _Abort()
         now = time.monotonic()
         if position == 0:
+            req.first_token = now
             engine.metrics.observe("vllm:time_to_first_token_seconds", now - arrival)
+            engine.metrics.observe("vllm:request_prefill_time_seconds", now - (req.admitted or arrival))
         else:
             engine.metrics.observe("vllm:inter_token_latency_seconds", now - last)
         last = now
@@ -660,7 +668,9 @@ def _finish(engine: SimEngine, req: Request, tokens: list[int], arrival: float, 
     reason = "stop" if tokens and tokens[-1] == model.EOS_TOKEN_ID else "length"
     engine.metrics.inc("vllm:generation_tokens_total", len(tokens))
     engine.metrics.inc("vllm:request_success_total", labels={"finished_reason": reason})
-    engine.metrics.observe("vllm:e2e_request_latency_seconds", time.monotonic() - arrival)
+    now = time.monotonic()
+    engine.metrics.observe("vllm:e2e_request_latency_seconds", now - arrival)
+    engine.metrics.observe("vllm:request_decode_time_seconds", now - (req.first_token or now))
     return reason, _producer_params(engine, req, reason, expected)
 
 
@@ -934,6 +944,9 @@ async def xfer_push(request: web.Request) -> web.Response:
 
 @web.middleware
 async def _errors(request: web.Request, handler: Callable) -> web.StreamResponse:
+    key = request.app[ENGINE_KEY].config.api_key
+    if key and request.path.startswith("/v1") and request.headers.get("Authorization") != f"Bearer {key}":
+        return web.json_response({"error": "Unauthorized"}, status=401)
     try:
         return await handler(request)
     except ApiError as exc:
