@@ -125,6 +125,24 @@ def parse_link_stat(output: str, command: str = "hccn_tool -link_stat -g") -> di
     }
 
 
+_DEVID = re.compile(r"^\s*\[(?:devid|device)\s*(\d+)\]", re.MULTILINE)
+
+
+def parse_link_stat_loop(output: str, command: str = "for i in ...; do hccn_tool -i $i -link_stat -g; done") -> dict:
+    """The concatenated output of a loop over devices -> ``{device: parse_link_stat(...)}``.
+
+    Every line carries its ``[devid N]`` prefix, which is what splits the blocks.
+    """
+    blocks: dict[int, list[str]] = {}
+    for line in (output or "").splitlines():
+        match = _DEVID.match(line)
+        if match:
+            blocks.setdefault(int(match.group(1)), []).append(line)
+    if not blocks:
+        raise ParseError(command, "'[devid N]' prefixed lines", output)
+    return {dev: parse_link_stat("\n".join(lines), command) for dev, lines in sorted(blocks.items())}
+
+
 def flap_summary(stat: dict, window: int) -> dict:
     """Judge a parsed ``-link_stat`` result.
 

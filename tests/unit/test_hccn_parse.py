@@ -119,6 +119,16 @@ def test_link_stat_old_driver_counts_down_records():
                        "link_down_count": 2, "last_change": "Thu Jan  4 08:10:00 2024 UP"}
 
 
+def test_link_stat_loop_over_devices_splits_by_prefix():
+    loop = CURRENT_DRIVER + capture("hccn_tool_-link_stat_-g.flapping") + OLD_DRIVER
+    stats = hp.parse_link_stat_loop(loop)
+    assert sorted(stats) == [0, 2, 4]
+    assert [len(stats[d]["records"]) for d in (0, 2, 4)] == [3, 4, 5]
+    assert (stats[2]["down_count"], stats[4]["down_count"]) == (2, None)
+    with pytest.raises(hp.ParseError):
+        hp.parse_link_stat_loop("link status: UP\n")
+
+
 def test_link_stat_no_records_and_device_prefix_variant():
     text = ("[device 3]current time        : Tue Oct 28 21:46:46 2025\n[device 3]link up count       : 0\n"
             "[device 3]link down count     : 0\n[device 3]link change records : NA\n")
