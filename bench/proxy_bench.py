@@ -141,13 +141,13 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict[str, 
 
 
 async def closed_loop(url: str, n: int, concurrency: int, prompt_tokens: int, max_tokens: int, stream: bool,
-                      seed: int) -> tuple[list[Sample], float]:
+                      seed: int, warmup: int = 20) -> tuple[list[Sample], float]:
     rng = random.Random(seed)
     bodies = [{"model": "tiny-llama", "prompt": prompt(rng, prompt_tokens), "max_tokens": max_tokens,
                "stream": stream, "ignore_eos": True} for _ in range(n)]
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as session:
-        for body in bodies[: min(50, n)]:  # warm-up: connections, caches of the proxy itself
+        for body in bodies[: min(warmup, n)]:  # warm-up: connections, first-request paths
             await one_request(session, url, {**body, "prompt": "warm " + body["prompt"]})
         queue = iter(bodies)
         samples: list[Sample] = []
@@ -246,12 +246,21 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
 
         for target in targets:
             await wait_http(target.url + target.ready)
-        direct: dict[bool, float] = {}
-        direct99: dict[bool, float] = {}
+        # Targets run in interleaved rounds so that load from anything else on the host hits them alike.
+        results["loadavg_start"] = os.getloadavg()
+        direct: dict[bool, tuple[float, float]] = {}
+        per_round = max(1, args.requests // args.rounds)
         for stream in (False, True):
+            collected: dict[str, tuple[list[Sample], float]] = {t.name: ([], 0.0) for t in targets}
+            for round_no in range(args.rounds):
+                for target in targets:
+                    samples, wall = await closed_loop(target.url, per_round, args.concurrency, args.prompt_tokens,
+                                                      args.max_tokens, stream, seed=round_no,
+                                                      warmup=20 if round_no == 0 else 0)
+                    old, old_wall = collected[target.name]
+                    collected[target.name] = (old + samples, old_wall + wall)
             for target in targets:
-                samples, wall = await closed_loop(target.url, args.requests, args.concurrency, args.prompt_tokens,
-                                                  args.max_tokens, stream, seed=1)
+                samples, wall = collected[target.name]
                 ok = [s for s in samples if s.ok]
                 lat = [s.latency for s in ok]
                 row = {"target": target.name, "note": target.note, "stream": stream, "requests": len(samples),
@@ -262,11 +271,12 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
                 if stream:
                     row["ttft_p50_ms"] = round(pct([s.ttft for s in ok if s.ttft], 50) * 1000, 2)
                 if "direct" in target.name:
-                    direct[stream], direct99[stream] = row["p50_ms"], row["p99_ms"]
-                row["added_p50_ms"] = round(row["p50_ms"] - direct[stream], 2)
-                row["added_p99_ms"] = round(row["p99_ms"] - direct99[stream], 2)
+                    direct[stream] = (row["p50_ms"], row["p99_ms"])
+                row["added_p50_ms"] = round(row["p50_ms"] - direct[stream][0], 2)
+                row["added_p99_ms"] = round(row["p99_ms"] - direct[stream][1], 2)
                 results["rows"].append(row)
                 print(json.dumps(row), flush=True)
+        results["loadavg_end"] = os.getloadavg()
     return results
 
 
@@ -313,6 +323,30 @@ async def open_loop(url: str, bodies: list[dict[str, Any]], rate: float, seed: i
         return list(samples), time.perf_counter() - start
 
 
+async def goodput_once(args: argparse.Namespace, name: str, options: dict[str, Any], bodies: list[dict[str, Any]],
+                       timing: list[str], seqs: dict[str, list[str]], logs: Path) -> tuple[list[Sample], float, int]:
+    """One policy on fresh engines (cold caches): samples, wall time, local-prefill count."""
+    with processes() as procs:
+        ports = [free_port() for _ in range(4)]
+        for i, port in enumerate(ports):
+            role = "prefill" if i < 2 else "decode"
+            procs.start(sim_argv(role, port, timing + seqs[role]))
+        for port in ports:
+            await wait_http(f"http://127.0.0.1:{port}/health")
+        proxy_port = free_port()
+        procs.start([sys.executable, "-m", "openfuyao_pd.proxy", "--config",
+                     our_proxy_config(proxy_port, ports[:2], ports[2:], options), "--log-level", "WARNING"],
+                    log=logs / f"goodput-{name.replace(' ', '_')}.log")
+        url = f"http://127.0.0.1:{proxy_port}"
+        await wait_http(url + "/health")
+        samples, wall = await open_loop(url, bodies, args.rate, seed=3)
+        async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
+            metrics = await resp.text()
+    local = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
+                if line.startswith('pd_proxy_route_decisions_total{decision="local"'))
+    return samples, wall, int(local)
+
+
 async def goodput(args: argparse.Namespace) -> dict[str, Any]:
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
@@ -320,35 +354,27 @@ async def goodput(args: argparse.Namespace) -> dict[str, Any]:
               str(args.decode_step_ms), "--sim-decode-step-growth", "0.02",
               "--sim-kv-bytes-per-token", "16", "--sim-kv-capacity-blocks", "100000"]
     seqs = {"prefill": ["--sim-max-seqs", str(args.prefill_max_seqs)], "decode": ["--sim-max-seqs", "64"]}
-    results: dict[str, Any] = {"settings": {"requests": args.goodput_requests, "rate": args.rate,
+    results: dict[str, Any] = {"loadavg_start": os.getloadavg(),
+                               "settings": {"requests": args.goodput_requests, "rate": args.rate,
                                             "ttft_slo_ms": args.ttft_slo_ms, "tpot_slo_ms": args.tpot_slo_ms,
                                             "prefill_ms_per_token": args.prefill_ms_per_token,
                                             "decode_step_ms": args.decode_step_ms, "topology": "2P2D",
-                                            "prefill_max_seqs": args.prefill_max_seqs},
+                                            "prefill_max_seqs": args.prefill_max_seqs, "repeats": args.repeats},
                                "rows": []}
     bodies = mixed_workload(args.goodput_requests, seed=7)
-    for name, options in POLICIES.items():
-        with processes() as procs:
-            ports = [free_port() for _ in range(4)]
-            for i, port in enumerate(ports):
-                role = "prefill" if i < 2 else "decode"
-                procs.start(sim_argv(role, port, timing + seqs[role]))
-            for port in ports:
-                await wait_http(f"http://127.0.0.1:{port}/health")
-            proxy_port = free_port()
-            procs.start([sys.executable, "-m", "openfuyao_pd.proxy", "--config",
-                         our_proxy_config(proxy_port, ports[:2], ports[2:], options), "--log-level", "WARNING"],
-                        log=logs / f"goodput-{name.replace(' ', '_')}.log")
-            url = f"http://127.0.0.1:{proxy_port}"
-            await wait_http(url + "/health")
-            samples, wall = await open_loop(url, bodies, args.rate, seed=3)
-            async with aiohttp.ClientSession() as session, session.get(url + "/metrics") as resp:
-                metrics = await resp.text()
+    runs: dict[str, list[tuple[list[Sample], float, int]]] = {name: [] for name in POLICIES}
+    for rep in range(args.repeats):
+        # Alternate the order so that background load on the host does not favour one policy.
+        order = list(POLICIES) if rep % 2 == 0 else list(reversed(POLICIES))
+        for name in order:
+            runs[name].append(await goodput_once(args, name, POLICIES[name], bodies, timing, seqs, logs))
+    for name in POLICIES:
+        samples = [s for run in runs[name] for s in run[0]]
+        wall = sum(run[1] for run in runs[name])
+        local = sum(run[2] for run in runs[name])
         ok = [s for s in samples if s.ok and s.ttft is not None]
         tpots = {id(s): (s.latency - s.ttft) / max(1, s.tokens - 1) for s in ok}  # type: ignore[operator]
         good = [s for s in ok if s.ttft * 1000 <= args.ttft_slo_ms and tpots[id(s)] * 1000 <= args.tpot_slo_ms]
-        local = sum(float(line.rsplit(" ", 1)[1]) for line in metrics.splitlines()
-                    if line.startswith('pd_proxy_route_decisions_total{decision="local"'))
         row = {"policy": name, "requests": len(samples), "errors": len(samples) - len(ok),
                "slo_met": len(good), "goodput_rps": round(len(good) / wall, 2),
                "slo_attainment": round(len(good) / len(samples), 3),
@@ -356,9 +382,10 @@ async def goodput(args: argparse.Namespace) -> dict[str, Any]:
                "ttft_p99_ms": round(pct([s.ttft for s in ok], 99) * 1000, 1),  # type: ignore[misc]
                "tpot_p50_ms": round(pct(list(tpots.values()), 50) * 1000, 1),
                "tpot_p99_ms": round(pct(list(tpots.values()), 99) * 1000, 1),
-               "local_prefills": int(local)}
+               "local_prefills": local}
         results["rows"].append(row)
         print(json.dumps(row), flush=True)
+    results["loadavg_end"] = os.getloadavg()
     return results
 
 
@@ -374,12 +401,14 @@ def markdown(over: dict[str, Any] | None, good: dict[str, Any] | None) -> str:
         for r in over["rows"]:
             out.append(f"| {r['target']} | {'stream' if r['stream'] else 'non-stream'} | {r['rps']} | {r['p50_ms']} | "
                        f"{r['p99_ms']} | {r['added_p50_ms']} | {r['added_p99_ms']} | {r['errors']} |")
+        out.append(f"\nHost load average (1 min) at start / end: {over['loadavg_start'][0]:.1f} / "
+                   f"{over['loadavg_end'][0]:.1f} on {os.cpu_count()} CPUs.")
         for skipped in over.get("skipped", []):
             out.append(f"\nSkipped: {skipped}")
         out.append("")
     if good:
         s = good["settings"]
-        out.append(f"### Goodput on a simulated 2P2D, mixed workload ({s['requests']} streamed requests, "
+        out.append(f"### Goodput on a simulated 2P2D, mixed workload ({s['repeats']} runs x {s['requests']} streamed requests, "
                    f"Poisson {s['rate']} req/s; SLO TTFT ≤ {s['ttft_slo_ms']} ms and TPOT ≤ {s['tpot_slo_ms']} ms)\n")
         out.append("| policy | goodput req/s | SLO met | TTFT p50 / p99 ms | TPOT p50 / p99 ms | local prefills | errors |")
         out.append("|---|---|---|---|---|---|---|")
@@ -387,6 +416,8 @@ def markdown(over: dict[str, Any] | None, good: dict[str, Any] | None) -> str:
             out.append(f"| {r['policy']} | {r['goodput_rps']} | {r['slo_met']}/{r['requests']} "
                        f"({r['slo_attainment']:.0%}) | {r['ttft_p50_ms']} / {r['ttft_p99_ms']} | "
                        f"{r['tpot_p50_ms']} / {r['tpot_p99_ms']} | {r['local_prefills']} | {r['errors']} |")
+        out.append(f"\nHost load average (1 min) at start / end: {good['loadavg_start'][0]:.1f} / "
+                   f"{good['loadavg_end'][0]:.1f} on {os.cpu_count()} CPUs.")
     return "\n".join(out) + "\n"
 
 
@@ -398,10 +429,12 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the targets")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--goodput-requests", type=int, default=300)
     parser.add_argument("--rate", type=float, default=40.0)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per policy, in alternating order")
     parser.add_argument("--ttft-slo-ms", type=float, default=300.0)
     parser.add_argument("--tpot-slo-ms", type=float, default=40.0)
     parser.add_argument("--prefill-ms-per-token", type=float, default=0.1)

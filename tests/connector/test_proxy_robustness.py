@@ -235,6 +235,12 @@ async def test_instance_api_add_drain_undrain_delete(tmp_path):
             async with c.session.post(c.url + "/v1/instances", json={"name": "decode-9", "role": "decode",
                                                                      "address": "127.0.0.1", "port": 1}) as r:
                 assert r.status == 409
+            async with c.session.post(c.url + "/v1/instances", json={"name": "decode-7", "role": "decode",
+                                                                     "address": "127.0.0.1", "port": free_port()}) as r:
+                body = await r.json()
+                assert r.status == 201 and body["ejected"] and not body["healthy"]  # not up yet: no traffic
+            async with c.session.delete(c.url + "/v1/instances/decode-7?timeout=0") as r:
+                assert r.status == 200
             async with c.session.post(c.url + "/v1/instances", json={"name": "x", "role": "router",
                                                                      "address": "127.0.0.1", "port": 1}) as r:
                 assert r.status == 400 and "role must be one of" in (await r.json())["error"]

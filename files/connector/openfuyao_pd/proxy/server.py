@@ -673,7 +673,9 @@ class Proxy:
         if spec.name in self.backends:
             return web.json_response({"error": f"instance {spec.name} already exists"}, status=409)
         backend = self._add_backend(spec)
-        await self.probe(backend)  # report the first probe; an unhealthy newcomer is ejected on its next failure
+        if not await self.probe(backend):
+            # Not serving yet (still loading the model?): keep it out until a probe succeeds.
+            backend.ejected = True
         LOG.warning(json.dumps({"event": "instance_added", "backend": backend.name, "role": role}))
         return web.json_response(backend.describe(), status=201)
 
