@@ -112,6 +112,8 @@ EXPECTED = {
                 "in use; stop it or choose other devices",
     "nostorage": "nostorage: storage: {path} is not a mount point; mount the shared storage there (e.g. `mount -t "
                  "nfs SERVER:/export {path}`) or set preflight_storage_mount_command",
+    "badplatform": 'badplatform: pd_platform: "npu" is not one of ascend, cuda, cpu; fix the inventory',
+    "mountfail": "mountfail: storage: {path} is not a mount point and `/bin/false` failed: non-zero return code",
     "portbusy": "portbusy: ports: {port} (test http) already in use; stop what listens there or change the ports "
                 "in the inventory/plan",
 }
@@ -135,6 +137,8 @@ def fault_run(tmp_path_factory):
         "noip": make_npu_host(root, "noip", "missing_ip.json", "10.20.5."),
         "busychip": make_npu_host(root, "busychip", "busy_chip.json", "10.20.6."),
         "nostorage": {"pd_platform": "cpu", "preflight_storage_path": str(storage)},
+        "badplatform": {"pd_platform": "npu"},
+        "mountfail": {"preflight_storage_path": str(storage), "preflight_storage_mount_command": ["/bin/false"]},
         "portbusy": {"preflight_ports": [{"start": busy_port, "end": busy_port, "purpose": "test http"}]},
     }
     # Pinging is the slow part of the fakes; three hosts run the mesh (the healthy one, the one with the
@@ -225,7 +229,7 @@ def test_healthy_cluster_passes(tmp_path):
 
 
 def test_fix_tls_check_mode_then_fix_then_clean_second_run(tmp_path):
-    hosts = {"tlson": make_npu_host(tmp_path, "tlson", "tls_on.json", "10.40.0.")}
+    hosts = {"tlson": {**make_npu_host(tmp_path, "tlson", "tls_on.json", "10.40.0."), "preflight_npu_devices": [4, 5]}}
     proc, report = run_preflight(tmp_path, hosts, "--check", "-e", "preflight_fix_tls=true")
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert scenario_doc(tmp_path, "tlson")["devices"]["5"]["tls"] == 1  # check mode changed nothing
@@ -240,3 +244,35 @@ def test_fix_tls_check_mode_then_fix_then_clean_second_run(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert report["passed"] is True
     assert "changed=0" in proc.stdout
+
+
+# ------------------------------------------------------------------------------- with a plan
+
+
+def test_plan_decides_platform_devices_ports_and_ping_targets(tmp_path):
+    """With the fact pd_plan, preflight checks exactly what the plan will use on each host."""
+    listener = socket.socket()
+    listener.bind(("0.0.0.0", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+    host = make_npu_host(tmp_path, "npu1", "busy_chip.json", "10.50.0.")
+    del host["pd_platform"]  # the plan says ascend; the inventory default would be cpu
+    plan = {"pd_plan": {"schema_version": 1, "hosts": {"npu1": {
+        "platform": "ascend", "runtime": "host", "instances": ["prefill-0"],
+        "devices": [1, 2],  # logic ids; NPU 1 is busy in this scenario
+        "ports": [{"start": port, "end": port, "purpose": "prefill-0 http"}],
+        "ping_targets": ["10.50.9.9"]}}}}
+    (tmp_path / "plan.json").write_text(json.dumps(plan))
+    try:
+        proc, report = run_preflight(tmp_path, {"npu1": host}, "-e", f"@{tmp_path / 'plan.json'}")
+    finally:
+        listener.close()
+    assert proc.returncode == 2
+    assert report["problems"] == [
+        "npu1: device 1: busy (logic id 1): 1 process(es): pid 4242 python3 20480 MB; HBM 23301/32768 MB in use; "
+        "stop it or choose other devices",
+        f"npu1: ports: {port} (prefill-0 http) already in use; stop what listens there or change the ports in the "
+        "inventory/plan"]
+    checks = checks_of(report, "npu1")
+    assert checks["npu devices"]["detail"] == "hccn_check: 2 device(s) passed link, link_stat, tls, ip, net_health"
+    assert checks["ping mesh"]["detail"] == "2 device(s) x 1 target(s): 10.50.9.9"
