@@ -90,7 +90,7 @@ async def test_kv_capacity_queues_and_rejects(sim_factory):
     assert status == 400 and "KV blocks" in body["message"]
     first = asyncio.create_task(_post(sim, {"prompt": PROMPT, "max_tokens": 8, "ignore_eos": True}))  # 3 blocks
     await _wait_for(sim, "running", 1)
-    second = asyncio.create_task(_post(sim, {"prompt": PROMPT, "max_tokens": 8}))
+    second = asyncio.create_task(_post(sim, {"prompt": PROMPT, "max_tokens": 1}))  # 3 blocks too
     await _wait_for(sim, "waiting", 1)  # a slot is free but the blocks are not
     first.cancel()
     assert (await second)[0] == 200
