@@ -31,7 +31,9 @@ class Registry:
         self._gauge_fns: dict[str, Callable[[], float]] = {}
 
     def _labels(self, labels: dict[str, str] | None) -> Labels:
-        return self._base + tuple(sorted((labels or {}).items()))
+        if not labels:  # the common case on the hot path
+            return self._base
+        return self._base + tuple(sorted(labels.items()))
 
     def counter(self, name: str, doc: str, fn: Callable[[], float] | None = None) -> None:
         self._meta[name] = ("counter", doc)
