@@ -163,8 +163,11 @@ def shared_storage_from_config(ktc: dict[str, Any]) -> str | None:
         return str(extra["shared_storage_path"])
     ucm: Any = extra
     if extra.get("UCM_CONFIG_FILE"):
-        import yaml  # only UCM configs need it
-
+        try:
+            import yaml  # only UCM configs need it
+        except ImportError as exc:
+            raise ConfigError(f"reading UCM_CONFIG_FILE {extra['UCM_CONFIG_FILE']} needs PyYAML "
+                              "(pip install pyyaml), or set kv_connector_extra_config.shared_storage_path") from exc
         try:
             ucm = yaml.safe_load(Path(extra["UCM_CONFIG_FILE"]).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
