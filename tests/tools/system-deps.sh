@@ -5,7 +5,7 @@ need=()
 command -v dockerd >/dev/null || need+=(docker.io)
 command -v supervisord >/dev/null || need+=(supervisor)
 command -v debootstrap >/dev/null || need+=(debootstrap)
-for lib in libibverbs1 librdmacm1 libnuma1; do
+for lib in libibverbs1 librdmacm1 libnuma1 liburing2 libcurl4; do
   dpkg -s "$lib" >/dev/null 2>&1 || need+=("$lib")
 done
 if ((${#need[@]})); then
