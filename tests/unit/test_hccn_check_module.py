@@ -106,10 +106,13 @@ def test_no_certificate_counts_as_tls_off(host, run):
     assert res["devices"][0]["tls_switch"] == 0
 
 
-def test_busy_tool_is_retried_then_passes(host, run):
+def test_busy_tool_is_retried_with_backoff_then_passes(host, run, monkeypatch):
     scen = host("hccn_busy.json")
+    sleeps: list[float] = []
+    monkeypatch.setattr("time.sleep", sleeps.append)
     res = run(hccn_check, hccn(checks=["link"], devices=[0, 1], busy_retries=5))
     assert res["problems"] == []
+    assert sleeps == [0.5, 1.0, 2.0]  # three busy answers, exponential backoff, then the real answer
     assert json.loads(scen.read_text())["hccn_busy_responses"] == 0
 
 
