@@ -316,3 +316,12 @@ async def test_ipv6_listen_and_backends(tmp_path):
         status, data, _ = await c.post({"model": MODEL, "prompt": LONG, "max_tokens": 2})
         assert status == 200, data
         assert metric(await c.metrics(), "pd_proxy_missing_kv_params_total") == 0
+
+
+async def test_upstream_mooncake_engine_id_comes_from_the_bootstrap_server(tmp_path):
+    async with cluster(tmp_path, "mooncake") as c:
+        c.backend("prefill-0").engine_id = "stale-configured-id"  # e.g. the plan's id while DP ranks differ
+        status, data, _ = await c.post({"model": MODEL, "prompt": LONG, "max_tokens": 3})
+        assert status == 200, data
+        assert c.backend("prefill-0").engine_id == "prefill-0"  # what GET /query answered
+        assert metric(await sim_metrics(c, c.decode[0]), "pd_sim_kv_loads_total", source="remote") == 1

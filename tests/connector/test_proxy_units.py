@@ -241,3 +241,13 @@ def test_prometheus_text_format():
     assert 'pd_proxy_h_seconds_bucket{stage="e2e",le="1"} 1' in text
     assert 'pd_proxy_h_seconds_bucket{stage="e2e",le="+Inf"} 2' in text
     assert 'pd_proxy_h_seconds_count{stage="e2e"} 2' in text and "# TYPE pd_proxy_h_seconds histogram" in text
+
+
+def test_planner_backend_entries_are_accepted():
+    """The planner writes extra facts per backend (engine_id, kv_port, tp/dp, bootstrap for upstream mooncake)."""
+    entry = {"name": "prefill-0", "host": "h1", "address": "10.0.0.1", "port": 8100, "engine_id": "0",
+             "kv_port": 20001, "tensor_parallel_size": 2, "data_parallel_size": 1,
+             "bootstrap_host": "10.0.0.1", "bootstrap_port": 20001}
+    cfg = build_config({**PLAN_PROXY, "protocol": "mooncake", "bind": "0.0.0.0", "prefill": [entry]})
+    assert cfg.listen_host == "0.0.0.0"
+    assert cfg.prefill[0].options == {"bootstrap_host": "10.0.0.1", "bootstrap_port": 20001, "engine_id": "0"}

@@ -56,7 +56,8 @@ class Backend:
     ok_streak: int = 0
     inflight_requests: int = 0
     inflight_tokens: int = 0
-    engine_id: str | None = None  # upstream MooncakeConnector: from options or the bootstrap /query
+    engine_id: str | None = None  # upstream MooncakeConnector: from the bootstrap /query, else options
+    engine_id_queried: bool = False
 
     @property
     def url(self) -> str:

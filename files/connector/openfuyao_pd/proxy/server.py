@@ -560,8 +560,12 @@ class Proxy:
                             headers=headers)
 
     async def _engine_id(self, backend: Backend) -> str:
-        """Upstream MooncakeConnector: the prefill engine id, from options or its bootstrap server."""
-        if backend.engine_id:
+        """Upstream MooncakeConnector: the prefill's engine id for its DP rank.
+
+        The bootstrap server's `GET /query` is authoritative (with DP > 1 every rank has its own id);
+        a configured `engine_id` is only the fallback when the bootstrap server does not answer.
+        """
+        if backend.engine_id_queried and backend.engine_id:
             return backend.engine_id
         assert self.session is not None
         url = self._bootstrap_addr(backend) + "/query"
@@ -574,8 +578,11 @@ class Proxy:
             if entry is None and isinstance(data, dict) and data:
                 entry = next(iter(data.values()))
             backend.engine_id = str(entry["engine_id"])
+            backend.engine_id_queried = True
         except (TimeoutError, aiohttp.ClientError, OSError, ValueError, KeyError, TypeError) as exc:
             self.m_backend_errors.inc(backend.name, "bootstrap")
+            if backend.engine_id:
+                return backend.engine_id
             raise BackendFailure(backend, "prefill", f"bootstrap query {url} failed: {type(exc).__name__}") from exc
         return backend.engine_id
 
