@@ -62,7 +62,7 @@ def test_tls_set_persists_in_the_scenario(scenario):
 
 def test_busy_answers_count_down(scenario):
     path = scenario("hccn_busy.json")
-    for _ in range(3):
+    for _attempt in range(3):
         out = run("hccn_tool", path, "-i", "0", "-link", "-g")
         assert (out.returncode, out.stdout) == (11, "hccn_tool is busy, please try again.\n")
     assert run("hccn_tool", path, "-i", "0", "-link", "-g").stdout == "link status: UP\n"
