@@ -43,12 +43,20 @@ def check_ports(items: list[dict[str, Any]]) -> dict[str, Any]:
     return {"busy": busy}
 
 
+MARK = "--- openfuyao.pd: starting "
+
+
 def tail(path: str, lines: int) -> list[str]:
+    """The last lines of the log since the last start marker (the log is appended across starts)."""
     try:
         with open(path, errors="replace") as fh:
-            return [line.rstrip("\n") for line in deque(fh, maxlen=lines)]
+            recent = [line.rstrip("\n") for line in deque(fh, maxlen=5000)]
     except OSError as exc:
         return [f"(no log at {path}: {exc.strerror})"]
+    starts = [i for i, line in enumerate(recent) if line.startswith(MARK)]
+    if starts:
+        recent = recent[starts[-1]:]
+    return recent[-lines:]
 
 
 def http_ok(url: str, timeout: float = 5.0) -> bool:
