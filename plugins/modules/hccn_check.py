@@ -235,6 +235,13 @@ ALL_CHECKS = ["link", "link_stat", "tls", "ip", "net_health", "ping"]
 class DeviceProblem(Exception):
     """A check of one device could not produce its facts; the text is the problem line."""
 
+    def __init__(self, text: str, fatal: bool = False) -> None:
+        super().__init__(text)
+        self.fatal = fatal  # the device itself is unusable: its other checks would only repeat this
+
+
+NO_DEVICE_MARKERS = ("invalid device id", "device is not exist")
+
 
 class DeviceChecker:
     """Runs the selected checks of one device and collects facts and problem lines."""
@@ -252,7 +259,9 @@ class DeviceChecker:
             raise DeviceProblem(f"`{result.command}` still answers 'hccn_tool is busy' after {result.busy_retries} "
                                 "retries; stop other hccn_tool users on this host and run again")
         if not ok(result):
-            raise DeviceProblem(f"`{result.command}` failed (rc={result.rc}): {excerpt(result.stderr or result.stdout)}")
+            text = (result.stderr + result.stdout).lower()
+            raise DeviceProblem(f"`{result.command}` failed (rc={result.rc}): {excerpt(result.stderr or result.stdout)}",
+                                fatal=any(marker in text for marker in NO_DEVICE_MARKERS))
         return result
 
     def run(self, dev: int, checks: list[str], conf: dict) -> tuple[dict, bool]:
@@ -267,6 +276,8 @@ class DeviceChecker:
                 changed = getattr(self, "check_" + check)(dev, facts) or changed
             except (DeviceProblem, ParseError) as exc:
                 facts["problems"].append(f"device {dev}: {exc}")
+                if getattr(exc, "fatal", False):
+                    break
         return facts, changed
 
     def check_link(self, dev: int, facts: dict) -> bool:

@@ -151,6 +151,13 @@ def test_garbage_tool_output_is_a_clear_problem_not_a_traceback(run, tmp_path):
         "...'), got: 'dsmi_get_device_info failed, ret = -8005'"]
 
 
+def test_a_device_that_does_not_exist_is_one_line(host, run):
+    host("healthy_a2.json")
+    res = run(hccn_check, hccn(devices=[7, 8]))
+    assert res["problems"] == ["device 8: `hccn_tool -i 8 -link -g` failed (rc=4): 'Get invalid device id.'"]
+    assert res["devices"][0]["problems"] == []
+
+
 def test_tool_missing_and_bad_options(run, tmp_path):
     res = run(hccn_check, {"hccn_tool": str(tmp_path / "nope")})
     assert res["failed"] is True and res["msg"].startswith(f"hccn_tool not found or not executable at {tmp_path}")
