@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds the local wheelhouse the molecule containers install from, so they never need a
-# package registry: aiohttp (and its dependencies), Mooncake's transfer engine
-# (mooncake-transfer-engine-non-cuda), setuptools/wheel (to build local source trees), and
-# the project's own host-side package (files/connector) as a wheel.
+# package registry: the requirements of the project's host-side package (files/connector:
+# aiohttp, PyYAML, Mooncake's transfer engine, ...) with their dependencies, setuptools/wheel/pip
+# (to build local source trees offline), and that package itself as a wheel.
 #
 # The test image's python3 is bookworm's 3.11, the same minor as the controller's, so wheels
 # downloaded here fit the containers. Third-party wheels are downloaded once per requirement
@@ -17,13 +17,21 @@ DEST="${PD_WHEELHOUSE:-$ROOT/.cache/wheelhouse}"
 PY="${PD_WHEELHOUSE_PYTHON:-$ROOT/.venv/bin/python}"
 [[ -x "$PY" ]] || PY=python3
 
-REQS=(
-  "aiohttp>=3.9"
-  "mooncake-transfer-engine-non-cuda"
-  "setuptools>=61"
-  "wheel"
-  "pip"
+# The project's runtime requirements, every extra included (read from its pyproject.toml),
+# plus what pip needs to build local source trees offline.
+mapfile -t REQS < <("$PY" - "$ROOT/files/connector/pyproject.toml" <<'PYEOF'
+import sys
+import tomllib
+
+with open(sys.argv[1], "rb") as fh:
+    project = tomllib.load(fh)["project"]
+reqs = list(project.get("dependencies", []))
+for extra in project.get("optional-dependencies", {}).values():
+    reqs.extend(extra)
+print("\n".join(dict.fromkeys(reqs)))
+PYEOF
 )
+REQS+=("setuptools>=61" "wheel" "pip")
 
 log() { echo "build-wheelhouse: $*" >&2; }
 
