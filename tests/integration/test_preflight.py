@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -85,6 +86,12 @@ def checks_of(report: dict, host: str) -> dict[str, dict]:
     return {c["check"]: c for c in entry["checks"]}
 
 
+def docker_answers() -> bool:
+    if not shutil.which("docker"):
+        return False
+    return subprocess.run(["docker", "version"], capture_output=True, timeout=60, check=False).returncode == 0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -113,6 +120,7 @@ EXPECTED = {
     "nostorage": "nostorage: storage: {path} is not a mount point; mount the shared storage there (e.g. `mount -t "
                  "nfs SERVER:/export {path}`) or set preflight_storage_mount_command",
     "badplatform": 'badplatform: pd_platform: "npu" is not one of ascend, cuda, cpu; fix the inventory',
+    "noengine": "noengine: container runtime: podman not found; install it or set pd_runtime: host",
     "mountfail": "mountfail: storage: {path} is not a mount point and `/bin/false` failed: non-zero return code",
     "portbusy": "portbusy: ports: {port} (test http) already in use; stop what listens there or change the ports "
                 "in the inventory/plan",
@@ -138,6 +146,7 @@ def fault_run(tmp_path_factory):
         "busychip": make_npu_host(root, "busychip", "busy_chip.json", "10.20.6."),
         "nostorage": {"pd_platform": "cpu", "preflight_storage_path": str(storage)},
         "badplatform": {"pd_platform": "npu"},
+        "noengine": {"pd_runtime": "container", "preflight_container_engine": "podman"},
         "mountfail": {"preflight_storage_path": str(storage), "preflight_storage_mount_command": ["/bin/false"]},
         "portbusy": {"preflight_ports": [{"start": busy_port, "end": busy_port, "purpose": "test http"}]},
     }
@@ -206,6 +215,7 @@ def test_healthy_cluster_passes(tmp_path):
                                    devices={"1": {"link_records": [{"ago": 200000, "state": "UP"},
                                                                    {"ago": 200100, "state": "DOWN"}]}}),
         "cpu": {"preflight_storage_path": "/proc", "preflight_storage_fstype": "proc",
+                "pd_runtime": "container" if docker_answers() else "host",
                 "preflight_ports": [{"start": port, "end": port + 1, "purpose": "proxy"}]},
     }
     proc, report = run_preflight(tmp_path, hosts)
@@ -221,6 +231,8 @@ def test_healthy_cluster_passes(tmp_path):
     cpu = checks_of(report, "cpu")
     assert cpu["storage"]["status"] == "pass" and "/proc mounted (proc" in cpu["storage"]["detail"]
     assert cpu["ports"]["status"] == "pass"
+    if docker_answers():  # the test machines run a docker engine; elsewhere the runtime check is not asserted
+        assert cpu["container runtime"]["status"] == "pass"
     assert cpu["npu"]["status"] == "skip"
     assert "PASSED: 5 host(s) fit for PD" in proc.stdout
 
