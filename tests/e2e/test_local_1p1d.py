@@ -34,12 +34,12 @@ SUPERVISORD_CONF = "/etc/openfuyao-pd/supervisord.conf"
 LOG_DIR = Path("/var/log/openfuyao-pd")
 WORK = ROOT / "tests" / "output" / "e2e"
 # Long enough to span several KV blocks (there is KV to hand over), short enough for the
-# local max-model-len of 512 with the tiny tokenizer.
+# local max-model-len of 512 with the tiny tokenizer (≈320-360 tokens each).
 PROMPTS = [
-    "The prefill instance computes the cache of this prompt; the decode instance must load it. " * 4,
-    "One two three four five six seven eight nine ten, the proxy routes every request. " * 4,
-    "你好,你是谁? 模型 推理 服务 缓存 解码 预填充 the memory layer tensor device token block. " * 4,
-    "Water people number sound write would like so these her long make thing see him two has. " * 4,
+    "The prefill instance computes the cache of this prompt; the decode instance must load it. " * 7,
+    "One two three four five six seven eight nine ten, the proxy routes every request. " * 6,
+    "你好,你是谁? 模型 推理 服务 缓存 解码 预填充 the memory layer tensor device token block. " * 12,
+    "Water people number sound write would like so these her long make thing see him two has. " * 11,
 ]
 MAX_TOKENS = 24
 
