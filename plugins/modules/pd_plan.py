@@ -32,15 +32,21 @@ options:
     default: false
 attributes:
   check_mode:
+    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
+    details: The plan is computed the same way; nothing is ever changed on a host.
   diff_mode:
+    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   action:
+    description: Indicates this has a corresponding action plugin so some parts of the work happen on the controller.
     support: full
   platform:
+    description: Target OS/families that can be operated against.
+    support: N/A
     platforms: all
 author:
-  - openFuyao PD maintainers
+  - openFuyao PD contributors (@openfuyao)
 """
 
 EXAMPLES = r"""

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # ansible-test needs the collection at ansible_collections/<ns>/<name>; copy the tracked
-# and new (not ignored) files there and run sanity with the venv's Python.
+# and new (not ignored) files of the collection's Ansible content there and run sanity with
+# the venv's Python. files/connector (a standalone Python package with its own pyproject,
+# installed on hosts by roles/proxy), bench/, molecule/ and the pytest suites are not
+# Ansible plugin code: ruff and their own tests check them.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/../.." && pwd)
 work=$(mktemp -d)
@@ -8,7 +11,8 @@ trap 'rm -rf "$work"' EXIT
 dest="$work/ansible_collections/openfuyao/pd"
 mkdir -p "$dest"
 cd "$root"
-git ls-files -z --cached --others --exclude-standard | \
+git ls-files -z --cached --others --exclude-standard -- \
+    galaxy.yml meta plugins roles playbooks inventories docs changelogs tests/sanity LICENSE README.md | \
   xargs -0 -I{} sh -c 'test -e "{}" && printf "%s\0" "{}"' | \
   tar --null -T - -cf - | tar -xf - -C "$dest"
 cd "$dest"
