@@ -90,9 +90,9 @@ def service_states(spec: dict[str, Any], names: list[str]) -> dict[str, dict[str
     if spec.get("manager") == "systemd":
         out = {}
         for name in names:
-            rc, stdout, _ = run(["systemctl", "show", "-p", "ActiveState,MainPID,ActiveEnterTimestamp", name])
-            out[name] = parse_systemctl_show(stdout) if rc == 0 else {"state": "UNKNOWN", "pid": None,
-                                                                    "uptime": None, "detail": None}
+            rc, stdout, _stderr = run(["systemctl", "show", "-p", "ActiveState,MainPID,ActiveEnterTimestamp", name])
+            unknown = {"state": "UNKNOWN", "pid": None, "uptime": None, "detail": None}
+            out[name] = parse_systemctl_show(stdout) if rc == 0 else unknown
         return out
     rc, stdout, stderr = run(["supervisorctl", "-c", spec.get("supervisor_conf", ""), "status"])
     states = parse_supervisor_status(stdout)
@@ -119,7 +119,7 @@ def package_versions(venv: str) -> dict[str, str]:
     python = os.path.join(venv, "bin", "python")
     if not os.path.exists(python):
         return {}
-    rc, stdout, _ = run([python, "-c", PKG_SCRIPT, *STACK_PACKAGES])
+    rc, stdout, _stderr = run([python, "-c", PKG_SCRIPT, *STACK_PACKAGES])
     if rc != 0:
         return {}
     try:
@@ -135,9 +135,9 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
     out = []
     for inst in instances:
         base = inst["health_url"].rsplit("/health", 1)[0]
-        status, _, err = http_get(inst["health_url"])
-        m_status, models, _ = http_get(base + "/v1/models")
-        _, version, _ = http_get(base + "/version")
+        status, _health, err = http_get(inst["health_url"])
+        m_status, models, _models_err = http_get(base + "/v1/models")
+        version = http_get(base + "/version")[1]
         served = [m.get("id") for m in (models or {}).get("data", []) if isinstance(m, dict)] if m_status == 200 else []
         out.append({
             "name": inst["name"],
