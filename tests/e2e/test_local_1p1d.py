@@ -259,11 +259,23 @@ def test_teardown_leaves_nothing_running(deployed: dict[str, Any]) -> None:
     assert subprocess.run(["supervisorctl", "-c", SUPERVISORD_CONF, "pid"], capture_output=True,
                           check=False).returncode != 0 or not Path(SUPERVISORD_CONF).exists()
     plan = deployed["plan"]
-    for inst in plan["instances"]:
+    # Nothing listens any more (SO_REUSEADDR: closed connections in TIME_WAIT do not count).
+    for address, port in [(i["address"], i["http_port"]) for i in plan["instances"]] + [
+            (plan["proxy"]["address"], plan["proxy"]["port"])]:
         with socket.socket() as s:
-            s.bind((inst["address"], inst["http_port"]))  # free again
-    with socket.socket() as s:
-        s.bind((plan["proxy"]["address"], plan["proxy"]["port"]))
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind((address, port))
+    # And no process of ours is left (launch scripts, vLLM on our model, the proxy).
+    left = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if plan["model"]["path"] in cmd or "/etc/openfuyao-pd/" in cmd:
+                left.append(cmd[:120])
+    assert not left, left
     again = playbook("teardown.yml", log="teardown-2")
     assert again.returncode == 0 and recap(again.stdout)["changed"] == 0
     assert shutil.which("supervisorctl")
