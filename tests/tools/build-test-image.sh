@@ -4,8 +4,8 @@
 #
 # The image carries only what a bare "Ascend host" of the scenarios needs before Ansible
 # touches it: python3 (3.11, the same minor as the controller, so host-built wheels fit),
-# the venv module, PyYAML (the fake NPU tools read YAML scenarios), the Debian libraries Mooncake's transfer engine links against
-# (libibverbs1 librdmacm1 libnuma1, and libcurl4 for its metadata client), iproute2 and
+# the venv module, PyYAML for the system python3, the Debian libraries Mooncake's transfer
+# engine links against (libibverbs1 librdmacm1 libnuma1, and libcurl4 for its metadata client), iproute2 and
 # iputils-ping (device IPs and the ping mesh), procps, supervisor (the process supervisor
 # the roles use where systemd does not run) and ca-certificates.
 #
