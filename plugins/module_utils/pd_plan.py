@@ -35,6 +35,7 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import (
     VISIBLE_DEVICES_ENV,
     typo_warnings,
 )
+from ansible_collections.openfuyao.pd.plugins.module_utils.text_table import align_columns
 
 SCHEMA_VERSION = 1
 DEFAULT_DATA_DIR = "/var/lib/openfuyao-pd"
@@ -1318,5 +1319,4 @@ def render_table(plan):
         )
     p = plan["proxy"]
     rows.append((p["host"], "proxy", p["protocol"], "-", "http:{}".format(p["port"]), "-"))
-    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
-    return ["  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip() for r in rows]
+    return align_columns(rows)

@@ -211,6 +211,7 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.ascend_tool import (
     ToolRunner,
     resolve_tool,
 )
+from ansible_collections.openfuyao.pd.plugins.module_utils.text_table import align_columns
 from ansible_collections.openfuyao.pd.plugins.module_utils.hccn_parse import (
     BUSY_MARKER,
     NO_CERT_MARKER,
@@ -388,21 +389,18 @@ def default_checks(ping_targets: list[str]) -> list[str]:
 
 
 def render_table(devices: list[dict]) -> list[str]:
-    """Fixed-width lines an operator reads at a glance (ad hoc runs print them)."""
+    """Aligned lines an operator reads at a glance (ad hoc runs print them)."""
     def show(value):
         return "-" if value is None else str(value)
 
-    def row(*cells) -> str:
-        return "{:<6} {:<5} {:<6} {:<4} {:<16} {:<12} {:<10} {}".format(*cells)
-
-    lines = [row("device", "link", "flaps", "tls", "ip", "net_health", "ping", "result")]
+    rows = [("device", "link", "flaps", "tls", "ip", "net_health", "ping", "result")]
     for dev in devices:
         pings = dev["ping"]
         ping = f"{sum(1 for p in pings if p['ok'])}/{len(pings)} ok" if pings else "-"
         flaps = "-" if dev["flapping"] is None else ("YES" if dev["flapping"] else "no")
-        lines.append(row(dev["device"], show(dev["link"]), flaps, show(dev["tls_switch"]), show(dev["ip"]),
-                         show(dev["net_health"]), ping, "FAIL" if dev["problems"] else "ok"))
-    return lines
+        rows.append((dev["device"], show(dev["link"]), flaps, show(dev["tls_switch"]), show(dev["ip"]),
+                     show(dev["net_health"]), ping, "FAIL" if dev["problems"] else "ok"))
+    return align_columns(rows)
 
 
 def main() -> None:

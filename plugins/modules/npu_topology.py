@@ -198,6 +198,7 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.ascend_tool import (
     resolve_tool,
 )
 from ansible_collections.openfuyao.pd.plugins.module_utils.hccn_parse import ParseError, excerpt, parse_hccn_conf
+from ansible_collections.openfuyao.pd.plugins.module_utils.text_table import align_columns
 from ansible_collections.openfuyao.pd.plugins.module_utils.npu_smi_parse import (
     HEALTH_OK,
     build_chips,
@@ -261,15 +262,12 @@ def topology_problems(chips: list[dict], judged: list[dict], listed: dict, requi
 
 
 def render_table(chips: list[dict]) -> list[str]:
-    def row(*cells) -> str:
-        return "{:<4} {:<5} {:<6} {:<10} {:<8} {:<14} {:<16} {}".format(*cells)
-
-    lines = [row("phy", "logic", "npu", "name", "health", "hbm MB", "device_ip", "state")]
+    rows = [("phy", "logic", "npu", "name", "health", "hbm MB", "device_ip", "state")]
     for c in chips:
         state = f"busy ({len(c['processes'])} proc)" if c["busy"] else "free"
-        lines.append(row(c["phy_id"], c["logic_id"], f"{c['npu_id']}/{c['chip_id']}", c["name"], c["health"],
-                         f"{c['hbm_used_mb']}/{c['hbm_total_mb']}", c["device_ip"] or "-", state))
-    return lines
+        rows.append((c["phy_id"], c["logic_id"], f"{c['npu_id']}/{c['chip_id']}", c["name"], c["health"],
+                     f"{c['hbm_used_mb']}/{c['hbm_total_mb']}", c["device_ip"] or "-", state))
+    return align_columns(rows)
 
 
 def main() -> None:
