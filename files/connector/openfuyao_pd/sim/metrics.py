@@ -5,6 +5,8 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable
 
+from openfuyao_pd.common.prom import escape_label, format_value
+
 Labels = tuple[tuple[str, str], ...]
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -14,12 +16,8 @@ LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0,
 def _fmt_labels(labels: Labels) -> str:
     if not labels:
         return ""
-    inner = ",".join(f'{k}="{v}"' for k, v in labels)
+    inner = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels)
     return "{" + inner + "}"
-
-
-def _fmt(value: float) -> str:
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 class Registry:
@@ -82,18 +80,18 @@ class Registry:
                     running = 0.0
                     for bound, count in zip(buckets, counts[:len(buckets)], strict=True):
                         running += count
-                        lines.append(f"{name}_bucket{_fmt_labels((*key, ('le', repr(bound))))} {_fmt(running)}")
+                        lines.append(f"{name}_bucket{_fmt_labels((*key, ('le', repr(bound))))} {format_value(running)}")
                     running += counts[len(buckets)]
-                    lines.append(f"{name}_bucket{_fmt_labels((*key, ('le', '+Inf')))} {_fmt(running)}")
-                    lines.append(f"{name}_count{_fmt_labels(key)} {_fmt(running)}")
-                    lines.append(f"{name}_sum{_fmt_labels(key)} {_fmt(counts[-1])}")
+                    lines.append(f"{name}_bucket{_fmt_labels((*key, ('le', '+Inf')))} {format_value(running)}")
+                    lines.append(f"{name}_count{_fmt_labels(key)} {format_value(running)}")
+                    lines.append(f"{name}_sum{_fmt_labels(key)} {format_value(counts[-1])}")
                 continue
             if name in self._gauge_fns:
-                lines.append(f"{name}{_fmt_labels(self._base)} {_fmt(self._gauge_fns[name]())}")
+                lines.append(f"{name}{_fmt_labels(self._base)} {format_value(self._gauge_fns[name]())}")
                 continue
             series = self._values[name]
             if not series and kind == "counter" and not name.endswith("_by_source_total"):
                 lines.append(f"{name}{_fmt_labels(self._base)} 0")
             for key, value in series.items():
-                lines.append(f"{name}{_fmt_labels(key)} {_fmt(value)}")
+                lines.append(f"{name}{_fmt_labels(key)} {format_value(value)}")
         return "\n".join(lines) + "\n"
