@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_day2_support import ROOT, Deployment, free_base
+from test_day2_support import ROOT, Deployment, free_base, private_dirs
 
 VLLM_PYTHON = Path("/opt/openfuyao-pd/vllm/bin/python")
 
@@ -30,11 +30,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     used: set[int] = set()
     prefill, decode, proxy = free_base(1, used), free_base(1, used), free_base(1, used)
     extra = {
-        "vllm_pd_conf_dir": str(work / "etc"),
-        "vllm_pd_log_dir": str(work / "log"),
-        "vllm_pd_state_dir": str(work / "state"),
-        "vllm_pd_run_dir": str(work / "run"),
-        "proxy_venv": str(work / "proxyvenv"),
+        **private_dirs(work, venv=False),
         "pd_data_dir": str(work / "data"),
         "pd_prefill_http_port_base": prefill,
         "pd_decode_http_port_base": decode,

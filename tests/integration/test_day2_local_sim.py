@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_day2_support import ROOT, Deployment, free_base, roll_order
+from test_day2_support import ROOT, Deployment, free_base, private_dirs, roll_order
 
 pytestmark = pytest.mark.skipif(shutil.which("supervisord") is None, reason="needs supervisord (make system-deps)")
 
@@ -26,12 +26,7 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     # room for 3 instances of each role (scale-out) on consecutive ports
     prefill, decode, proxy = free_base(3, used), free_base(3, used), free_base(1, used)
     extra = {
-        "vllm_pd_conf_dir": str(work / "etc"),
-        "vllm_pd_log_dir": str(work / "log"),
-        "vllm_pd_state_dir": str(work / "state"),
-        "vllm_pd_run_dir": str(work / "run"),
-        "vllm_pd_venv": str(work / "venv"),
-        "proxy_venv": str(work / "venv"),
+        **private_dirs(work),
         "pd_data_dir": str(work / "data"),
         "pd_prefill_http_port_base": prefill,
         "pd_decode_http_port_base": decode,

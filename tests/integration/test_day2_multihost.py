@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from test_day2_support import Deployment, free_base, roll_order
+from test_day2_support import Deployment, free_base, private_dirs, roll_order
 
 pytestmark = pytest.mark.skipif(shutil.which("supervisord") is None, reason="needs supervisord (make system-deps)")
 
@@ -25,10 +25,7 @@ HOSTS = ("node-p", "node-d1", "node-d2", "node-d3")
 
 
 def host_vars(work: Path, host: str, **extra: Any) -> dict[str, Any]:
-    base = work / host
-    return {"vllm_pd_conf_dir": str(base / "etc"), "vllm_pd_log_dir": str(base / "log"),
-            "vllm_pd_state_dir": str(base / "state"), "vllm_pd_run_dir": str(base / "run"),
-            "vllm_pd_venv": str(base / "venv"), "proxy_venv": str(base / "venv"), **extra}
+    return {**private_dirs(work / host), **extra}
 
 
 def write_inventory(path: Path, work: Path, ports: dict[str, int], decode: list[str], retired: list[str]) -> None:

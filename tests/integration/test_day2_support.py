@@ -43,6 +43,22 @@ def free_base(count: int, avoid: set[int]) -> int:
     raise RuntimeError("no free port range")
 
 
+def private_dirs(base: Path, venv: bool = True) -> dict[str, str]:
+    """Role variables that keep a test deployment's files under `base` (nothing in /etc, /var, /opt).
+
+    With `venv`, the stack and the proxy share a venv there too (simulator engines need no vLLM)."""
+    dirs = {
+        "vllm_pd_conf_dir": str(base / "etc"),
+        "vllm_pd_log_dir": str(base / "log"),
+        "vllm_pd_state_dir": str(base / "state"),
+        "vllm_pd_run_dir": str(base / "run"),
+        "proxy_venv": str(base / ("venv" if venv else "proxyvenv")),
+    }
+    if venv:
+        dirs["vllm_pd_venv"] = str(base / "venv")
+    return dirs
+
+
 @dataclass
 class Deployment:
     inventory: Path
