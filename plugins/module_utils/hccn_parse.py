@@ -18,6 +18,7 @@ certificate at all means TLS is off); ``-ip -g`` prints ``ipaddr:``/``netmask:``
 from __future__ import annotations
 
 import calendar
+import ipaddress
 import re
 import time
 
@@ -38,18 +39,36 @@ class ParseError(ValueError):
 
 
 def excerpt(text: str | None, limit: int = _EXCERPT) -> str:
-    """A short, single-line quotation of tool output for error messages."""
+    """A short, single-line, escaped quotation of tool output for error messages.
+
+    ``repr`` escapes control characters, NULs and lone surrogates, so the excerpt is one
+    line of valid UTF-8 whatever bytes the tool printed.
+    """
     if text is None or not text.strip():
         return "(empty output)"
-    flat = " | ".join(line.strip() for line in text.strip().splitlines() if line.strip())
+    head = text.strip()[: limit * 8]  # a 4 MB spew need not be split into lines to quote 160 characters
+    flat = " | ".join(line.strip() for line in head.splitlines() if line.strip())
     if len(flat) > limit:
         flat = flat[: limit - 3] + "..."
     return repr(flat)
 
 
+_ASCII_INT = re.compile(r"[0-9]{1,12}", re.ASCII)
+
+
+def ascii_int(text: str | None) -> int | None:
+    """``"42"`` -> 42; anything else (signs, ``NA``, ``²``, Arabic-Indic digits, 50 digits) -> None.
+
+    ``str.isdigit`` accepts characters ``int`` refuses, and ``int`` refuses over 4300
+    digits: tool output is read with this instead, so neither can raise.
+    """
+    text = (text or "").strip()
+    return int(text) if _ASCII_INT.fullmatch(text) else None
+
+
 # ---------------------------------------------------------------- /etc/hccn.conf
 
-_CONF_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*?)_(\d+)\s*=\s*(.*?)\s*$")
+_CONF_LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9_]*?)_([0-9]{1,6})\s*=\s*(.*?)\s*$", re.ASCII)
 
 
 def parse_hccn_conf(text: str) -> dict[int, dict[str, str]]:
@@ -72,7 +91,7 @@ def parse_hccn_conf(text: str) -> dict[int, dict[str, str]]:
 
 # ---------------------------------------------------------------- -link -g
 
-_LINK = re.compile(r"^\s*link status\s*:\s*(UP|DOWN)\s*$", re.IGNORECASE | re.MULTILINE)
+_LINK = re.compile(r"^\s*link status\s*:\s*(UP|DOWN)\s*$", re.IGNORECASE | re.MULTILINE | re.ASCII)
 
 
 def parse_link(output: str, command: str = "hccn_tool -link -g") -> str:
@@ -87,11 +106,12 @@ def parse_link(output: str, command: str = "hccn_tool -link -g") -> str:
 
 _PREFIX = r"^\s*(?:\[(?:devid|device)\s*\d+\])?\s*"
 _STAMP = r"([A-Z][a-z]{2} [A-Z][a-z]{2} [ \d]\d \d{2}:\d{2}:\d{2} \d{4})"
-_CURRENT = re.compile(_PREFIX + r"current time\s*:\s*" + _STAMP, re.MULTILINE)
-_UP_COUNT = re.compile(_PREFIX + r"link up count\s*:\s*(\d+)", re.MULTILINE)
-_DOWN_COUNT = re.compile(_PREFIX + r"link down count\s*:\s*(\d+)", re.MULTILINE)
-_RECORDS_HDR = re.compile(_PREFIX + r"link change records\s*:", re.MULTILINE)
-_RECORD = re.compile(_PREFIX + _STAMP + r"\s+LINK\s+(UP|DOWN)\s*$", re.MULTILINE)
+_FLAGS = re.MULTILINE | re.ASCII
+_CURRENT = re.compile(_PREFIX + r"current time\s*:\s*" + _STAMP, _FLAGS)
+_UP_COUNT = re.compile(_PREFIX + r"link up count\s*:\s*([0-9]{1,12})\s*$", _FLAGS)
+_DOWN_COUNT = re.compile(_PREFIX + r"link down count\s*:\s*([0-9]{1,12})\s*$", _FLAGS)
+_RECORDS_HDR = re.compile(_PREFIX + r"link change records\s*:", _FLAGS)
+_RECORD = re.compile(_PREFIX + _STAMP + r"\s+LINK\s+(UP|DOWN)\s*$", _FLAGS)
 
 
 def asctime_to_epoch(stamp: str) -> float:
@@ -99,9 +119,14 @@ def asctime_to_epoch(stamp: str) -> float:
 
     Both ends of a comparison come from the same output, so the time zone cancels out;
     the stamp is read as UTC to stay independent of the controller's zone.
+
+    Raises ValueError for a stamp that matches the shape but is no date (``Mon Oct 99``).
     """
-    parsed = time.strptime(" ".join(stamp.split()), "%a %b %d %H:%M:%S %Y")
-    return float(calendar.timegm(parsed))
+    try:
+        parsed = time.strptime(" ".join(stamp.split()), "%a %b %d %H:%M:%S %Y")
+        return float(calendar.timegm(parsed))
+    except (ValueError, OverflowError) as exc:
+        raise ValueError(f"{stamp!r} is not a date: {exc}") from None
 
 
 def parse_link_stat(output: str, command: str = "hccn_tool -link_stat -g") -> dict:
@@ -115,6 +140,11 @@ def parse_link_stat(output: str, command: str = "hccn_tool -link_stat -g") -> di
     current = _CURRENT.search(text)
     if not up or not current or not _RECORDS_HDR.search(text):
         raise ParseError(command, "'current time', 'link up count' and 'link change records' lines", text)
+    try:
+        asctime_to_epoch(current.group(1))  # the clock every record is judged against must be a date
+    except ValueError:
+        raise ParseError(command, "a date in 'current time' (like 'Fri Sep  1 06:37:26 2023')",
+                         current.group(0)) from None
     down = _DOWN_COUNT.search(text)
     records = [{"time": m.group(1), "state": m.group(2)} for m in _RECORD.finditer(text)]
     return {
@@ -125,7 +155,7 @@ def parse_link_stat(output: str, command: str = "hccn_tool -link_stat -g") -> di
     }
 
 
-_DEVID = re.compile(r"^\s*\[(?:devid|device)\s*(\d+)\]", re.MULTILINE)
+_DEVID = re.compile(r"^\s*\[(?:devid|device)\s*([0-9]{1,6})\]", re.MULTILINE | re.ASCII)
 
 
 def parse_link_stat_loop(output: str, command: str = "for i in ...; do hccn_tool -i $i -link_stat -g; done") -> dict:
@@ -158,7 +188,7 @@ def flap_summary(stat: dict, window: int) -> dict:
         try:
             age = now - asctime_to_epoch(record["time"])
         except ValueError:
-            age = 0
+            age = 0  # unreadable stamp: counted as recent, see above
         if age <= window:
             recent_downs.append(record["time"])
     down_count = stat["down_count"]
@@ -175,10 +205,10 @@ def flap_summary(stat: dict, window: int) -> dict:
 
 # ---------------------------------------------------------------- -tls -g
 
-_TLS_SWITCH = re.compile(r"tls switch\[(\d+)\]")
-_TLS_PRESET = re.compile(r"tls preconfigured\[(\d+)\]")
-_TLS_ALARM = re.compile(r"tls alarm time threshold\[(\d+)\]")
-_TLS_EXPIRY = re.compile(r"tls expiration status\[(\d+)\]")
+_TLS_SWITCH = re.compile(r"tls switch\[([0-9]{1,9})\]")
+_TLS_PRESET = re.compile(r"tls preconfigured\[([0-9]{1,9})\]")
+_TLS_ALARM = re.compile(r"tls alarm time threshold\[([0-9]{1,9})\]")
+_TLS_EXPIRY = re.compile(r"tls expiration status\[([0-9]{1,9})\]")
 NO_CERT_MARKER = "No certificate found"
 
 
@@ -218,8 +248,8 @@ def parse_set_result(output: str, command: str) -> None:
 
 # ---------------------------------------------------------------- -ip -g
 
-_IPADDR = re.compile(r"^\s*ipaddr\s*:\s*(\d{1,3}(?:\.\d{1,3}){3})\s*$", re.MULTILINE)
-_NETMASK = re.compile(r"^\s*netmask\s*:\s*(\d{1,3}(?:\.\d{1,3}){3})\s*$", re.MULTILINE)
+_IPADDR = re.compile(r"^\s*ipaddr\s*:\s*(\S+)\s*$", re.MULTILINE | re.ASCII)
+_NETMASK = re.compile(r"^\s*netmask\s*:\s*(\S+)\s*$", re.MULTILINE | re.ASCII)
 NO_IP_MARKER = "no ip was preset"
 
 
@@ -233,15 +263,26 @@ def parse_ip(output: str, stderr: str = "", command: str = "hccn_tool -ip -g") -
     addr = _IPADDR.search(text)
     if addr:
         mask = _NETMASK.search(text)
+        if not _is_ipv4(addr.group(1)) or (mask and not _is_ipv4(mask.group(1))):
+            raise ParseError(command, "'ipaddr:A.B.C.D' and 'netmask:A.B.C.D' with valid IPv4 addresses", text)
         return {"ipaddr": addr.group(1), "netmask": mask.group(1) if mask else None}
     if not text.strip():
         return None
     raise ParseError(command, "'ipaddr:A.B.C.D'", text + (stderr or ""))
 
 
+def _is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 # ---------------------------------------------------------------- -net_health -g
 
-_NET_HEALTH = re.compile(r"^\s*net health status\s*:\s*(.+?)\s*$", re.MULTILINE)
+# States are words (Success, Init, Fault, Socket fail, Receive timeout, ...); anything else is not a state.
+_NET_HEALTH = re.compile(r"^\s*net health status\s*:\s*([A-Za-z][A-Za-z ()_-]{0,40}?)\s*$", re.MULTILINE | re.ASCII)
 
 
 def parse_net_health(output: str, command: str = "hccn_tool -net_health -g") -> str:
@@ -260,12 +301,13 @@ def net_health_ok(state: str) -> bool:
 # ---------------------------------------------------------------- -ping -g
 
 _PING_SUMMARY = re.compile(
-    r"(\d+)\s+packets? transmitted,\s*(\d+)\s+received,\s*([\d.]+)%\s*packets? loss", re.IGNORECASE
+    r"(?<![0-9])([0-9]{1,9})\s+packets? transmitted,\s*([0-9]{1,9})\s+received,\s*([0-9]{1,3}(?:\.[0-9]{1,6})?)%"
+    r"\s*packets? loss", re.IGNORECASE | re.ASCII
 )
-_PING_OK = re.compile(r"^\s*recv seq=\d+", re.MULTILINE)
+_PING_OK = re.compile(r"^\s*recv seq=[0-9]+", re.MULTILINE | re.ASCII)
 _PING_LOST = re.compile(r"^\s*(?:recv time out seq|.*Destination Host Unreachable|.*Message too long)",
-                        re.MULTILINE | re.IGNORECASE)
-_PING_HEADER = re.compile(r"^\s*device\s+\d+\s+PING\s+\S+", re.MULTILINE)
+                        re.MULTILINE | re.IGNORECASE | re.ASCII)
+_PING_HEADER = re.compile(r"^\s*device\s+[0-9]+\s+PING\s+\S+", re.MULTILINE | re.ASCII)
 
 
 def parse_ping(output: str, target: str, command: str = "hccn_tool -ping -g") -> dict:
@@ -278,6 +320,9 @@ def parse_ping(output: str, target: str, command: str = "hccn_tool -ping -g") ->
     summary = _PING_SUMMARY.search(text)
     if summary:
         sent, got, loss = int(summary.group(1)), int(summary.group(2)), float(summary.group(3))
+        if got > sent or loss > 100.0:
+            raise ParseError(command, "a ping summary with received <= transmitted and loss <= 100%",
+                             summary.group(0))
     elif _PING_HEADER.search(text):
         got = len(_PING_OK.findall(text))
         sent = got + len(_PING_LOST.findall(text))

@@ -17,7 +17,12 @@ description:
     all of them, or only reports them when O(fail_on_problem=false).
   - Exit codes of C(hccn_tool) are not trusted alone (ping exits 1 on any loss, some
     failures exit 0); the text is parsed. C(hccn_tool is busy) answers are retried with
-    exponential backoff.
+    exponential backoff, within O(busy_budget) for the whole run.
+  - Every call is killed after O(command_timeout) seconds. A device whose call hangs is not
+    checked further; when a second device hangs, or the busy budget is spent, the remaining
+    devices are reported as not checked in one line and the module returns.
+  - Bad tool output (binary junk, truncated text, impossible values, a crash) is a problem line
+    naming the command and quoting an escaped excerpt; the module never raises.
   - With O(fix_tls=true) devices whose TLS switch is 1 are set to 0 with
     C(hccn_tool -i N -tls -s enable 0); this is the only change the module ever makes.
 author:
@@ -77,6 +82,20 @@ options:
       - How many times a C(hccn_tool is busy) answer is retried (backoff 0.5 s, 1 s, 2 s, ...).
     type: int
     default: 5
+  busy_budget:
+    description:
+      - Seconds that all busy retries of this run may wait in total (one host). Once spent, the
+        device is reported busy and the devices not yet checked are reported in one line, so a
+        tool that is busy forever costs this long, not O(busy_retries) backoffs per call.
+    type: int
+    default: 20
+  command_timeout:
+    description:
+      - Seconds one C(hccn_tool) call may take (waiting for this collection's lock included) before it
+        is killed. Real calls answer in well under a second; a ping of 3 packets to a dead address
+        takes about 3 s.
+    type: int
+    default: 15
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -233,6 +252,10 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.hccn_parse import (
 ALL_CHECKS = ["link", "link_stat", "tls", "ip", "net_health", "ping"]
 
 
+class HostAbort(Exception):
+    """The tool is unusable on this host (busy budget spent, devices hang): stop, one line."""
+
+
 class DeviceProblem(Exception):
     """A check of one device could not produce its facts; the text is the problem line."""
 
@@ -247,16 +270,31 @@ NO_DEVICE_MARKERS = ("invalid device id", "device is not exist")
 class DeviceChecker:
     """Runs the selected checks of one device and collects facts and problem lines."""
 
+    # A second device that hangs means the driver hangs: the other devices would only cost timeouts.
+    MAX_HUNG_DEVICES = 2
+
     def __init__(self, runner: ToolRunner, tool: str, conf_path: str, params: dict, check_mode: bool) -> None:
         self.runner = runner
         self.tool = tool
         self.conf_path = conf_path
         self.params = params
         self.check_mode = check_mode
+        self.hung: list[int] = []
+        self.last_command = ""
 
     def call(self, dev: int, args: list[str], ok=lambda r: r.rc == 0):
         result = self.runner.run([self.tool, "-i", str(dev), *args])
+        self.last_command = result.command
+        broken = result.broken(self.runner.timeout)
+        if broken:
+            if result.timed_out:
+                self.hung.append(dev)
+            raise DeviceProblem(broken, fatal=True)
         if result.is_busy(BUSY_MARKER):
+            if self.runner.budget_spent:
+                raise DeviceProblem(f"`{result.command}` still answers 'hccn_tool is busy' after "
+                                    f"{self.runner.busy_spent:g} s of retries, the busy_budget of this host; stop "
+                                    "other hccn_tool users on this host and run again", fatal=True)
             raise DeviceProblem(f"`{result.command}` still answers 'hccn_tool is busy' after {result.busy_retries} "
                                 "retries; stop other hccn_tool users on this host and run again")
         if not ok(result):
@@ -273,13 +311,28 @@ class DeviceChecker:
         }
         changed = False
         for check in checks:
+            self.last_command = ""
             try:
                 changed = getattr(self, "check_" + check)(dev, facts) or changed
             except (DeviceProblem, ParseError) as exc:
                 facts["problems"].append(f"device {dev}: {exc}")
                 if getattr(exc, "fatal", False):
                     break
+            except Exception as exc:  # last line of defence: a check never escapes as a traceback
+                facts["problems"].append(
+                    f"device {dev}: the {check} check could not judge the output of `{self.last_command or check}` "
+                    f"({type(exc).__name__}: {excerpt(str(exc))}); please report this with the tool's output")
+                break
         return facts, changed
+
+    def stop_reason(self) -> str | None:
+        """Why no further device should be checked on this host, or None."""
+        if self.runner.budget_spent:
+            return f"hccn_tool stayed busy for the whole busy_budget ({self.runner.busy_budget:g} s)"
+        if len(self.hung) >= self.MAX_HUNG_DEVICES:
+            hung = ", ".join(str(d) for d in self.hung)
+            return f"hccn_tool hangs on devices {hung} (command_timeout {self.runner.timeout:g} s each)"
+        return None
 
     def check_link(self, dev: int, facts: dict) -> bool:
         result = self.call(dev, ["-link", "-g"])
@@ -369,11 +422,10 @@ class DeviceChecker:
             result = self.call(dev, ["-ping", "-g", "address", target], ok=lambda r: r.rc in (0, 1))
             try:
                 ping = parse_ping(result.stdout, target, result.command)
-            except ParseError:
-                if result.rc != 0:
-                    exc = DeviceProblem(f"`{result.command}` failed (rc={result.rc}): "
-                                        f"{excerpt(result.stderr or result.stdout)}")
-                failures.append(str(exc))
+            except ParseError as exc:
+                # rc 1 without a summary is a failure of the tool; rc 0 without one is output we cannot read.
+                failures.append(f"`{result.command}` failed (rc={result.rc}): {excerpt(result.stderr or result.stdout)}"
+                                if result.rc != 0 else str(exc))
                 continue
             facts["ping"].append(ping)
             if not ping["ok"]:
@@ -415,6 +467,8 @@ def main() -> None:
             fix_tls=dict(type="bool", default=False),
             fail_on_problem=dict(type="bool", default=True),
             busy_retries=dict(type="int", default=5),
+            busy_budget=dict(type="int", default=20),
+            command_timeout=dict(type="int", default=15),
         ),
         supports_check_mode=True,
     )
@@ -422,8 +476,11 @@ def main() -> None:
     checks = params["checks"] or default_checks(params["ping_targets"])
     if "ping" in checks and not params["ping_targets"]:
         module.fail_json(msg="checks contains 'ping' but ping_targets is empty; list the IPs to ping")
-    if params["link_flap_window"] < 0 or params["busy_retries"] < 0:
-        module.fail_json(msg="link_flap_window and busy_retries must not be negative")
+    negative = [k for k in ("link_flap_window", "busy_retries", "busy_budget") if params[k] < 0]
+    if negative:
+        module.fail_json(msg=f"{', '.join(negative)} must not be negative")
+    if params["command_timeout"] < 1:
+        module.fail_json(msg=f"command_timeout must be at least 1 (seconds), got {params['command_timeout']}")
     tool = resolve_tool(module, params["hccn_tool"], "hccn_tool", HCCN_TOOL_FALLBACK)
 
     conf: dict[int, dict[str, str]] = {}
@@ -438,16 +495,24 @@ def main() -> None:
     if bad:
         module.fail_json(msg=f"devices must be physical ids >= 0, got {bad}")
 
-    runner = ToolRunner(module, busy_marker=BUSY_MARKER, retries=params["busy_retries"])
+    runner = ToolRunner(module, busy_marker=BUSY_MARKER, retries=params["busy_retries"],
+                        timeout=params["command_timeout"], busy_budget=params["busy_budget"])
     checker = DeviceChecker(runner, tool, params["hccn_conf"], params, module.check_mode)
-    results, changed = [], False
-    for dev in sorted(set(devices)):
+    results, changed, host_problems = [], False, []
+    todo = sorted(set(devices))
+    for index, dev in enumerate(todo):
         facts, dev_changed = checker.run(dev, [c for c in ALL_CHECKS if c in checks], conf.get(dev, {}))
         results.append(facts)
         changed = changed or dev_changed
-    problems = [p for dev in results for p in dev["problems"]]
+        reason = checker.stop_reason()
+        if reason and todo[index + 1:]:
+            rest = ", ".join(str(d) for d in todo[index + 1:])
+            host_problems.append(f"{reason}; devices {rest} not checked; stop other hccn_tool users or fix the "
+                                 "driver (dmesg, /var/log/hccn_tool/), then run again")
+            break
+    problems = [p for dev in results for p in dev["problems"]] + host_problems
     if problems:
-        failing = sum(1 for d in results if d["problems"])
+        failing = sum(1 for d in results if d["problems"]) + (len(set(devices)) - len(results))
         msg = f"hccn_check found {len(problems)} problem(s) on {failing} device(s):\n" + "\n".join(problems)
     else:
         msg = f"hccn_check: {len(results)} device(s) passed " + ", ".join(c for c in ALL_CHECKS if c in checks)
