@@ -38,6 +38,11 @@ MAX_OUTPUT_BYTES = 4 * 1024 * 1024
 _LOCK_POLL_S = 0.05
 
 
+def backoff_sleep(seconds: float) -> None:
+    """The pause between busy retries (its own name, so tests replace it without touching subprocess)."""
+    time.sleep(seconds)
+
+
 def decode(data: bytes | None) -> str:
     """Tool output as text: UTF-8, undecodable bytes as U+FFFD (always valid in a JSON result)."""
     return (data or b"")[:MAX_OUTPUT_BYTES].decode("utf-8", errors="replace")
@@ -142,7 +147,7 @@ class ToolRunner:
                 return result
             # Exponential backoff: 0.5, 1, 2, 4 ... seconds, capped, and never beyond what the budget has left.
             pause = min(self.delay * (2 ** busy), 8.0, self.busy_budget - self.busy_spent)
-            time.sleep(pause)
+            backoff_sleep(pause)
             self.busy_spent += pause
             waited += pause
             busy += 1

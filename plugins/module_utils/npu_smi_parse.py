@@ -132,6 +132,9 @@ def parse_info(output: str, command: str = "npu-smi info") -> dict:
         }
     if not chips:
         raise ParseError(command, "an npu-smi table with at least one chip row", text)
+    if proc_cols is None:  # npu-smi always ends with the process table: without it the output was cut short
+        raise ParseError(command, "the whole table, process section included (output cut short?)",
+                         "\n".join(text.splitlines()[-2:]))
     _refuse_duplicates(chips, ("npu_id", "chip_id"), "NPU/Chip", command)
     if a3_layout:
         _refuse_duplicates(chips, ("phy_id",), "Phy-ID", command)
@@ -147,7 +150,8 @@ def _refuse_duplicates(rows: list[dict], keys: tuple[str, ...], label: str, comm
             continue
         if key in seen:
             ids = "/".join(str(k) for k in key)
-            raise ParseError(command, f"each {label} {ids} once", f"{label} {ids} appears twice: {row} and {seen[key]}")
+            both = " and ".join(f"NPU {r['npu_id']} Chip {r['chip_id']}" for r in (seen[key], row))
+            raise ParseError(command, f"each {label} once", f"{label} {ids} on both {both}")
         seen[key] = row
 
 

@@ -292,9 +292,8 @@ class DeviceChecker:
             raise DeviceProblem(broken, fatal=True)
         if result.is_busy(BUSY_MARKER):
             if self.runner.budget_spent:
-                raise DeviceProblem(f"`{result.command}` still answers 'hccn_tool is busy' after "
-                                    f"{self.runner.busy_spent:g} s of retries, the busy_budget of this host; stop "
-                                    "other hccn_tool users on this host and run again", fatal=True)
+                raise HostAbort(f"hccn_tool: `{result.command}` still answers 'hccn_tool is busy' after "
+                                f"{self.runner.busy_spent:g} s of retries (busy_budget)")
             raise DeviceProblem(f"`{result.command}` still answers 'hccn_tool is busy' after {result.busy_retries} "
                                 "retries; stop other hccn_tool users on this host and run again")
         if not ok(result):
@@ -318,6 +317,8 @@ class DeviceChecker:
                 facts["problems"].append(f"device {dev}: {exc}")
                 if getattr(exc, "fatal", False):
                     break
+            except HostAbort:
+                raise
             except Exception as exc:  # last line of defence: a check never escapes as a traceback
                 facts["problems"].append(
                     f"device {dev}: the {check} check could not judge the output of `{self.last_command or check}` "
@@ -327,8 +328,6 @@ class DeviceChecker:
 
     def stop_reason(self) -> str | None:
         """Why no further device should be checked on this host, or None."""
-        if self.runner.budget_spent:
-            return f"hccn_tool stayed busy for the whole busy_budget ({self.runner.busy_budget:g} s)"
         if len(self.hung) >= self.MAX_HUNG_DEVICES:
             hung = ", ".join(str(d) for d in self.hung)
             return f"hccn_tool hangs on devices {hung} (command_timeout {self.runner.timeout:g} s each)"
@@ -501,14 +500,20 @@ def main() -> None:
     results, changed, host_problems = [], False, []
     todo = sorted(set(devices))
     for index, dev in enumerate(todo):
-        facts, dev_changed = checker.run(dev, [c for c in ALL_CHECKS if c in checks], conf.get(dev, {}))
+        try:
+            facts, dev_changed = checker.run(dev, [c for c in ALL_CHECKS if c in checks], conf.get(dev, {}))
+        except HostAbort as exc:  # this device's record is incomplete: it counts as not checked
+            rest = ", ".join(str(d) for d in todo[index:])
+            host_problems.append(f"{exc}; devices {rest} not checked; stop other hccn_tool users on this host and "
+                                 "run again")
+            break
         results.append(facts)
         changed = changed or dev_changed
         reason = checker.stop_reason()
         if reason and todo[index + 1:]:
             rest = ", ".join(str(d) for d in todo[index + 1:])
-            host_problems.append(f"{reason}; devices {rest} not checked; stop other hccn_tool users or fix the "
-                                 "driver (dmesg, /var/log/hccn_tool/), then run again")
+            host_problems.append(f"hccn_tool: {reason}; devices {rest} not checked; fix the driver (dmesg, "
+                                 "/var/log/hccn_tool/), then run again")
             break
     problems = [p for dev in results for p in dev["problems"]] + host_problems
     if problems:

@@ -196,7 +196,7 @@ def run_module(module, args: dict, answer) -> dict:
     buf = io.StringIO()
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(ascend_tool.ToolRunner, "_spawn", staticmethod(lambda argv, timeout: answer(argv)))
-        mp.setattr(ascend_tool.time, "sleep", lambda s: None)
+        mp.setattr(ascend_tool, "backoff_sleep", lambda s: None)
         with patch_module_args(args), contextlib.redirect_stdout(buf), pytest.raises(SystemExit):
             module.main()
     raw = buf.getvalue()
