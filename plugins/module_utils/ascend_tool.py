@@ -4,10 +4,10 @@
 
 * argv lists, never a shell string;
 * ``LC_ALL=C`` so messages are the English ones the parsers expect;
-* one call at a time per host: concurrent ``hccn_tool`` calls make the driver answer
-  ``hccn_tool is busy, please try again.``; an advisory lock file serialises this
-  collection's own calls (e.g. an ad hoc run beside a playbook), and a busy answer from
-  somebody else's call is retried with exponential backoff;
+* one call at a time per tool and host: concurrent ``hccn_tool`` calls make the driver
+  answer ``hccn_tool is busy, please try again.``; an advisory lock file per tool (keyed
+  by its real path) serialises this collection's own calls (e.g. an ad hoc run beside a
+  playbook), and a busy answer from somebody else's call is retried with exponential backoff;
 * bounded: every call has a timeout (a hung driver call is killed, with its process
   group), and the busy retries of one module run share one time budget, so a device
   that is busy forever costs seconds, not minutes;
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ import time
 
 from ansible_collections.openfuyao.pd.plugins.module_utils.hccn_parse import excerpt
 
-LOCK_NAME = "openfuyao-pd-ascend-tool.lock"
+LOCK_PREFIX = "openfuyao-pd-ascend-tool-"
 HCCN_TOOL_FALLBACK = "/usr/local/Ascend/driver/tools/hccn_tool"
 NPU_SMI_FALLBACK = "/usr/local/sbin/npu-smi"
 C_LOCALE = {"LC_ALL": "C", "LANG": "C"}
@@ -59,7 +60,8 @@ class ToolResult:
     """One finished (or killed) call: rc/stdout/stderr, busy answers before it, why it did not finish."""
 
     def __init__(self, argv: list[str], rc: int, stdout: str, stderr: str, busy_retries: int,
-                 timed_out: bool = False, error: str | None = None, busy_waited: float = 0.0) -> None:
+                 timed_out: bool = False, error: str | None = None, busy_waited: float = 0.0,
+                 lock_wait: float | None = None) -> None:
         self.argv = argv
         self.rc = rc
         self.stdout = stdout
@@ -68,6 +70,7 @@ class ToolResult:
         self.busy_waited = busy_waited
         self.timed_out = timed_out
         self.error = error  # the tool could not be started (OSError text)
+        self.lock_wait = lock_wait  # set when the call never ran: seconds waited for the lock in vain
 
     @property
     def command(self) -> str:
@@ -76,13 +79,16 @@ class ToolResult:
     @property
     def crashed(self) -> bool:
         """Killed by a signal (segfault, abort, OOM kill), not a normal exit."""
-        return self.rc < 0 and not self.timed_out and self.error is None
+        return self.rc < 0 and not self.timed_out and self.error is None and self.lock_wait is None
 
     def is_busy(self, marker: str) -> bool:
         return marker.lower() in (self.stdout + self.stderr).lower()
 
     def broken(self, timeout: float) -> str | None:
         """Why the call gave no usable answer at all (timeout, no start, crash), else None."""
+        if self.lock_wait is not None:
+            return (f"`{self.command}` did not run: another call of this collection held the tool's lock for "
+                    f"{self.lock_wait:g} s (a hung hccn_tool/npu-smi, see `ps -ef`, or a parallel run); run again")
         if self.error is not None:
             return f"`{self.command}` could not be started: {self.error}; check the tool's path and permissions"
         if self.timed_out:
@@ -116,7 +122,7 @@ def resolve_tool(module, option: str | None, name: str, fallback: str) -> str:
 class ToolRunner:
     """Serialised, locale-pinned, time-bounded, busy-retrying runner.
 
-    ``timeout``: seconds one call may take (the wait for the lock included).
+    ``timeout``: seconds one call may take; waiting for the lock may take twice that more.
     ``busy_budget``: seconds all busy retries of this runner may sleep in total; once it is
     spent, :attr:`budget_spent` is true and busy answers are no longer retried.
     """
@@ -130,8 +136,12 @@ class ToolRunner:
         self.timeout = timeout
         self.busy_budget = busy_budget
         self.busy_spent = 0.0
-        self.lock_path = os.path.join(lock_dir or tempfile.gettempdir(), LOCK_NAME)
+        self.lock_dir = lock_dir or tempfile.gettempdir()
         self.calls: list[str] = []
+
+    def lock_path(self, tool: str) -> str:
+        key = hashlib.sha256(os.path.realpath(tool).encode("utf-8", "surrogateescape")).hexdigest()[:16]
+        return os.path.join(self.lock_dir, f"{LOCK_PREFIX}{key}.lock")
 
     @property
     def budget_spent(self) -> bool:
@@ -140,7 +150,10 @@ class ToolRunner:
     def run(self, argv: list[str]) -> ToolResult:
         busy, waited = 0, 0.0
         while True:
-            rc, out, err, timed_out, error = self._run_locked(argv)
+            locked = self._run_locked(argv)
+            if locked is None:
+                return ToolResult(argv, -1, "", "", busy, error=None, busy_waited=waited, lock_wait=2 * self.timeout)
+            rc, out, err, timed_out, error = locked
             result = ToolResult(argv, rc, decode(out), decode(err), busy, timed_out, error, waited)
             if (not self.busy_marker or timed_out or error or not result.is_busy(self.busy_marker)
                     or busy >= self.retries or self.budget_spent):
@@ -152,17 +165,18 @@ class ToolRunner:
             waited += pause
             busy += 1
 
-    def _run_locked(self, argv: list[str]) -> tuple[int, bytes, bytes, bool, str | None]:
+    def _run_locked(self, argv: list[str]) -> tuple[int, bytes, bytes, bool, str | None] | None:
+        """The call's outcome, or None when the lock could not be had in time (the call never ran)."""
         self.calls.append(" ".join(argv))
-        deadline = time.monotonic() + self.timeout
         try:
-            fd = os.open(self.lock_path, os.O_CREAT | os.O_WRONLY, 0o600)
+            fd = os.open(self.lock_path(argv[0]), os.O_CREAT | os.O_WRONLY, 0o600)
         except OSError:
             fd = -1  # an unwritable temp dir must not stop a read-only check
         try:
-            if fd >= 0 and not self._lock(fd, deadline):
-                return -1, b"", b"", True, None  # another call holds the lock past our timeout: it hangs
-            return self._spawn(argv, max(deadline - time.monotonic(), 0.1))
+            # A call of ours holds the lock at most its own timeout; twice that means a stuck process.
+            if fd >= 0 and not self._lock(fd, time.monotonic() + 2 * self.timeout):
+                return None
+            return self._spawn(argv, self.timeout)
         finally:
             if fd >= 0:
                 fcntl.flock(fd, fcntl.LOCK_UN)

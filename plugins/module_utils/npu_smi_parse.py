@@ -134,7 +134,7 @@ def parse_info(output: str, command: str = "npu-smi info") -> dict:
         raise ParseError(command, "an npu-smi table with at least one chip row", text)
     if proc_cols is None:  # npu-smi always ends with the process table: without it the output was cut short
         raise ParseError(command, "the whole table, process section included (output cut short?)",
-                         "\n".join(text.splitlines()[-2:]))
+                         "where it stops: " + text.rstrip().splitlines()[-1])
     _refuse_duplicates(chips, ("npu_id", "chip_id"), "NPU/Chip", command)
     if a3_layout:
         _refuse_duplicates(chips, ("phy_id",), "Phy-ID", command)

@@ -91,9 +91,9 @@ options:
     default: 20
   command_timeout:
     description:
-      - Seconds one C(hccn_tool) call may take (waiting for this collection's lock included) before it
-        is killed. Real calls answer in well under a second; a ping of 3 packets to a dead address
-        takes about 3 s.
+      - Seconds one C(hccn_tool) call may take before it is killed (waiting for the lock that serialises
+        this collection's calls may take twice as long again; then the call counts as hung too).
+      - Real calls answer in well under a second; a ping of 3 packets to a dead address takes about 3 s.
     type: int
     default: 15
 attributes:
