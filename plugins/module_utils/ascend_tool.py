@@ -199,8 +199,8 @@ class ToolRunner:
             # Own session, so a timeout kills whatever the tool started too (wrapper scripts, helpers).
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     env={**os.environ, **C_LOCALE}, start_new_session=True)
-        except OSError as exc:
-            return -1, b"", b"", False, exc.strerror or str(exc)
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte in an argument
+            return -1, b"", b"", False, getattr(exc, "strerror", None) or str(exc)
         try:
             out, err = proc.communicate(timeout=timeout)
             return proc.returncode, out, err, False, None

@@ -20,6 +20,7 @@ _BUS_ID = re.compile(r"^[0-9A-Fa-f]{4,8}:[0-9A-Fa-f]{2}:[0-9A-Fa-f]{2}\.[0-9A-Fa
 # A "used / total" pair; either side may be NA (npu-smi prints NA where the driver has no figure).
 _PAIR = re.compile(r"([0-9]+|NA)\s*/\s*([0-9]+|NA)", re.ASCII)
 _FLOAT = re.compile(r"[0-9]{1,9}(?:\.[0-9]{1,6})?", re.ASCII)
+_HEALTH = re.compile(r"[A-Za-z][A-Za-z _-]{0,23}", re.ASCII)  # OK, Warning, Alarm, Critical, UNKNOWN, NA ...
 _NO_PROC = re.compile(r"No running processes found in NPU\s+([0-9]+)", re.IGNORECASE | re.ASCII)
 
 
@@ -123,6 +124,8 @@ def parse_info(output: str, command: str = "npu-smi info") -> dict:
         if not ids or _int_or_none(ids[0]) is None:
             continue
         power_temp = cells[2].split()
+        if not _HEALTH.fullmatch(cells[1]):
+            raise ParseError(command, "a word in the Health column (OK, Warning, Alarm, Critical, ...)", line)
         pending = {
             "npu_id": _int_or_none(ids[0]),
             "name": ids[1].strip() if len(ids) > 1 else "",
@@ -266,6 +269,9 @@ def build_chips(info: dict, mapping: list[dict] | None, conf: dict[int, dict[str
             raise ParseError(command, f"a row for every chip of npu-smi info (NPU {key[0]} Chip {key[1]} is missing)",
                              "; ".join(f"NPU {m['npu_id']} Chip {m['chip_id']}: logic id {m['logic_id']}"
                                        for m in mapping))
+        if mapped and chip["phy_id"] is not None and mapped["phy_id"] != chip["phy_id"]:
+            raise ParseError(command, f"the Phy-ID npu-smi info shows for NPU {key[0]} Chip {key[1]}",
+                             f"Phy-ID {mapped['phy_id']} here, {chip['phy_id']} in npu-smi info")
         phy_id = chip["phy_id"] if chip["phy_id"] is not None else (
             mapped["phy_id"] if mapped else chip["npu_id"])
         logic_id = mapped["logic_id"] if mapped else index

@@ -221,6 +221,7 @@ hccn_tool:
   type: str
 """
 
+import ipaddress
 import os
 
 from ansible.module_utils.basic import AnsibleModule
@@ -435,6 +436,14 @@ class DeviceChecker:
         return False
 
 
+def is_ipv4(text: str) -> bool:
+    try:
+        ipaddress.IPv4Address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def default_checks(ping_targets: list[str]) -> list[str]:
     return [c for c in ALL_CHECKS if c != "ping" or ping_targets]
 
@@ -475,6 +484,10 @@ def main() -> None:
     checks = params["checks"] or default_checks(params["ping_targets"])
     if "ping" in checks and not params["ping_targets"]:
         module.fail_json(msg="checks contains 'ping' but ping_targets is empty; list the IPs to ping")
+    bad_targets = [t for t in params["ping_targets"] if not is_ipv4(t)]
+    if bad_targets:
+        module.fail_json(msg=f"ping_targets: {', '.join(repr(t) for t in bad_targets)} not IPv4 address(es); "
+                         "hccn_tool pings device IPs such as 10.20.1.10")
     negative = [k for k in ("link_flap_window", "busy_retries", "busy_budget") if params[k] < 0]
     if negative:
         module.fail_json(msg=f"{', '.join(negative)} must not be negative")

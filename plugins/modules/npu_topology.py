@@ -17,9 +17,9 @@ description:
   - A chip is busy when a process runs on it or more than O(busy_hbm_mb) of its HBM is in use.
   - Sets the fact C(npu) with the same data as the return values. Changes nothing on the host.
   - Output that cannot be trusted fails the module with one line naming the command and quoting an
-    escaped excerpt: a table without chips, a logic id, NPU/Chip pair or Phy-ID listed twice, a chip
-    missing from C(npu-smi info -m), binary junk, a crash or a call that hangs past O(command_timeout).
-    The module never raises.
+    escaped excerpt. That is a table without chips or cut short, a logic id, NPU/Chip pair or Phy-ID
+    listed twice, a chip missing from C(npu-smi info -m), binary junk, a crash, or a call that hangs
+    past O(command_timeout). The module never raises.
   - An C(NA) HBM cell is reported as unknown (null), never as 0 MB; such a chip is not counted as
     free, and with O(require_free) it is a problem.
 author:
@@ -248,6 +248,11 @@ def select_chips(chips: list[dict], devices: list[int] | None, logic_ids: list[i
     return [c for c in chips if c[key] in wanted], missing
 
 
+def plain(text: str) -> str:
+    """Tool text as is when it is plain printable ASCII, else quoted with escapes (one line, UTF-8 safe)."""
+    return text if text.isascii() and text.isprintable() else repr(text)
+
+
 def hbm_text(chip: dict) -> str:
     def show(value):
         return "NA" if value is None else str(value)
@@ -255,7 +260,7 @@ def hbm_text(chip: dict) -> str:
 
 
 def busy_problem(chip: dict, busy_hbm_mb: int) -> str:
-    procs = ", ".join(f"pid {p['pid']} {p['name'] or '(no name)'}"
+    procs = ", ".join(f"pid {p['pid']} {plain(p['name']) or '(no name)'}"
                       + (f" {p['memory_mb']} MB" if p["memory_mb"] is not None else "")
                       for p in chip["processes"])
     why = (f"{len(chip['processes'])} process(es): {procs}" if chip["processes"]

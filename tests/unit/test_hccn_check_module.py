@@ -218,6 +218,11 @@ def test_tool_missing_and_bad_options(run, tmp_path):
     assert res["failed"] is True and res["msg"].startswith(f"hccn_tool not found or not executable at {tmp_path}")
     res = run(hccn_check, hccn(checks=["ping"]))
     assert res["msg"] == "checks contains 'ping' but ping_targets is empty; list the IPs to ping"
+    res = run(hccn_check, hccn(ping_targets=["10.0.0.1", "node-b", "10.0.0.256"]))
+    assert res["msg"] == ("ping_targets: 'node-b', '10.0.0.256' not IPv4 address(es); hccn_tool pings device IPs "
+                          "such as 10.20.1.10")
+    res = run(hccn_check, hccn(command_timeout=0))
+    assert res["msg"] == "command_timeout must be at least 1 (seconds), got 0"
 
 
 # ------------------------------------------------------------------ npu_topology
