@@ -344,6 +344,15 @@ BROKEN = {  # host: (scenario overrides, expected line)
                  "npucrash: npu: npu_topology failed: `npu-smi info -l` crashed (SIGSEGV), output: (empty output); "
                  "check `dmesg` and the driver installation"),
 }
+# Not the tools but the module itself dies (its Python interpreter crashes), and inventory ports that bind() cannot try.
+CRASHING_PYTHON = "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\necho 'MemoryError: out of memory' >&2\nexit 1\n"
+BROKEN_OTHER = {
+    "pycrash": "pycrash: npu: npu_topology failed: Module result deserialization failed: No start of json char found "
+               "(module stderr: MemoryError: out of memory)",
+    # (the inventory file is written with sorted keys)
+    "badports": 'badports: ports: [{"end": 70000, "purpose": "x", "start": 70000}, {"end": 8999, "start": 9000}] must lie '
+                "within 1-65535 with end >= start; fix the inventory/plan",
+}
 BROKEN_OPTIONS = ("-e", "preflight_fix_tls=true", "-e", "preflight_hccn_command_timeout=5",
                   "-e", "preflight_hccn_busy_budget=2")
 
@@ -359,6 +368,12 @@ def broken_run(tmp_path_factory):
         (root / name / "calls.log").write_text("")
         before[name] = scenario_doc(root, name)
     hosts["pingtext"]["preflight_ping_targets"] = ["10.60.99.1"]
+    python = root / "crashing-python"
+    python.write_text(CRASHING_PYTHON)
+    python.chmod(0o755)
+    hosts["pycrash"] = {**make_npu_host(root, "pycrash", "healthy_a2.json", "10.60.50."), "preflight_ping_mesh": False,
+                        "ansible_python_interpreter": str(python)}
+    hosts["badports"] = {"preflight_ports": [{"start": 70000, "end": 70000, "purpose": "x"}, {"start": 9000, "end": 8999}]}
     proc, report = run_preflight(root, hosts, *BROKEN_OPTIONS)
     return proc, report, root, before
 
@@ -387,11 +402,19 @@ def test_a_broken_tool_gets_nothing_written(broken_run, host):
 def test_broken_run_fails_once_with_every_line_and_writes_the_report(broken_run):
     proc, report, root = broken_run[:3]
     assert proc.returncode == 2
-    assert sorted(report["problems"]) == sorted(line.format(root=root) for _o, line in BROKEN.values())
+    assert sorted(report["problems"]) == sorted([line.format(root=root) for _o, line in BROKEN.values()]
+                                                + list(BROKEN_OTHER.values()))
     assert "Traceback" not in proc.stdout + proc.stderr
     topology = checks_of(report, "npucrash")["npu topology"]
     assert topology["status"] == "fail" and topology["detail"].startswith("`npu-smi info -l` crashed (SIGSEGV)")
     assert "npu devices" not in checks_of(report, "npucrash")  # nothing to check devices against
+
+
+@pytest.mark.parametrize("host", sorted(BROKEN_OTHER))
+def test_a_crashing_module_and_impossible_ports_are_one_line_each(broken_run, host):
+    proc, report = broken_run[:2]
+    assert host_problems(report, host) == [BROKEN_OTHER[host]]
+    assert BROKEN_OTHER[host] in proc.stdout
 
 
 def test_report_is_written_when_the_only_hosts_module_fails(tmp_path):
