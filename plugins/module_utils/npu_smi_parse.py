@@ -235,6 +235,10 @@ def parse_list(output: str, command: str = "npu-smi info -l") -> dict:
     if not total:
         raise ParseError(command, "'Total Count : N'", text)
     cards = [{"npu_id": int(a), "chip_count": int(b)} for a, b in _LIST_CARD.findall(text)]
+    if len(cards) != int(total.group(1)):  # cut short, or a card listed twice: either way the list proves nothing
+        raise ParseError(command, f"{total.group(1)} 'NPU ID : N' / 'Chip Count : N' entries as 'Total Count' says",
+                         f"{len(cards)} entries")
+    _refuse_duplicates([dict(c, chip_id=0) for c in cards], ("npu_id",), "NPU ID", command)
     return {"total": int(total.group(1)), "cards": cards}
 
 

@@ -177,3 +177,11 @@ def test_health_cell_must_be_a_word_and_a_chip_missing_from_the_mapping_is_refus
     mapping = [m for m in nsp.parse_mapping(capture("npu-smi_info_-m.a2")) if m["npu_id"] != 5]
     with pytest.raises(ParseError, match=r"NPU 5 Chip 0 is missing"):
         nsp.build_chips(info, mapping, {}, 8192)
+
+
+def test_list_with_fewer_entries_than_its_total_is_refused():
+    text = capture("npu-smi_info_-l.a2")
+    cut = text[: text.rindex("NPU ID")]
+    with pytest.raises(ParseError, match=r"expected 8 'NPU ID : N' / 'Chip Count : N' entries as 'Total Count' says\), "
+                                         r"got: '7 entries'"):
+        nsp.parse_list(cut)
