@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -309,3 +311,27 @@ def test_topology_garbage_table_is_one_line(run, tmp_path):
     assert res["failed"] is True
     assert res["msg"].startswith(f"cannot parse the output of `{tool} info` (expected an npu-smi table")
     assert "Command or option is not found." in res["msg"]
+
+
+def test_a_tool_that_cannot_start_is_one_line_per_device(run, tmp_path):
+    tool = tmp_path / "hccn_tool"
+    tool.write_text("#!/nonexistent/interpreter\n")  # exec fails: the kernel finds no interpreter
+    tool.chmod(0o755)
+    res = run(hccn_check, {"hccn_tool": str(tool), "hccn_conf": "/nonexistent", "devices": [0, 1]})
+    assert res["problems"] == [f"device {d}: `hccn_tool -i {d} -link -g` could not be started: No such file or "
+                               "directory; check the tool's path and permissions" for d in (0, 1)]
+
+
+def test_a_lock_held_by_a_stuck_call_is_not_waited_for_forever(host, run):
+    host("healthy_a2.json")
+    tool = str(FAKES / "hccn_tool")
+    runner = ascend_tool.ToolRunner(module=None, timeout=1)
+    fd = os.open(runner.lock_path(tool), os.O_CREAT | os.O_WRONLY, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)  # as a hung call of another run would hold it
+    try:
+        res = run(hccn_check, hccn(devices=[0], command_timeout=1))
+    finally:
+        os.close(fd)
+    assert res["problems"] == ["device 0: `hccn_tool -i 0 -link -g` did not run: another call of this collection held "
+                               "the tool's lock for 2 s (a hung hccn_tool/npu-smi, see `ps -ef`, or a parallel run); "
+                               "run again"]
