@@ -148,6 +148,12 @@ def test_busy_forever_costs_the_budget_once_not_per_call(host, run, monkeypatch)
                                "retries (busy_budget); devices 0, 1, 2, 3, 4, 5, 6, 7 not checked; stop other "
                                "hccn_tool users on this host and run again"]
     assert json.loads(scen.read_text())["hccn_busy_responses"] == 10**6 - 4  # four calls in all
+    sleeps.clear()
+    res = run(hccn_check, hccn())  # the defaults: a device busy forever costs busy_budget (20 s), once
+    assert sum(sleeps) == 20
+    assert res["problems"] == ["hccn_tool: `hccn_tool -i 0 -link_stat -g` still answers 'hccn_tool is busy' after 20 s "
+                               "of retries (busy_budget); devices 0, 1, 2, 3, 4, 5, 6, 7 not checked; stop other "
+                               "hccn_tool users on this host and run again"]
 
 
 def test_a_hanging_tool_is_killed_and_a_second_hang_stops_the_host(host, run):
