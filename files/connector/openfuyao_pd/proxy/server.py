@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from openfuyao_pd.common import prom
-from openfuyao_pd.proxy import protocols
+from openfuyao_pd.proxy import admin, limits, protocols
 from openfuyao_pd.proxy.config import ROLES, BackendSpec, ConfigError, ProxyConfig, parse_backend
 from openfuyao_pd.proxy.routing import (
     Backend,
@@ -137,6 +137,8 @@ class Proxy:
         self.session: aiohttp.ClientSession | None = None
         self._health_task: asyncio.Task[None] | None = None
         self._setup_metrics()
+        self.client_limits = limits.ClientLimits(self.registry)
+        self.guard = limits.ConnectionGuard(self.opts, self.client_limits)
 
     # -------------------------------------------------------------------------------- backends
     def _add_backend(self, spec: BackendSpec) -> Backend:
@@ -185,7 +187,9 @@ class Proxy:
 
     # -------------------------------------------------------------------------------- lifecycle
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=self.opts["max_body_bytes"],
+                              middlewares=[limits.middleware(self.opts, self.guard),
+                                           admin.middleware(self.cfg.admin_token_file)])
         app.router.add_post("/v1/completions", self.handle_completions)
         app.router.add_post("/v1/chat/completions", self.handle_chat)
         app.router.add_get("/v1/models", self.handle_models)
@@ -415,14 +419,7 @@ class Proxy:
 
     async def _generate(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
         start = time.monotonic()
-        try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            return web.Response(status=400, body=error_body(400, "request body is not valid JSON", "invalid_request"),
-                                content_type="application/json")
-        if not isinstance(body, dict):
-            return web.Response(status=400, body=error_body(400, "request body must be a JSON object",
-                                                            "invalid_request"), content_type="application/json")
+        body = request[limits.BODY_KEY]  # read, parsed and type-checked by limits.middleware
         request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         auth = request.headers.get("Authorization")
@@ -730,11 +727,10 @@ class Proxy:
 async def start(cfg: ProxyConfig, host: str | None = None, port: int | None = None) -> tuple[web.AppRunner, Proxy, int]:
     """Start the proxy on (host, port); return the runner, the proxy and the bound port (port 0 = any)."""
     proxy = Proxy(cfg)
-    runner = web.AppRunner(proxy.app(), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(proxy.app(), handler_cancellation=True, access_log=None,
+                           keepalive_timeout=cfg.options["keepalive_timeout"])
     await runner.setup()
-    site = web.TCPSite(runner, host if host is not None else cfg.listen_host,
-                       cfg.port if port is None else port, backlog=1024)
+    site = limits.GuardedSite(runner, proxy.guard, host if host is not None else cfg.listen_host,
+                              cfg.port if port is None else port, backlog=1024)
     await site.start()
-    server = site._server
-    bound = server.sockets[0].getsockname()[1] if server and server.sockets else cfg.port  # type: ignore[union-attr]
-    return runner, proxy, bound
+    return runner, proxy, site.bound_port
