@@ -115,7 +115,12 @@ async def test_failed_decode_retries_with_a_fresh_prefill(tmp_path):
         assert retries >= 1
         # Every retry re-ran prefill (consumed params are never resent), and D1 got P's KV each time.
         assert seen(c.prefill) == [2 + retries]
-        assert metric(await sim_metrics(c, c.decode[1]), "pd_sim_kv_loads_total", source="remote") == 2
+        # D0 failed before taking P's KV: the proxy had D1 take it (1-token request) instead of leaving it held.
+        await wait_for(lambda: not c.proxy.kv.tasks)
+        released = metric(await c.metrics(), "pd_proxy_kv_released_total", reason="decode_failed")
+        assert released == retries
+        assert metric(await sim_metrics(c, c.decode[1]), "pd_sim_kv_loads_total", source="remote") == 2 + released
+        assert (await c.sim_state(c.prefill[0]))["held_blocks"] == 0
 
 
 async def test_upstream_4xx_is_passed_through(tmp_path):

@@ -97,8 +97,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("kv_release_timeout", "float", 10.0, 0.1, 600.0,
            description="Upper bound of one release request, seconds."),
     Option("kv_release_concurrency", "int", 64, 1, 100_000,
-           description="Release requests in flight at most; beyond, the KV is left to the engine's timeout "
-                       "(counted as reason=skipped)."),
+           description="Release requests in flight at most; more wait their turn (up to max(1000, 16 x this), "
+                       "beyond which the KV is left to the engine's timeout, counted as reason=skipped)."),
 )
 
 BY_NAME: dict[str, Option] = {o.name: o for o in OPTIONS}

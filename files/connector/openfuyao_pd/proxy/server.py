@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from openfuyao_pd.common import prom
-from openfuyao_pd.proxy import admin, limits, protocols
+from openfuyao_pd.proxy import admin, kvrelease, limits, protocols
 from openfuyao_pd.proxy.config import ROLES, BackendSpec, ConfigError, ProxyConfig, parse_backend
 from openfuyao_pd.proxy.routing import (
     Backend,
@@ -89,6 +89,7 @@ class RequestCtx:
     handoff_s: float | None = None
     ttft_s: float | None = None
     holds: list[_Hold] = field(default_factory=list)
+    kv_pending: dict[str, Any] | None = None  # {path, body}: the release request while P holds KV for a D
 
     def hold(self, backend: Backend, tokens: int) -> _Hold:
         backend.acquire(tokens)
@@ -139,6 +140,7 @@ class Proxy:
         self._setup_metrics()
         self.client_limits = limits.ClientLimits(self.registry)
         self.guard = limits.ConnectionGuard(self.opts, self.client_limits)
+        self.kv = kvrelease.KvReleaser(self.opts, self.registry)
 
     # -------------------------------------------------------------------------------- backends
     def _add_backend(self, spec: BackendSpec) -> Backend:
@@ -214,6 +216,7 @@ class Proxy:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        await self.kv.close()
         if self.session:
             await self.session.close()
 
@@ -442,7 +445,22 @@ class Proxy:
                                 content_type="application/json")
         finally:
             ctx.release_all()
+            self._release_kv(ctx, ctx.outcome)
             self._finish(ctx)
+
+    def _release_kv(self, ctx: RequestCtx, reason: str, excluded: set[Backend] | None = None) -> None:
+        """P answered but no D took its KV: have a decode take it now (kvrelease.py)."""
+        pending, ctx.kv_pending = ctx.kv_pending, None
+        if not kvrelease.stranded(pending, ctx.prefill_s is not None, ctx.handoff_s is not None):
+            return
+        assert pending is not None
+        excluded = excluded or set()
+        chosen = self.backends.get(ctx.decode)
+        if chosen is None or not chosen.available or chosen in excluded:
+            chosen = next(iter(self.available("decode", excluded)), None)
+        headers = {**ctx.headers, "X-Request-Id": f"{ctx.request_id}-kv-release"}
+        self.kv.schedule(self.session, chosen.url if chosen else None, pending["path"], pending["body"], headers,
+                         reason)
 
     def _finish(self, ctx: RequestCtx) -> None:
         e2e = time.monotonic() - ctx.start
@@ -517,16 +535,22 @@ class Proxy:
                     LOG.warning(json.dumps({"event": "missing_kv_params", "request_id": ctx.request_id,
                                             "prefill": prefill.name, "note": "decode will recompute the prompt"}))
                 ctx.handoff_start = time.monotonic()
-                return await self._run_decode(request, path, decode,
-                                              protocols.decode_body(body, self.protocol, params), ctx, decode_tokens)
+                d_body = protocols.decode_body(body, self.protocol, params)
+                if params is not None and self.kv.wants(self.protocol):
+                    ctx.kv_pending = {"path": path, "body": kvrelease.release_body(d_body)}
+                return await self._run_decode(request, path, decode, d_body, ctx, decode_tokens)
             except UpstreamClientError as exc:
                 ctx.outcome = "client_error"
+                ctx.kv_pending = None  # D refused it before admission and frees P's blocks itself (§0.2)
                 return web.Response(status=exc.status, body=exc.body, headers={"Content-Type": exc.content_type,
                                                                                "X-Request-Id": ctx.request_id})
             except BackendFailure as exc:
                 last = exc
                 failures += 1
                 excluded.add(exc.backend)
+                if exc.stage == "decode":
+                    self._release_kv(ctx, "decode_failed", excluded)  # the retry prefills again
+                ctx.kv_pending = None
                 ctx.release_all()
                 ctx.cached_tokens = None
                 ctx.handoff_start = ctx.handoff_s = None
@@ -600,6 +624,8 @@ class Proxy:
         d_body = protocols.decode_body(body, "mooncake", transfer_id=transfer_id,
                                        bootstrap_addr=self._bootstrap_addr(prefill), engine_id=engine_id)
         ctx.handoff_start = time.monotonic()
+        if self.kv.wants("mooncake"):
+            ctx.kv_pending = {"path": path, "body": kvrelease.release_body(d_body)}
         p_task = asyncio.create_task(self._run_prefill(path, prefill, p_body, ctx, p_tokens))
         d_task = asyncio.create_task(self._run_decode(request, path, decode, d_body, ctx, decode_tokens))
         try:
