@@ -754,7 +754,8 @@ async def start(cfg: ProxyConfig, host: str | None = None, port: int | None = No
     """Start the proxy on (host, port); return the runner, the proxy and the bound port (port 0 = any)."""
     proxy = Proxy(cfg)
     runner = web.AppRunner(proxy.app(), handler_cancellation=True, access_log=None,
-                           keepalive_timeout=cfg.options["keepalive_timeout"])
+                           keepalive_timeout=cfg.options["keepalive_timeout"],
+                           lingering_time=1.0)  # unread body after a 408/413: read at most 1 s of it, then close
     await runner.setup()
     site = limits.GuardedSite(runner, proxy.guard, host if host is not None else cfg.listen_host,
                               cfg.port if port is None else port, backlog=1024)
