@@ -308,3 +308,15 @@ def test_cli_refuses_bad_files_with_one_line(tmp_path, body):
                          env={**os.environ, "PYTHONPATH": CONNECTOR_ROOT}, capture_output=True, text=True, timeout=30)
     assert run.returncode == 2 and run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
     assert run.stderr.startswith("pd-proxy: ")
+
+
+def test_depth_check_counts_levels_not_openers():
+    from openfuyao_pd.proxy.limits import parse_body
+
+    wide = json.dumps({"prompt": [[1]] * 500}).encode()  # 501 openers, depth 3
+    assert isinstance(parse_body(wide, 4), dict)
+    deep = json.dumps({"prompt": [[[[[1]]]]]}).encode()  # depth 6
+    assert parse_body(deep, 5) == ("request body nests deeper than 5 levels", None)
+    assert isinstance(parse_body(deep, 6), dict)
+    in_string = json.dumps({"prompt": "[" * 1000}).encode()  # brackets inside a string are text
+    assert isinstance(parse_body(in_string, 2), dict)
