@@ -320,3 +320,18 @@ def test_depth_check_counts_levels_not_openers():
     assert isinstance(parse_body(deep, 6), dict)
     in_string = json.dumps({"prompt": "[" * 1000}).encode()  # brackets inside a string are text
     assert isinstance(parse_body(in_string, 2), dict)
+
+
+@pytest.mark.parametrize("request_bytes", [b"GARBAGE\r\n\r\n", b"GET / HTTP/1.1\r\nBad Header\r\n\r\n",
+                                           b"GET /" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"])
+async def test_malformed_http_gets_a_json_400(tmp_path, request_bytes):
+    async with proxy_process(tmp_path) as p:
+        reader, writer, opened = await _open(p.port, request_bytes)
+        _, said = await _closed_after(reader, opened, 10)
+        writer.close()
+        head, _, body = said.partition(b"\r\n\r\n")
+        assert head.split(b" ")[1].startswith(b"4") and b"application/json" in head, said[:300]
+        assert json.loads(body)["error"]["code"] in (400, 414, 431)
+        async with aiohttp.ClientSession() as s:
+            assert (await _call(s, "GET", p.url + "/health"))[0] == 200
+    assert "Traceback" not in p.log.read_text()

@@ -18,9 +18,10 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from http import HTTPStatus
 from typing import Any
 
-from aiohttp import web
+from aiohttp import web, web_protocol
 
 from openfuyao_pd.common import prom
 
@@ -39,6 +40,37 @@ def raw_response(status: int, reason: str, message: str) -> bytes:
     head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
             "Connection: close\r\n\r\n")
     return head.encode() + body
+
+
+class JsonErrorHandler(web_protocol.RequestHandler):
+    """aiohttp's connection handler, answering malformed HTTP with a JSON error instead of text/plain.
+
+    A bad request line or header is the client's fault: one debug line, no traceback in the log.
+    """
+
+    __slots__ = ()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500, exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if status >= 500:
+            super().handle_error(request, status, exc, message)  # logs it: a fault of ours
+            text = "internal proxy error"
+        else:
+            if request.writer.output_size > 0:
+                raise ConnectionError("response already started, cannot send the error")
+            LOG.debug("bad HTTP request from %s: %s", request.remote, message or status)
+            text = f"{HTTPStatus(status).phrase}: {(message or '').strip()}"[:300].rstrip(": ")
+        resp = _json_error(status, text)
+        resp.force_close()
+        return resp
+
+
+def handler_factory(server: Any) -> Callable[[], Any]:
+    """Like aiohttp's Server() call, with JsonErrorHandler (its private `_loop`/`_kwargs` when present)."""
+    loop, kwargs = getattr(server, "_loop", None), getattr(server, "_kwargs", None)
+    if loop is None or kwargs is None:
+        return server  # an aiohttp without them: keep its own handler (text/plain parse errors)
+    return lambda: JsonErrorHandler(server, loop=loop, **kwargs)
 
 
 class ClientLimits:
@@ -182,7 +214,7 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._guard.factory(server), self._host, self._port,
+        self._server = await loop.create_server(self._guard.factory(handler_factory(server)), self._host, self._port,
                                                 backlog=self._backlog, reuse_address=True)
         if self._server.sockets:
             self.bound_port = self._server.sockets[0].getsockname()[1]
