@@ -77,6 +77,7 @@ class ClientLimits:
     """Counters for the limits, registered on the proxy's Prometheus registry."""
 
     def __init__(self, registry: prom.Registry) -> None:
+        self.registry = registry
         self.rejected = registry.counter("pd_proxy_client_rejected_total",
                                          "Client requests or connections refused by a limit, by reason.", ("reason",))
 
@@ -141,6 +142,8 @@ class ConnectionGuard:
         self.limits = limits
         self.connections: dict[asyncio.BaseTransport, _Guarded] = {}
         self._sweeper: asyncio.Task[None] | None = None
+        limits.registry.gauge("pd_proxy_client_connections", "Open client connections (max_connections caps them).",
+                              (), collect=lambda: [((), len(self.connections))])
 
     def count(self, reason: str) -> None:
         self.limits.rejected.inc(reason)
