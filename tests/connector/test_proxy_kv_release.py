@@ -31,7 +31,7 @@ async def _storm(c, clients: int, clear_decode_faults: bool = True) -> None:
     # One connection per client (the default pool of 100 would queue most of them client-side).
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
         tasks = [asyncio.create_task(post(session, i)) for i in range(clients)]
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a bound for loaded CI machines
         while (await _held(c))[0] < clients and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         if clear_decode_faults:
@@ -57,16 +57,16 @@ async def _settle(c, timeout: float) -> tuple[int, int, float]:
 
 
 async def _run(tmp_path, protocol: str, release: bool, clients: int) -> tuple[int, int, float, str]:
-    options = {"kv_release": release, "kv_release_concurrency": 256, "kv_release_timeout": 10.0,
-               "decode_timeout": 30.0, "max_connections": 4 * clients, "connect_timeout": 5.0}
+    options = {"kv_release": release, "kv_release_concurrency": 256, "kv_release_timeout": 30.0,
+               "decode_timeout": 120.0, "max_connections": 4 * clients, "connect_timeout": 10.0}
     async with cluster(tmp_path, protocol, options=options,
                        prefill_sim={"max_num_seqs": 1024, "kv_capacity_blocks": 100_000},
-                       decode_sim={"faults": ["delay:20000"], "max_num_seqs": 1024}) as c:
+                       decode_sim={"faults": ["delay:90000"], "max_num_seqs": 1024}) as c:
         await _storm(c, clients)
         before = await _held(c)
         assert before[0] > 0.9 * clients, f"the storm did not strand KV: {before}"
         if release:
-            held, blocks, seconds = await _settle(c, timeout=8.0)
+            held, blocks, seconds = await _settle(c, timeout=40.0)  # returns at 0
         else:
             await asyncio.sleep(2.0)  # what a release would have done by now
             (held, blocks), seconds = await _held(c), 2.0
@@ -83,7 +83,7 @@ async def test_disconnects_after_prefill_leave_no_kv_held(tmp_path, protocol):
     held, blocks, _, text = await _run(tmp_path, protocol, True, clients)
     assert (held, blocks) == (0, 0)
     assert metric(text, "pd_proxy_kv_released_total", reason="client_disconnect") >= 0.9 * clients
-    assert metric(text, "pd_proxy_kv_release_failures_total") == 0
+    assert metric(text, "pd_proxy_kv_release_failures_total") == 0, text[-3000:]
 
 
 async def test_without_release_the_kv_stays_held(tmp_path):
@@ -98,7 +98,10 @@ async def test_release_is_bounded(tmp_path):
     options = {"kv_release_timeout": 0.5, "decode_timeout": 30.0}
     async with cluster(tmp_path, "mooncake_v1", options=options, decode_sim={"faults": ["delay:3000"]}) as c:
         await _storm(c, 5, clear_decode_faults=False)
-        await asyncio.sleep(1.5)
+        deadline = time.monotonic() + 20  # each gives up after 0.5 s; the bound is for loaded machines
         text = await c.metrics()
+        while metric(text, "pd_proxy_kv_release_failures_total") < 5 and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            text = await c.metrics()
         assert metric(text, "pd_proxy_kv_release_failures_total", reason="timeout") == 5
         assert not c.proxy.kv.tasks
