@@ -197,14 +197,15 @@ class ConnectionGuard:
 class GuardedSite(web.BaseSite):
     """A TCP site whose connections pass through a ConnectionGuard."""
 
-    __slots__ = ("_guard", "_host", "_port", "bound_port")
+    __slots__ = ("_guard", "_host", "_port", "_reuse_port", "bound_port")
 
     def __init__(self, runner: web.BaseRunner, guard: ConnectionGuard, host: str, port: int,
-                 backlog: int = 1024) -> None:
+                 backlog: int = 1024, reuse_port: bool = False) -> None:
         super().__init__(runner, backlog=backlog)
         self._guard = guard
         self._host = host
         self._port = port
+        self._reuse_port = reuse_port  # several worker processes on one port (SO_REUSEPORT)
         self.bound_port = port
 
     @property
@@ -218,7 +219,8 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(self._guard.factory(handler_factory(server)), self._host, self._port,
-                                                backlog=self._backlog, reuse_address=True)
+                                                backlog=self._backlog, reuse_address=True,
+                                                reuse_port=self._reuse_port or None)
         if self._server.sockets:
             self.bound_port = self._server.sockets[0].getsockname()[1]
         self._guard.start()
