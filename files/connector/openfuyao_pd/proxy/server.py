@@ -275,8 +275,8 @@ class Proxy:
             raise BackendFailure(backend, stage, f"HTTP {resp.status}", resp.status, data, ctype)
 
     async def _run_prefill(self, path: str, backend: Backend, body: dict[str, Any], ctx: RequestCtx,
-                           tokens: int) -> dict[str, Any]:
-        held = ctx.hold(backend, tokens)
+                           held: _Hold) -> dict[str, Any]:
+        """P's answer; `held` (taken when P was picked) is released as soon as P answers or fails."""
         ctx.prefill = backend.name
         started = time.monotonic()
         extra = None
@@ -303,8 +303,8 @@ class Proxy:
         return result
 
     async def _run_decode(self, request: web.Request, path: str, backend: Backend, body: dict[str, Any],
-                          ctx: RequestCtx, tokens: int) -> web.StreamResponse:
-        ctx.hold(backend, tokens)  # held until the stream ends (released in the handler's finally)
+                          ctx: RequestCtx) -> web.StreamResponse:
+        # D's hold was taken when D was picked and lasts until the stream ends (the handler's finally).
         ctx.decode = backend.name
         resp = await self._post(backend, "decode", path, body, ctx, self.opts["decode_timeout"])
         clean = False
@@ -497,22 +497,23 @@ class Proxy:
                     self.m_decisions.inc(route, reason)
             ctx.route, ctx.reason = route, reason
             decode.prefix.insert(hashes)
+            # Count the request on D now, not when P has answered: otherwise every request of a burst
+            # sees the same idle D and affinity piles them up there.
+            ctx.hold(decode, decode_tokens)
             try:
                 if route == "local":
                     ctx.prefill = ""
-                    return await self._run_decode(request, path, decode, protocols.local_body(body), ctx,
-                                                  decode_tokens)
+                    return await self._run_decode(request, path, decode, protocols.local_body(body), ctx)
                 prefill, p_match = pick_backend(prefills, opts["routing"], counter, hashes,
                                                 opts["affinity_max_imbalance_tokens"])
                 prefill.prefix.insert(hashes)
-                p_uncached = max(1, tokens - p_match * opts["block_tokens"])
+                p_held = ctx.hold(prefill, max(1, tokens - p_match * opts["block_tokens"]))
                 if self.protocol == "mooncake":
-                    return await self._run_mooncake(request, path, body, prefill, decode, ctx, tokens,
-                                                    p_uncached, decode_tokens)
+                    return await self._run_mooncake(request, path, body, prefill, decode, ctx, tokens, p_held)
                 p_body = protocols.prefill_body(body, self.protocol)
                 if opts["batch_priority"] and "priority" not in body:
                     p_body["priority"] = priority_for(tokens, opts["priority_buckets"])
-                result = await self._run_prefill(path, prefill, p_body, ctx, p_uncached)
+                result = await self._run_prefill(path, prefill, p_body, ctx, p_held)
                 params = protocols.returned_params(result) if self.protocol in protocols.NEEDS_PARAMS else None
                 if self.protocol in protocols.NEEDS_PARAMS and params is None:
                     ctx.missing_params = True
@@ -521,7 +522,7 @@ class Proxy:
                                             "prefill": prefill.name, "note": "decode will recompute the prompt"}))
                 ctx.handoff_start = time.monotonic()
                 return await self._run_decode(request, path, decode,
-                                              protocols.decode_body(body, self.protocol, params), ctx, decode_tokens)
+                                              protocols.decode_body(body, self.protocol, params), ctx)
             except UpstreamClientError as exc:
                 ctx.outcome = "client_error"
                 return web.Response(status=exc.status, body=exc.body, headers={"Content-Type": exc.content_type,
@@ -592,8 +593,7 @@ class Proxy:
         return f"http://{url_host(str(host))}:{port}"
 
     async def _run_mooncake(self, request: web.Request, path: str, body: dict[str, Any], prefill: Backend,
-                            decode: Backend, ctx: RequestCtx, tokens: int, p_tokens: int,
-                            decode_tokens: int) -> web.StreamResponse:
+                            decode: Backend, ctx: RequestCtx, tokens: int, p_held: _Hold) -> web.StreamResponse:
         """Upstream MooncakeConnector: P and D run concurrently under one transfer_id."""
         engine_id = await self._engine_id(prefill)
         transfer_id = protocols.new_transfer_id()
@@ -603,8 +603,8 @@ class Proxy:
         d_body = protocols.decode_body(body, "mooncake", transfer_id=transfer_id,
                                        bootstrap_addr=self._bootstrap_addr(prefill), engine_id=engine_id)
         ctx.handoff_start = time.monotonic()
-        p_task = asyncio.create_task(self._run_prefill(path, prefill, p_body, ctx, p_tokens))
-        d_task = asyncio.create_task(self._run_decode(request, path, decode, d_body, ctx, decode_tokens))
+        p_task = asyncio.create_task(self._run_prefill(path, prefill, p_body, ctx, p_held))
+        d_task = asyncio.create_task(self._run_decode(request, path, decode, d_body, ctx))
         try:
             done, _ = await asyncio.wait({p_task, d_task}, return_when=asyncio.FIRST_COMPLETED)
             if p_task in done and p_task.exception() is not None and not ctx.committed and not d_task.done():
