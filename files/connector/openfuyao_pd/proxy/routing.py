@@ -64,6 +64,11 @@ class Backend:
         return f"http://{url_host(self.address)}:{self.port}"
 
     @property
+    def host(self) -> str:
+        """The address to connect to (IPv6 without brackets)."""
+        return self.address[1:-1] if self.address.startswith("[") else self.address
+
+    @property
     def available(self) -> bool:
         return not (self.ejected or self.draining or self.removed)
 

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from openfuyao_pd.common import prom
-from openfuyao_pd.proxy import protocols
+from openfuyao_pd.proxy import codec, protocols, relay
 from openfuyao_pd.proxy.config import ROLES, BackendSpec, ConfigError, ProxyConfig, parse_backend
 from openfuyao_pd.proxy.routing import (
     Backend,
@@ -117,11 +117,11 @@ def rewrite_sse(block: bytes, cached: int) -> bytes:
     for i, line in enumerate(lines):
         if line.startswith(b"data: {") and b'"usage"' in line:
             try:
-                obj = json.loads(line[6:])
+                obj = codec.loads(line[6:])
             except ValueError:
                 continue
             if protocols.rewrite_usage(obj, cached):
-                lines[i] = b"data: " + json.dumps(obj).encode()
+                lines[i] = b"data: " + codec.dumps(obj)
     return b"\n".join(lines)
 
 
@@ -135,6 +135,8 @@ class Proxy:
             self._add_backend(spec)
         self.counter = itertools.count()
         self.session: aiohttp.ClientSession | None = None
+        # P's and D's POSTs go through the lean client (relay.py); probes and admin calls use aiohttp.
+        self.pool = relay.Pool(self.opts["connect_timeout"])
         self._health_task: asyncio.Task[None] | None = None
         self._setup_metrics()
 
@@ -210,6 +212,7 @@ class Proxy:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        self.pool.close()
         if self.session:
             await self.session.close()
 
@@ -244,29 +247,26 @@ class Proxy:
 
     # -------------------------------------------------------------------------------- upstream calls
     async def _post(self, backend: Backend, stage: str, path: str, body: dict[str, Any], ctx: RequestCtx,
-                    read_timeout: float, extra_headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
-        assert self.session is not None
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.opts["connect_timeout"], sock_read=read_timeout)
+                    read_timeout: float, extra_headers: dict[str, str] | None = None) -> relay.Response:
         headers = ctx.headers if not extra_headers else {**ctx.headers, **extra_headers}
         try:
-            return await self.session.post(backend.url + path, data=json.dumps(body).encode(), headers=headers,
-                                           timeout=timeout)
-        except aiohttp.ClientConnectorError as exc:
+            return await self.pool.post(backend.host, backend.port, path, codec.dumps(body), headers, read_timeout)
+        except relay.UpstreamConnectError as exc:
             # Refused / unreachable: count towards ejection so new requests stop picking it.
             self._failed(backend, stage)
-            raise BackendFailure(backend, stage, f"connect failed: {exc.os_error or exc}") from exc
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise BackendFailure(backend, stage, f"connect failed: {exc.__cause__ or exc}") from exc
+        except (TimeoutError, OSError, ValueError) as exc:
             self.m_backend_errors.inc(backend.name, stage)
             raise BackendFailure(backend, stage, f"{type(exc).__name__}: {exc}") from exc
 
-    async def _read(self, resp: aiohttp.ClientResponse, backend: Backend, stage: str) -> bytes:
+    async def _read(self, resp: relay.Response, backend: Backend, stage: str) -> bytes:
         try:
             return await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self.m_backend_errors.inc(backend.name, stage)
             raise BackendFailure(backend, stage, f"{type(exc).__name__} while reading") from exc
 
-    def _check_status(self, resp: aiohttp.ClientResponse, data: bytes, backend: Backend, stage: str) -> None:
+    def _check_status(self, resp: relay.Response, data: bytes, backend: Backend, stage: str) -> None:
         ctype = resp.headers.get("Content-Type", "application/json")
         if 400 <= resp.status < 500:
             raise UpstreamClientError(resp.status, data, ctype)
@@ -290,7 +290,7 @@ class Proxy:
                 resp.release()
             self._check_status(resp, data, backend, "prefill")
             try:
-                result = json.loads(data)
+                result = codec.loads(data)
             except ValueError:
                 raise BackendFailure(backend, "prefill", "response is not JSON") from None
             if not isinstance(result, dict):
@@ -318,9 +318,9 @@ class Proxy:
                 self._handoff_done(ctx)
                 if ctx.cached_tokens is not None and b'"usage"' in data:
                     with contextlib.suppress(ValueError):
-                        obj = json.loads(data)
+                        obj = codec.loads(data)
                         if protocols.rewrite_usage(obj, ctx.cached_tokens):
-                            data = json.dumps(obj).encode()
+                            data = codec.dumps(obj)
                 self._first_byte(ctx)
                 return web.Response(body=data, status=200, content_type="application/json",
                                     headers={"X-Request-Id": ctx.request_id})
@@ -341,7 +341,7 @@ class Proxy:
             else:
                 resp.close()  # closing the connection makes vLLM abort the request
 
-    async def _relay(self, request: web.Request, resp: aiohttp.ClientResponse, first: bytes, backend: Backend,
+    async def _relay(self, request: web.Request, resp: relay.Response, first: bytes, backend: Backend,
                      ctx: RequestCtx) -> tuple[web.StreamResponse, bool]:
         """Stream D's SSE to the client; also say whether the upstream stream ended cleanly."""
         out = web.StreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": ctx.request_id})
@@ -416,7 +416,7 @@ class Proxy:
     async def _generate(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
         start = time.monotonic()
         try:
-            body = json.loads(await request.read())
+            body = codec.loads(await request.read())
         except (ValueError, UnicodeDecodeError):
             return web.Response(status=400, body=error_body(400, "request body is not valid JSON", "invalid_request"),
                                 content_type="application/json")
@@ -453,6 +453,8 @@ class Proxy:
             self.m_disconnects.inc()
         self.m_requests.inc(ctx.endpoint, ctx.route, ctx.outcome)
         self.m_stage.observe("e2e", value=e2e)
+        if not LOG.isEnabledFor(logging.INFO):
+            return  # the per-request line is built only when someone reads it
 
         def ms(value: float | None) -> float | None:
             return None if value is None else round(value * 1000, 2)
