@@ -30,12 +30,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def _serve(cfg: Any) -> None:
+    from openfuyao_pd.proxy import codec, eventloop
     from openfuyao_pd.proxy.server import start
 
     runner, proxy, port = await start(cfg)
     logging.getLogger("openfuyao_pd.proxy").warning(
-        '{"event": "listening", "host": "%s", "port": %d, "protocol": "%s", "prefill": %d, "decode": %d}',
-        cfg.listen_host, port, cfg.protocol, len(cfg.prefill), len(cfg.decode))
+        '{"event": "listening", "host": "%s", "port": %d, "protocol": "%s", "prefill": %d, "decode": %d, '
+        '"loop": "%s", "json": "%s"}',
+        cfg.listen_host, port, cfg.protocol, len(cfg.prefill), len(cfg.decode), eventloop.name(), codec.BACKEND)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -61,7 +63,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pd-proxy: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(cfg))
+        from openfuyao_pd.proxy import eventloop
+
+        eventloop.run(_serve(cfg))
     except OSError as exc:
         print(f"pd-proxy: cannot listen on {cfg.listen_host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

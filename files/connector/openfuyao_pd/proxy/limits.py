@@ -24,6 +24,7 @@ from typing import Any
 from aiohttp import web, web_protocol
 
 from openfuyao_pd.common import prom
+from openfuyao_pd.proxy import codec
 
 LOG = logging.getLogger("openfuyao_pd.proxy")
 GENERATE_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
@@ -267,7 +268,7 @@ def check_fields(body: dict[str, Any]) -> tuple[str, str] | None:
 def parse_body(raw: bytes, max_depth: int) -> dict[str, Any] | tuple[str, str | None]:
     """The request object, or (message, param) saying why it is refused."""
     try:
-        body = json.loads(raw)
+        body = codec.loads(raw)  # orjson when installed; deep input falls back to json, which raises RecursionError
     except RecursionError:
         return f"request body nests deeper than {max_depth} levels", None
     except (ValueError, UnicodeDecodeError):
