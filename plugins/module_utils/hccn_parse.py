@@ -338,3 +338,136 @@ def parse_ping(output: str, target: str, command: str = "hccn_tool -ping -g") ->
 # ---------------------------------------------------------------- tool status lines
 
 BUSY_MARKER = "hccn_tool is busy"
+
+
+# ---------------------------------------------------------------- A3 and vendor-guide checks
+#
+# Formats (docs/preflight.md, "A3 checks"): ``-hccs_ping`` (A3 super-node mainboards only) prints
+# ``device N PING IP`` and a blank line, then per packet a result line (``This pkt ping success!``,
+# ``This pkt send fail!``, ``This pkt check recv msg fail!``, ``This pkt ping not start to send!``)
+# and ``recv seq S, time = U.UUUus, L1 plane check result = 0xH`` plus a blank line, then
+# ``T packets transmitted, R received, L.LL% packets loss`` and max/min/average/TP95 times in
+# microseconds. Loss does not change the exit code. ``-vnic -g`` prints three ``vnic ...: `` lines
+# (space after the colon), ``-netdetect -g`` ``netdetect addr: IP``, ``-gateway -g``
+# ``default gateway:IP, Iface:ethN``, ``-lldp -g`` an lldptool-style TLV dump (empty = no neighbour).
+
+NOT_SUPPORTED_MARKER = "not supported on this product"
+NO_GATEWAY_MARKER = "no gateway was preset"
+
+_HCCS_SUMMARY = re.compile(
+    r"^\s*([0-9]{1,9}) packets? transmitted, ([0-9]{1,9}) received, ([0-9]{1,3}(?:\.[0-9]{1,6})?)% packets? loss\s*$",
+    re.MULTILINE | re.ASCII)
+_HCCS_HEADER = re.compile(r"^\s*device\s+[0-9]{1,6}\s+PING\s+(\S+)\s*$", re.MULTILINE | re.ASCII)
+_HCCS_RESULT = re.compile(r"^\s*This pkt (ping success|send fail|check recv msg fail|ping not start to send)!\s*$",
+                          re.MULTILINE | re.ASCII)
+_HCCS_SEQ = re.compile(r"^\s*recv seq ([0-9]{1,9}), time = ([0-9]{1,15}\.[0-9]{3})us, L1 plane check result = "
+                       r"(0x[0-9a-fA-F]{1,8})\s*$", re.MULTILINE | re.ASCII)
+_HCCS_TIME = re.compile(r"^\s*(max|min|average|TP95) time ([0-9]{1,15}\.[0-9]{3})us\s*$", re.MULTILINE | re.ASCII)
+
+
+def is_not_supported(output: str) -> bool:
+    """``The command is not supported on this product.`` (exit 13): e.g. ``-hccs_ping`` on A2."""
+    return NOT_SUPPORTED_MARKER in (output or "").lower()
+
+
+def parse_hccs_ping(output: str, target: str, command: str = "hccn_tool -hccs_ping -g") -> dict:
+    """A3 HCCS ping of one vNIC address -> transmitted/received/loss_pct, per-packet results, times in us.
+
+    The exit code is 0 whatever was lost, so only the text counts: the summary line, checked
+    against the per-packet lines where the tool printed them (a summary that claims more
+    packets received than lines say ``ping success`` is not believed).
+    """
+    text = output or ""
+    header = _HCCS_HEADER.search(text)
+    summary = _HCCS_SUMMARY.search(text)
+    if not header or not summary:
+        raise ParseError(command, "'device N PING IP' and 'T packets transmitted, R received, L% packets loss'", text)
+    sent, got, loss = int(summary.group(1)), int(summary.group(2)), float(summary.group(3))
+    if got > sent or loss > 100.0:
+        raise ParseError(command, "a summary with received <= transmitted and loss <= 100%", summary.group(0))
+    results = [m.group(1) for m in _HCCS_RESULT.finditer(text)]
+    seqs = [(int(m.group(1)), float(m.group(2))) for m in _HCCS_SEQ.finditer(text)]
+    if results or seqs:
+        if len(results) != sent or len(seqs) != sent:
+            raise ParseError(command, f"{sent} packet result(s) and 'recv seq' line(s) as the summary says",
+                             text)
+        if results.count("ping success") != got:
+            raise ParseError(command, "as many 'This pkt ping success!' lines as packets received", text)
+    times = {m.group(1).lower(): float(m.group(2)) for m in _HCCS_TIME.finditer(text)}
+    packets = [{"seq": seq, "result": res, "time_us": t} for (seq, t), res in zip(seqs, results, strict=True)]
+    return {"target": target, "transmitted": sent, "received": got, "loss_pct": loss,
+            "ok": sent > 0 and got == sent, "packets": packets, "max_us": times.get("max"),
+            "average_us": times.get("average"), "tp95_us": times.get("tp95")}
+
+
+_VNIC_LINK = re.compile(r"^\s*vnic link status\s*:\s*(UP|DOWN)\s*$", re.MULTILINE | re.ASCII)
+_VNIC_IP = re.compile(r"^\s*vnic ipaddr\s*:\s*(\S*)\s*$", re.MULTILINE | re.ASCII)
+_VNIC_MASK = re.compile(r"^\s*vnic netmask\s*:\s*(\S*)\s*$", re.MULTILINE | re.ASCII)
+
+
+def parse_vnic(output: str, command: str = "hccn_tool -vnic -g") -> dict:
+    """``vnic link status: UP`` / ``vnic ipaddr: IP`` / ``vnic netmask: MASK`` -> dict (A3 HCCS vNIC)."""
+    text = output or ""
+    link, addr, mask = _VNIC_LINK.search(text), _VNIC_IP.search(text), _VNIC_MASK.search(text)
+    if not link or not addr:
+        raise ParseError(command, "'vnic link status: UP|DOWN' and 'vnic ipaddr: A.B.C.D'", text)
+    if not _is_ipv4(addr.group(1)) or (mask and mask.group(1) and not _is_ipv4(mask.group(1))):
+        raise ParseError(command, "'vnic ipaddr: A.B.C.D' and 'vnic netmask: A.B.C.D' with valid IPv4 addresses",
+                         text)
+    return {"link": link.group(1), "ipaddr": addr.group(1), "netmask": mask.group(1) if mask else None}
+
+
+_NETDETECT = re.compile(r"^\s*netdetect addr(?:ess)?\s*:\s*(\S+)\s*$", re.MULTILINE | re.ASCII)
+
+
+def parse_netdetect(output: str, command: str = "hccn_tool -netdetect -g") -> str | None:
+    """``netdetect addr: IP`` -> the address, ``None`` when unset (``0.0.0.0``)."""
+    match = _NETDETECT.search(output or "")
+    if not match or not _is_ipv4(match.group(1)):
+        raise ParseError(command, "'netdetect addr: A.B.C.D'", output)
+    return None if match.group(1) == "0.0.0.0" else match.group(1)
+
+
+_GATEWAY = re.compile(r"^\s*default gateway\s*:\s*([^,\s]+)\s*,\s*Iface\s*:\s*(\S+)\s*$", re.MULTILINE | re.ASCII)
+
+
+def parse_gateway(output: str, stderr: str = "", command: str = "hccn_tool -gateway -g") -> dict | None:
+    """``default gateway:IP, Iface:ethN`` -> dict, ``None`` when none is set (stderr ``no gateway was preset``)."""
+    text = output or ""
+    match = _GATEWAY.search(text)
+    if match:
+        if not _is_ipv4(match.group(1)):
+            raise ParseError(command, "'default gateway:A.B.C.D, Iface:ethN' with a valid IPv4 address", text)
+        return {"gateway": match.group(1), "iface": match.group(2)}
+    if NO_GATEWAY_MARKER in ((stderr or "") + text).lower():
+        return None
+    raise ParseError(command, "'default gateway:A.B.C.D, Iface:ethN'", text + (stderr or ""))
+
+
+_LLDP_HEADERS = {"Chassis ID TLV": "chassis_id", "Port ID TLV": "port_id", "System Name TLV": "system_name",
+                 "System Description TLV": "system_description"}
+
+
+def parse_lldp(output: str, command: str = "hccn_tool -lldp -g") -> dict | None:
+    """lldptool-style TLV dump -> the neighbour's chassis/port/system fields; ``None`` for empty output.
+
+    A TLV header stands on its own line and its value is the next indented line
+    (``Port ID TLV`` then ``\\tIfname: 400GE1/1/5:1``); ``Ifname:`` lines alone (a grep of
+    that dump) are accepted too.
+    """
+    text = output or ""
+    if not text.strip():
+        return None
+    lines = text.splitlines()
+    found: dict[str, str] = {}
+    for index, line in enumerate(lines):
+        key = _LLDP_HEADERS.get(line.strip())
+        if key and index + 1 < len(lines) and lines[index + 1][:1] in ("\t", " ") and lines[index + 1].strip():
+            found.setdefault(key, lines[index + 1].strip())
+    ifnames = [m.group(1) for m in re.finditer(r"^\s*Ifname:\s*(\S+)\s*$", text, re.MULTILINE | re.ASCII)]
+    if "port_id" not in found and not ifnames:
+        raise ParseError(command, "an LLDP TLV dump with 'Port ID TLV' (or 'Ifname:' lines)", text)
+    port = found.get("port_id", "")
+    ifname = port.split(":", 1)[1].strip() if port.startswith("Ifname:") else (ifnames[0] if ifnames else None)
+    return {"chassis_id": found.get("chassis_id"), "port_id": port or None, "ifname": ifname,
+            "system_name": found.get("system_name"), "system_description": found.get("system_description")}

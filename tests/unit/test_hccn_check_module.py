@@ -56,7 +56,7 @@ def test_healthy_a2_all_checks_pass(host, run):
         "UP", 0, "10.20.0.13", "255.255.255.0", "Success", False)
     assert dev["ping"] == [{"target": "10.30.0.10", "transmitted": 3, "received": 3, "loss_pct": 0.0, "ok": True}]
     assert res["msg"] == "hccn_check: 8 device(s) passed link, link_stat, tls, ip, net_health, ping"
-    assert res["table"][0].split() == ["device", "link", "flaps", "tls", "ip", "net_health", "ping", "result"]
+    assert res["table"][0].split() == ["device", "link", "flaps", "tls", "ip", "net_health", "ping", "vnic", "hccs_ping", "result"]
 
 
 def test_a3_sixteen_devices_from_hccn_conf(host, run, tmp_path):
