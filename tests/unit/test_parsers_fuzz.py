@@ -66,6 +66,18 @@ def _fake_outputs() -> dict[str, bytes]:
                 proc = subprocess.run([str(FAKES / "hccn_tool"), "-i", dev, *args], env=env, capture_output=True,
                                       check=False)
                 out[f"{dev} {' '.join(args)}"] = proc.stdout + proc.stderr
+        # A3: vNIC, HCCS ping (one die answers, one loses packets), LLDP, net-detect, gateway; A2's 'not supported'
+        a3 = {"product": "A3", "hccs_ping_unreachable": ["192.1.3.198"],
+              "devices": {"1": {"hccs_ping_loss": {"192.1.2.199": 1}, "gateway": None, "lldp": None}}}
+        scen.write_text(json.dumps(a3))
+        for dev in ("0", "1"):
+            for args in (["-vnic", "-g"], ["-hccs_ping", "-g", "address", "192.1.2.199", "cnt", "3"],
+                         ["-hccs_ping", "-g", "address", "192.1.3.198", "cnt", "3"], ["-lldp", "-g"],
+                         ["-netdetect", "-g"], ["-gateway", "-g"]):
+                proc = subprocess.run([str(FAKES / "hccn_tool"), "-i", dev, *args], env=env, capture_output=True,
+                                      check=False)
+                out[f"{dev} {' '.join(args)}"] = proc.stdout + proc.stderr
+        out["not supported"] = b"The command is not supported on this product.\n"
     return out
 
 
@@ -128,6 +140,10 @@ def feed_every_parser(text: str) -> None:
     _only_own_errors(lambda: hp.parse_tls(text, text[:40]))
     _only_own_errors(lambda: hp.parse_ip(text, text[:40]))
     _only_own_errors(lambda: hp.parse_ping(text, "10.0.0.1"))
+    _only_own_errors(lambda: hp.parse_hccs_ping(text, "192.1.2.199"))
+    for parse in (hp.parse_vnic, hp.parse_netdetect, hp.parse_lldp, hp.is_not_supported):
+        _only_own_errors(lambda parse=parse: parse(text))
+    _only_own_errors(lambda: hp.parse_gateway(text, text[:40]))
     _only_own_errors(lambda: hp.parse_set_result(text, "hccn_tool -i 0 -tls -s enable 0"))
     _only_own_errors(lambda: hp.parse_hccn_conf(text))
     _only_own_errors(lambda: hp.excerpt(text).encode("utf-8") and None)
@@ -246,6 +262,21 @@ def test_hccn_check_main_only_exits_or_fails(data, fix_tls, check_mode):
         assert all("\n" not in p for p in result["problems"])
         assert all(p.startswith(("device ", "hccn_tool ")) for p in result["problems"])
         assert bool(result.get("failed")) == bool(result["problems"])
+
+
+@fuzz(200)
+@given(st.data(), st.booleans())
+def test_hccn_check_a3_checks_only_exit_or_fail(data, check_mode):
+    """vnic, lldp, netdetect, gateway and hccs_ping (whose host-level line names no single device)."""
+    args = {"hccn_tool": "/bin/true", "hccn_conf": "/nonexistent", "devices": [0, 1], "busy_budget": 3,
+            "checks": ["ip", "vnic", "lldp", "netdetect", "gateway", "hccs_ping"],
+            "hccs_ping_targets": ["192.1.2.199", "192.1.3.198"], "_ansible_check_mode": check_mode}
+    result = run_module(hccn_check, args, answers(data, hccn_seeds))
+    if "devices" in result:
+        assert all("\n" not in p for p in result["problems"])
+        assert all(p.startswith(("device ", "hccn_tool ", "hccs_ping ")) for p in result["problems"])
+        assert bool(result.get("failed")) == bool(result["problems"])
+        assert result["changed"] is False
 
 
 @fuzz(250)
