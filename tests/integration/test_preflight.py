@@ -209,7 +209,8 @@ def test_healthy_cluster_passes(tmp_path):
     port = free_port()
     hosts = {
         "a2": make_npu_host(tmp_path, "a2", "healthy_a2.json", "10.30.0."),
-        "a3": make_npu_host(tmp_path, "a3", "healthy_a3.json", "10.31.0."),
+        # its own P2P group: A2 and A3 in one group are refused (test_a2_and_a3_in_one_p2p_group_is_one_line)
+        "a3": {**make_npu_host(tmp_path, "a3", "healthy_a3.json", "10.31.0."), "preflight_p2p_group": "pod-a3"},
         "busytool": make_npu_host(tmp_path, "busytool", "hccn_busy.json", "10.32.0."),
         "olddriver": make_npu_host(tmp_path, "olddriver", "old_driver.json", "10.33.0.",
                                    devices={"1": {"link_records": [{"ago": 200000, "state": "UP"},
@@ -223,7 +224,8 @@ def test_healthy_cluster_passes(tmp_path):
     assert report["passed"] is True and report["problems"] == []
     a3 = checks_of(report, "a3")
     assert a3["npu topology"]["detail"].startswith("A3, driver 24.1.rc3.3: 16 chip(s), 16 free")
-    assert a3["npu devices"]["detail"] == "hccn_check: 16 device(s) passed link, link_stat, tls, ip, net_health"
+    assert a3["npu devices"]["detail"] == "hccn_check: 16 device(s) passed link, link_stat, tls, ip, net_health, vnic"
+    assert a3["hccs mesh"]["status"] == "skip"  # no other A3 host in its group
     assert sorted(a3["ping mesh"]["detail"].split(": ", 1)[1].split(", ")) == [
         "10.30.0.10", "10.32.0.10", "10.33.0.10"]
     # the busy answers were retried away, one after another
@@ -429,3 +431,55 @@ def test_report_is_written_when_the_only_hosts_module_fails(tmp_path):
     assert checks_of(report, "npu1")["npu topology"]["status"] == "fail"
     assert "FAILED: 1 problem(s); report: " in proc.stdout
     assert line in proc.stdout
+
+
+# ------------------------------------------------------------------------------- A3 super-node pair
+
+A3_DIES = [0, 1, 2, 3]  # four dies a host keep the run short; the mesh is the same for 16
+
+
+def a3_pair(root: Path, sn1: dict | None = None) -> dict:
+    """Two A3 servers of one super-node (server ids 1 and 2): vNIC of die d on server s is 192.s.(2+d%2).(199-d)."""
+    hosts = {}
+    for server, name in enumerate(("sn1", "sn2"), start=1):
+        overrides = {"server_id": server, **((sn1 or {}) if name == "sn1" else {})}
+        hosts[name] = {**make_npu_host(root, name, "healthy_a3.json", f"10.70.{server}.", **overrides),
+                       "preflight_npu_devices": A3_DIES}
+    return hosts
+
+
+def test_a3_super_node_pair_hccs_mesh_passes(tmp_path):
+    proc, report = run_preflight(tmp_path, a3_pair(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert report["passed"] is True and report["problems"] == []
+    for name in ("sn1", "sn2"):
+        checks = checks_of(report, name)
+        assert checks["npu devices"]["detail"] == "hccn_check: 4 device(s) passed link, link_stat, tls, ip, net_health, vnic"
+        assert checks["hccs mesh"] == {"check": "hccs mesh", "status": "pass", "detail": "4 die(s) x 4 peer vNIC(s) over HCCS"}
+        assert checks["npu product"]["detail"] == 'A3 in P2P group "default" with 2 NPU host(s), all A3'
+
+
+def test_a3_die_that_does_not_answer_hccs_ping_is_exactly_one_line(tmp_path):
+    dead = "192.2.2.197"  # die 2 of sn2
+    proc, report = run_preflight(tmp_path, a3_pair(tmp_path, {"hccs_ping_unreachable": [dead]}))
+    line = (f"sn1: hccs_ping {dead}: no answer to any of devices 0, 1, 2, 3 (device 0: hccs_ping {dead}: 0 of 3 packets "
+            f"received (100.00% packets loss) (`hccn_tool -i 0 -hccs_ping -g address {dead} cnt 3`)); the die that owns "
+            f"vNIC {dead} or its HCCS link is down: check it with `hccn_tool -i N -vnic -g` and `npu-smi info -t hccs` "
+            "on its host")
+    assert proc.returncode == 2
+    assert report["problems"] == [line]
+    assert line in proc.stdout
+    assert checks_of(report, "sn1")["hccs mesh"]["status"] == "fail"
+    assert checks_of(report, "sn2")["hccs mesh"]["status"] == "pass"
+
+
+def test_a2_and_a3_in_one_p2p_group_is_one_line(tmp_path):
+    hosts = {"mix-a2": {**make_npu_host(tmp_path, "mix-a2", "healthy_a2.json", "10.71.0."), "preflight_npu_devices": [0]},
+             "mix-a3": {**make_npu_host(tmp_path, "mix-a3", "healthy_a3.json", "10.71.1."), "preflight_npu_devices": [0]}}
+    proc, report = run_preflight(tmp_path, hosts)
+    line = ('mix-a2: npu: P2P group "default" mixes A2 hosts (mix-a2) and A3 hosts (mix-a3); KV cannot move between '
+            "the two generations: give them different preflight_p2p_group values (separate deployments) or use one "
+            "product")
+    assert proc.returncode == 2
+    assert report["problems"] == [line]
+    assert checks_of(report, "mix-a3")["npu product"]["status"] == "fail"
