@@ -438,14 +438,10 @@ def test_report_is_written_when_the_only_hosts_module_fails(tmp_path):
 A3_DIES = [0, 1, 2, 3]  # four dies a host keep the run short; the mesh is the same for 16
 
 
-def a3_pair(root: Path, sn1: dict | None = None) -> dict:
+def a3_pair(root: Path, sn1: str = "a3_pair_sn1.json") -> dict:
     """Two A3 servers of one super-node (server ids 1 and 2): vNIC of die d on server s is 192.s.(2+d%2).(199-d)."""
-    hosts = {}
-    for server, name in enumerate(("sn1", "sn2"), start=1):
-        overrides = {"server_id": server, **((sn1 or {}) if name == "sn1" else {})}
-        hosts[name] = {**make_npu_host(root, name, "healthy_a3.json", f"10.70.{server}.", **overrides),
-                       "preflight_npu_devices": A3_DIES}
-    return hosts
+    return {name: {**make_npu_host(root, name, scenario, f"10.70.{server}."), "preflight_npu_devices": A3_DIES}
+            for server, (name, scenario) in enumerate((("sn1", sn1), ("sn2", "a3_pair_sn2.json")), start=1)}
 
 
 def test_a3_super_node_pair_hccs_mesh_passes(tmp_path):
@@ -461,7 +457,7 @@ def test_a3_super_node_pair_hccs_mesh_passes(tmp_path):
 
 def test_a3_die_that_does_not_answer_hccs_ping_is_exactly_one_line(tmp_path):
     dead = "192.2.2.197"  # die 2 of sn2
-    proc, report = run_preflight(tmp_path, a3_pair(tmp_path, {"hccs_ping_unreachable": [dead]}))
+    proc, report = run_preflight(tmp_path, a3_pair(tmp_path, "a3_hccs_dead_peer.json"))
     line = (f"sn1: hccs_ping {dead}: no answer to any of devices 0, 1, 2, 3 (device 0: hccs_ping {dead}: 0 of 3 packets "
             f"received (100.00% packets loss) (`hccn_tool -i 0 -hccs_ping -g address {dead} cnt 3`)); the die that owns "
             f"vNIC {dead} or its HCCS link is down: check it with `hccn_tool -i N -vnic -g` and `npu-smi info -t hccs` "

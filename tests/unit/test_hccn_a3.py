@@ -186,12 +186,13 @@ def test_hccs_ping_and_vnic_on_a2_are_a_clear_skip(run):
 
 
 def test_one_die_losing_packets_is_one_line_naming_device_and_command(run):
-    res = run("healthy_a3.json", {"devices": [0, 1, 2], "hccs_ping_targets": PEERS, "checks": ["hccs_ping"],
-                                  "fail_on_problem": False},
-              devices={"2": {"hccs_ping_loss": {"192.1.3.198": 1}}})
+    res = run("a3_hccs_loss.json", {"devices": [0, 1, 2], "hccs_ping_targets": ["192.2.2.199", "192.2.3.198"],
+                                    "checks": ["hccs_ping"], "fail_on_problem": False})
     assert res["problems"] == [
-        "device 2: hccs_ping 192.1.3.198: 2 of 3 packets received (33.33% packets loss) (`hccn_tool -i 2 -hccs_ping "
-        "-g address 192.1.3.198 cnt 3`); check this die's and the peer die's HCCS links (npu-smi info -t hccs)"]
+        "device 2: hccs_ping 192.2.3.198: 2 of 3 packets received (33.33% packets loss) (`hccn_tool -i 2 -hccs_ping "
+        "-g address 192.2.3.198 cnt 3`); check this die's and the peer die's HCCS links (npu-smi info -t hccs)"]
+    lossy = next(p for p in res["devices"][2]["hccs_ping"] if not p["ok"])
+    assert [p["result"] for p in lossy["packets"]] == ["ping success", "ping success", "check recv msg fail"]
 
 
 def test_a_peer_die_no_device_reaches_is_one_host_line(run):
