@@ -445,12 +445,16 @@ def a3_pair(root: Path, sn1: str = "a3_pair_sn1.json") -> dict:
 
 
 def test_a3_super_node_pair_hccs_mesh_passes(tmp_path):
-    proc, report = run_preflight(tmp_path, a3_pair(tmp_path))
+    # the vendor guide's other checks too (opt-in): LLDP neighbour, net-detect address, default gateway
+    checks = json.dumps({"preflight_npu_checks": ["link", "link_stat", "tls", "ip", "net_health", "lldp", "netdetect",
+                                                  "gateway"]})
+    proc, report = run_preflight(tmp_path, a3_pair(tmp_path), "-e", checks)
     assert proc.returncode == 0, proc.stdout[-4000:]
     assert report["passed"] is True and report["problems"] == []
     for name in ("sn1", "sn2"):
         checks = checks_of(report, name)
-        assert checks["npu devices"]["detail"] == "hccn_check: 4 device(s) passed link, link_stat, tls, ip, net_health, vnic"
+        assert checks["npu devices"]["detail"] == ("hccn_check: 4 device(s) passed link, link_stat, tls, ip, net_health, "
+                                                   "vnic, lldp, netdetect, gateway")
         assert checks["hccs mesh"] == {"check": "hccs mesh", "status": "pass", "detail": "4 die(s) x 4 peer vNIC(s) over HCCS"}
         assert checks["npu product"]["detail"] == 'A3 in P2P group "default" with 2 NPU host(s), all A3'
 
