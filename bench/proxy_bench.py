@@ -522,6 +522,14 @@ def main() -> int:
     if args.what in ("goodput", "all"):
         good = asyncio.run(goodput(args))
         (Path(args.out) / "goodput.json").write_text(json.dumps(good, indent=2) + "\n")
+    # A run of one part keeps the other part's last results in results.md.
+    for name in ("overhead", "goodput"):
+        saved = Path(args.out) / f"{name}.json"
+        if (over if name == "overhead" else good) is None and saved.exists():
+            if name == "overhead":
+                over = json.loads(saved.read_text())
+            else:
+                good = json.loads(saved.read_text())
     report = markdown(over, good)
     (Path(args.out) / "results.md").write_text(report)
     print(report)
