@@ -1394,7 +1394,8 @@ def _proxy_section(ctx, host, settings, port, connector, platforms, model, insta
     }
     if "batch_priority" not in options:
         options["batch_priority"] = any(i["scheduling_policy"] for i in instances)
-    bind = ctx.var(host, "proxy_bind_host", "0.0.0.0")[0]
+    # The proxy host's own address: listening on every interface must be asked for (pd_proxy_bind_host).
+    bind = ctx.var(host, "proxy_bind_host", settings["address"])[0]
 
     def backend(i):
         b = {
