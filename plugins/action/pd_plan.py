@@ -10,7 +10,13 @@ from ansible.errors import AnsibleError
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import PlanError, build_plan, render_table
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import (
+    PlanError,
+    build_plan,
+    group_problems,
+    render_table,
+)
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import collapse
 
 GROUPS = ("prefill", "decode", "proxy", "mooncake_master", "storage")
 # Besides pd_*, the planner reads these per host.
@@ -34,9 +40,32 @@ def _plain(value):
     return str(value)
 
 
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _origin(exc):
+    """' from FILE:LINE' of the first exception in the chain that knows where it came from.
+
+    A broken host_vars/group_vars file surfaces as a bare "YAML parsing failed" whose cause
+    carries the file's origin; the operator needs the file, not only the parser's complaint.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        obj = getattr(exc, "obj", None)
+        path = getattr(obj, "path", None)
+        if isinstance(path, str) and path:
+            line = getattr(obj, "line_num", None)
+            return f" from {path}:{line}" if line else f" from {path}"
+        exc = exc.__cause__ or exc.__context__
+    return ""
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("use_facts", "fail_on_warnings"))
+    _VALID_ARGS = frozenset(("use_facts", "fail_on_warnings", "inventory_only"))
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
@@ -44,7 +73,7 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         args = self._task.args
         opts = {}
-        for name, default in (("use_facts", True), ("fail_on_warnings", False)):
+        for name, default in (("use_facts", True), ("fail_on_warnings", False), ("inventory_only", False)):
             try:
                 opts[name] = boolean(args.get(name, default), strict=True)
             except TypeError:
@@ -69,7 +98,13 @@ class ActionModule(ActionBase):
                 if h not in hosts:
                     hosts.append(h)
         for h in hosts:
-            hv = all_hostvars.get(h)
+            try:
+                hv = all_hostvars.get(h)
+            except AnsibleError as exc:
+                problems.append(
+                    f"host {h}: its variables cannot be loaded{_origin(exc)}: {_first_line(exc)}: fix that file"
+                )
+                continue
             if hv is None:
                 continue
             collected = {}
@@ -79,8 +114,7 @@ class ActionModule(ActionBase):
                 try:
                     collected[key] = _plain(hv[key])
                 except (AnsibleError, TypeError, ValueError) as exc:
-                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    problems.append(f"host {h}: variable {key} cannot be templated: {first}")
+                    problems.append(f"host {h}: variable {key} cannot be templated: {_first_line(exc)}")
             inventory["hostvars"][h] = collected
             if use_facts:
                 try:
@@ -90,8 +124,14 @@ class ActionModule(ActionBase):
                     npu = None
                 if npu:
                     inventory["facts"][h] = _plain(npu)
+        if opts["inventory_only"]:
+            problems += group_problems(inventory)
         if problems:
+            problems = collapse(problems)
             result.update(failed=True, msg="\n".join(problems), problems=problems)
+            return result
+        if opts["inventory_only"]:
+            result.update(changed=False, msg="the inventory loads and has the prefill, decode and proxy groups")
             return result
         try:
             plan = build_plan(inventory)

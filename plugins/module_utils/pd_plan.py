@@ -31,6 +31,7 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import
     collapse,
     env_problems,
     extra_args_problems,
+    owner_var,
     strip_brackets,
     text_problem,
 )
@@ -40,11 +41,11 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import (
     DEFAULT_CONNECTOR,
     P2P_CONNECTORS,
     PLATFORMS,
-    PROXY_OPTIONS,
     ROLES,
     RUNTIMES,
     SUPPORTED,
     VISIBLE_DEVICES_ENV,
+    proxy_options_table,
     typo_warnings,
 )
 from ansible_collections.openfuyao.pd.plugins.module_utils.text_table import align_columns
@@ -738,12 +739,13 @@ def _env(ctx, inst, settings, opts):
                 defaults[k] = str(nic)
         hccl, hname = ctx.var(host, "hccl_env", None, role)
         hccl = _as_dict(ctx, host, hname, hccl)
-        visible = {v: f"pd_{role}_devices" for v in VISIBLE_DEVICES_VARS}
+        visible = {v: owner_var("pd_{role}devices", hname, role) for v in VISIBLE_DEVICES_VARS}
         for why in env_problems(hccl, hname, visible):
             ctx.error(f"host {host}: {why}")
         defaults.update(hccl)
         env.update(defaults)
-    owned = {v: f"pd_{role}_devices" for v in VISIBLE_DEVICES_VARS}
+    user, uname = ctx.var(host, "env", None, role)
+    owned = {v: owner_var("pd_{role}devices", uname, role) for v in VISIBLE_DEVICES_VARS}
     if platform == "cpu":
         space, sp_name = ctx.var(host, "cpu_kvcache_space", "1")
         if _as_int(ctx, host, sp_name, space) is not None:
@@ -762,13 +764,12 @@ def _env(ctx, inst, settings, opts):
         env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = inst["address"]
         env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = inst["kv_port"]
         owned["VLLM_NIXL_SIDE_CHANNEL_HOST"] = "pd_address"
-        owned["VLLM_NIXL_SIDE_CHANNEL_PORT"] = f"pd_{role}_kv_port_base"
+        owned["VLLM_NIXL_SIDE_CHANNEL_PORT"] = owner_var("pd_{role}kv_port_base", uname, role)
     if inst["connector"] == "mooncake" and platform == "cuda" and role == "prefill":
         env["VLLM_MOONCAKE_BOOTSTRAP_PORT"] = inst["kv_port"]
         owned["VLLM_MOONCAKE_BOOTSTRAP_PORT"] = "pd_prefill_kv_port_base"
     if inst["scheduling_policy"]:
         owned["BATCH_BY_REQUEST_LENGTH"] = "pd_batch_integration"
-    user, uname = ctx.var(host, "env", None, role)
     user = _as_dict(ctx, host, uname, user)
     for why in env_problems(user, uname, owned):
         ctx.error(f"host {host}: {why}")
@@ -932,13 +933,18 @@ def _empty_group_line(group, known_groups):
     )
 
 
+def group_problems(inventory):
+    """One line per required group that has no host (the rest of the plan needs all three)."""
+    groups = inventory.get("groups") or {}
+    known = [g for g in (inventory.get("all_groups") or []) if g not in ("all", "ungrouped")]
+    return [_empty_group_line(g, known) for g in ("prefill", "decode", "proxy") if not groups.get(g)]
+
+
 def build_plan(inventory):
     """Validate the inventory and return the plan; raise PlanError listing every problem."""
     ctx = _Ctx(inventory)
-    known_groups = [g for g in (inventory.get("all_groups") or []) if g not in ("all", "ungrouped")]
-    for group in ("prefill", "decode", "proxy"):
-        if not ctx.groups.get(group):
-            ctx.error(_empty_group_line(group, known_groups))
+    for line in group_problems(inventory):
+        ctx.error(line)
     if ctx.problems:
         raise PlanError(ctx.problems)
     proxy_hosts = ctx.groups["proxy"]
@@ -1278,6 +1284,8 @@ def build_plan(inventory):
         inst["health_url"] = "http://{}:{}/health".format(_url_host(inst["address"]), inst["http_port"])
         inst["dtype"] = o["dtype"]
         inst["block_size"] = o["block_size"]
+    _proxy_options(ctx, proxy_host)
+    _as_address(ctx, proxy_host, *ctx.var(proxy_host, "proxy_bind_host", None))
     if ctx.problems:
         raise PlanError(ctx.problems, ctx.warnings)
 
@@ -1381,6 +1389,57 @@ def _url_host(address):
     return f"[{address}]" if ":" in address else address
 
 
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _typed_option(opt, value):
+    """INI inventories give strings: `false` -> False, `5` -> 5, `0.5` -> 0.5 (by the option's kind)."""
+    value = _literal(value)
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if opt.kind == "bool" and text.lower() in _TRUE + _FALSE:
+        return text.lower() in _TRUE
+    if opt.kind in ("int", "float"):
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        if opt.kind == "float":
+            try:
+                return float(text)
+            except ValueError:
+                pass
+    return value
+
+
+def _proxy_options(ctx, host):
+    """pd_proxy_<option> of the proxy host, typed and checked against the proxy's own table."""
+    hv = ctx.hostvars.get(host) or {}
+    table = proxy_options_table()
+    if table is None:
+        if any(k.startswith("pd_proxy_") and k not in ("pd_proxy_port", "pd_proxy_bind_host") for k in hv):
+            ctx.error(
+                "pd_proxy_* options cannot be checked: the collection lacks the proxy's option table "
+                "files/connector/openfuyao_pd/proxy/options.py; reinstall the collection"
+            )
+        return {}
+    options = {}
+    for opt in table.OPTIONS:
+        raw = hv.get("pd_proxy_" + opt.name)
+        if raw is None:
+            continue
+        value = _typed_option(opt, raw)
+        try:
+            table.check(opt, value, "pd_proxy_" + opt.name)
+        except table.OptionError as exc:
+            ctx.error(f"host {host}: {exc}")
+            continue
+        options[opt.name] = value
+    return options
+
+
 def _proxy_section(ctx, host, settings, port, connector, platforms, model, instances):
     if connector == "mooncake":
         protocol = "mooncake_v1" if platforms == ["ascend"] else "mooncake"
@@ -1388,10 +1447,7 @@ def _proxy_section(ctx, host, settings, port, connector, platforms, model, insta
         protocol = "nixl"
     else:
         protocol = "centralized"
-    hv = ctx.hostvars.get(host) or {}
-    options = {
-        name: hv["pd_proxy_" + name] for name in PROXY_OPTIONS if hv.get("pd_proxy_" + name) is not None
-    }
+    options = _proxy_options(ctx, host)
     if "batch_priority" not in options:
         options["batch_priority"] = any(i["scheduling_policy"] for i in instances)
     # The proxy host's own address: listening on every interface must be asked for (pd_proxy_bind_host).

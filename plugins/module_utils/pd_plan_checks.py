@@ -38,27 +38,27 @@ OWNED_FLAGS = {
     "--model": "pd_model",
     "--served-model-name": "pd_served_model_name",
     "--host": "pd_bind_host",
-    "--port": "pd_{role}_http_port_base",
-    "--tensor-parallel-size": "pd_{role}_tp",
-    "-tp": "pd_{role}_tp",
-    "--data-parallel-size": "pd_{role}_dp",
-    "-dp": "pd_{role}_dp",
-    "--data-parallel-address": "pd_{role}_dp_address",
-    "--data-parallel-rpc-port": "pd_{role}_dp_rpc_port_base",
+    "--port": "pd_{role}http_port_base",
+    "--tensor-parallel-size": "pd_{role}tp",
+    "-tp": "pd_{role}tp",
+    "--data-parallel-size": "pd_{role}dp",
+    "-dp": "pd_{role}dp",
+    "--data-parallel-address": "pd_{role}dp_address",
+    "--data-parallel-rpc-port": "pd_{role}dp_rpc_port_base",
     "--kv-transfer-config": "pd_connector (connector settings: pd_kv_extra_config)",
-    "--seed": "pd_{role}_seed",
-    "--max-model-len": "pd_{role}_max_model_len",
-    "--max-num-batched-tokens": "pd_{role}_max_num_batched_tokens",
-    "--max-num-seqs": "pd_{role}_max_num_seqs",
+    "--seed": "pd_{role}seed",
+    "--max-model-len": "pd_{role}max_model_len",
+    "--max-num-batched-tokens": "pd_{role}max_num_batched_tokens",
+    "--max-num-seqs": "pd_{role}max_num_seqs",
     "--trust-remote-code": "pd_trust_remote_code",
     "--no-trust-remote-code": "pd_trust_remote_code",
-    "--enforce-eager": "pd_{role}_enforce_eager",
-    "--no-enforce-eager": "pd_{role}_enforce_eager",
-    "--gpu-memory-utilization": "pd_{role}_gpu_memory_utilization",
+    "--enforce-eager": "pd_{role}enforce_eager",
+    "--no-enforce-eager": "pd_{role}enforce_eager",
+    "--gpu-memory-utilization": "pd_{role}gpu_memory_utilization",
     "--block-size": "pd_block_size",
     "--dtype": "pd_dtype",
-    "--enable-prefix-caching": "pd_{role}_enable_prefix_caching",
-    "--no-enable-prefix-caching": "pd_{role}_enable_prefix_caching",
+    "--enable-prefix-caching": "pd_{role}enable_prefix_caching",
+    "--no-enable-prefix-caching": "pd_{role}enable_prefix_caching",
     "--scheduling-policy": "pd_batch_integration",
 }
 
@@ -148,6 +148,11 @@ def flag_name(word):
     return name
 
 
+def owner_var(template, var, role):
+    """The owning variable in the same form as var: pd_prefill_x for pd_prefill_*, else pd_x."""
+    return template.format(role=f"{role}_" if var.startswith(f"pd_{role}_") else "")
+
+
 def extra_args_problems(args, var, role):
     """Problems of the extra `vllm serve` words of one instance (already split)."""
     out = []
@@ -163,7 +168,7 @@ def extra_args_problems(args, var, role):
         owner = OWNED_FLAGS.get(flag_name(word))
         if owner:
             out.append(
-                f"{var} sets {flag_name(word)}, which the plan owns: remove it and set {owner.format(role=role)} instead"
+                f"{var} sets {flag_name(word)}, which the plan owns: remove it and set {owner_var(owner, var, role)} instead"
             )
     return out
 

@@ -30,6 +30,14 @@ options:
       - Treat warnings (likely typos of C(pd_*) variables, ports inside randomly used ranges) as errors.
     type: bool
     default: false
+  inventory_only:
+    description:
+      - Only load the variables of every host of the groups (a broken C(host_vars)/C(group_vars)
+        file is reported with its path) and check that C(prefill), C(decode) and C(proxy) have
+        hosts; compute no plan and set no fact. C(site.yml) runs this first, before any host is
+        contacted, because a play over misspelled groups would otherwise match no host and succeed.
+    type: bool
+    default: false
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -52,6 +60,11 @@ author:
 EXAMPLES = r"""
 - name: Compute the plan once and give it to every host
   openfuyao.pd.pd_plan:
+  run_once: true
+
+- name: Check only that the inventory loads and has the required groups
+  openfuyao.pd.pd_plan:
+    inventory_only: true
   run_once: true
 
 - name: Refuse likely typos of pd_* variables
