@@ -23,6 +23,8 @@ import json
 import shlex
 
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import (
+    CONTROL,
+    DOTTED,
     DTYPES,
     NIC,
     VISIBLE_DEVICES_VARS,
@@ -201,6 +203,41 @@ def _as_text(ctx, host, name, value, what):
         ctx.error(f"host {host}: {name}={brief(value)} {why}")
         return None
     return str(value)
+
+
+# Host variables that land in a path, a Python import or one argv word, by what they must be.
+_ABSOLUTE_PATHS = ("data_dir", "ucm_config_file")
+_MODULE_PATHS = ("kv_connector_module_path", "ucm_module_path")
+_WORDS = {
+    "python": "the Python command on the host",
+    "kv_buffer_device": "the KV buffer device (npu, cuda or cpu)",
+    "ucm_connector_name": "the UCM connector class name",
+}
+
+
+def _check_host_texts(ctx, host):
+    """Refuse paths, module names and words that would break a file path, an import or an argv."""
+    for key in _ABSOLUTE_PATHS:
+        value, name = ctx.var(host, key, None)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.startswith("/") or CONTROL.search(value):
+            ctx.error(f"host {host}: {name}={brief(value)} must be an absolute path (e.g. /var/lib/openfuyao-pd)")
+    for key in _MODULE_PATHS:
+        value, name = ctx.var(host, key, None)
+        if value is not None and not (isinstance(value, str) and DOTTED.match(value)):
+            ctx.error(f"host {host}: {name}={brief(value)} must be a Python module path (e.g. package.module)")
+    for key, what in _WORDS.items():
+        value, name = ctx.var(host, key, None)
+        if value is not None:
+            _as_text(ctx, host, name, value, what)
+    for role in ROLES:
+        ids, name = ctx.var(host, "engine_ids", None, role)
+        if isinstance(ids, list):
+            for i, engine_id in enumerate(ids):
+                why = text_problem(engine_id, "an engine id")
+                if why:
+                    ctx.error(f"host {host}: {name}[{i}]={brief(engine_id)} {why}")
 
 
 def _fmt_range(start, end):
@@ -969,6 +1006,8 @@ def build_plan(inventory):
             ctx.warn(w)
 
     settings = {h: _host_settings(ctx, h, h in pd_hosts) for h in all_hosts}
+    for h in pd_hosts:
+        _check_host_texts(ctx, h)
     model = _model(ctx, pd_hosts)
 
     connectors = sorted({settings[h]["connector"] for h in pd_hosts if settings[h]["connector"]})

@@ -254,6 +254,27 @@ CASES = {
         ),
         ["host n1: pd_cpu_kvcache_space='lots' must be an integer >= 1"],
     ),
+    "data-dir-relative": (
+        ini("pd_data_dir=data\n"),
+        ["host n1: pd_data_dir='data' must be an absolute path (e.g. /var/lib/openfuyao-pd)"],
+    ),
+    "connector-module-path-is-a-file": (
+        ini("pd_kv_connector_module_path=/opt/conn.py\n"),
+        ["host n1: pd_kv_connector_module_path='/opt/conn.py' must be a Python module path (e.g. package.module)"],
+    ),
+    "python-command-with-arguments": (
+        ini("pd_python='python3 -u'\n"),
+        ["host n1: pd_python='python3 -u' contains white space: the Python command on the host is one word"],
+    ),
+    "engine-id-with-space": (
+        ini("pd_prefill_engine_ids=['engine 0']\n"),
+        ["host n1: pd_prefill_engine_ids[0]='engine 0' contains white space: an engine id is one word"],
+    ),
+    "dp-address-url": (
+        ini("pd_decode_dp_address=tcp://10.0.0.1\n"),
+        ["host n1: pd_decode_dp_address='tcp://10.0.0.1' is not an IP address or host name: fix the value in "
+         "the inventory"],
+    ),
     "group-mistake-on-16-hosts-is-one-line": (
         sixteen("pd_prefill_tp=two\n"),
         ["hosts p01, p02, p03, p04, p05, p06, p07, p08: pd_prefill_tp='two' must be an integer >= 1"],
