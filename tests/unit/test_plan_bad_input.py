@@ -275,6 +275,19 @@ CASES = {
         ["host n1: pd_decode_dp_address='tcp://10.0.0.1' is not an IP address or host name: fix the value in "
          "the inventory"],
     ),
+    "extra-arg-with-newline": (
+        yml(
+            """\
+            all:
+              vars: {pd_platform: ascend, pd_model: /m, pd_tp: 2, pd_extra_args: [--max-loras, "a\\nb"]}
+              children:
+                prefill: {hosts: {n1: {ansible_host: 10.0.0.1}}}
+                decode: {hosts: {n1: {}}}
+                proxy: {hosts: {n1: {}}}
+            """
+        ),
+        ["host n1: pd_extra_args[1]='a\\nb' contains a control character: remove it"],
+    ),
     "group-mistake-on-16-hosts-is-one-line": (
         sixteen("pd_prefill_tp=two\n"),
         ["hosts p01, p02, p03, p04, p05, p06, p07, p08: pd_prefill_tp='two' must be an integer >= 1"],
@@ -315,6 +328,16 @@ def test_broken_inventory_gives_exact_lines_and_no_plan(case, tmp_path):
     assert found == expected
     for line in found:
         assert "\n" not in line and "Traceback" not in line
+
+
+def test_missing_proxy_option_table_is_one_line(monkeypatch, tmp_path):
+    from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan
+
+    monkeypatch.setattr(pd_plan, "proxy_options_table", lambda: None)
+    assert problems_of(tmp_path, ini("pd_proxy_max_retries=3\n")) == [
+        "pd_proxy_* options cannot be checked: the collection lacks the proxy's option table "
+        "files/connector/openfuyao_pd/proxy/options.py; reinstall the collection"
+    ]
 
 
 def plan_of(tmp_path: Path, source: tuple[str, str]) -> dict:
