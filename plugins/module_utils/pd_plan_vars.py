@@ -135,7 +135,8 @@ def known_names():
         + ["pd_" + n for n in ROLE_VARS]
         + [f"pd_{r}_{n}" for r in ROLES for n in ROLE_VARS]
         + ["pd_proxy_" + n for n in proxy_option_names()]
-        + ["pd_plan_output", "pd_plan", "pd_plan_file", "pd_allow_partial"]
+        # Read by the playbooks, not the planner (site.yml: pd_become, pd_plan_file, pd_allow_partial).
+        + ["pd_plan_output", "pd_plan", "pd_plan_file", "pd_allow_partial", "pd_become"]
     )
 
 
