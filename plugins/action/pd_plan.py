@@ -136,6 +136,8 @@ class ActionModule(ActionBase):
         inventory = {
             "groups": {g: list(groups.get(g) or []) for g in GROUPS},
             "all_groups": sorted(groups),
+            # The implicit localhost is in no group: an inventory that did not parse has none.
+            "all_hosts": list(groups.get("all") or []),
             "hostvars": {},
             "facts": {},
         }

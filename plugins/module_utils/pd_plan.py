@@ -952,7 +952,7 @@ def _auto_base(start, footprint, avoid):
 # ----------------------------------------------------------------------------- plan
 
 
-def _empty_group_line(group, known_groups):
+def _empty_group_line(group, known_groups, has_hosts=True):
     """Why group is empty, with the groups the inventory does have (names are case-sensitive)."""
     others = [g for g in known_groups if g != group]
     same = [g for g in others if g.lower() == group]
@@ -961,11 +961,12 @@ def _empty_group_line(group, known_groups):
     if close:
         note = "; group names are case-sensitive" if same else ""
         line += f" (the inventory has a group [{close[0]}]: rename it{note})"
-    if others:
+    if others and has_hosts:
         return line + "; groups found: " + ", ".join(sorted(others))
-    # Nothing parsed: Ansible skips a source it cannot read (or a YAML file in the wrong shape).
+    # Nothing (or only part) parsed: Ansible merely warns about a source it cannot read or a
+    # YAML group in the wrong shape, and goes on with what it got.
     return line + (
-        "; the inventory has no groups at all: check that it parses "
+        "; the inventory has no hosts at all: check that it parses "
         "(ansible-inventory -i INVENTORY --graph) and that YAML groups sit under all: children:"
     )
 
@@ -974,7 +975,8 @@ def group_problems(inventory):
     """One line per required group that has no host (the rest of the plan needs all three)."""
     groups = inventory.get("groups") or {}
     known = [g for g in (inventory.get("all_groups") or []) if g not in ("all", "ungrouped")]
-    return [_empty_group_line(g, known) for g in ("prefill", "decode", "proxy") if not groups.get(g)]
+    has_hosts = bool(inventory.get("all_hosts", True))
+    return [_empty_group_line(g, known, has_hosts) for g in ("prefill", "decode", "proxy") if not groups.get(g)]
 
 
 def build_plan(inventory):

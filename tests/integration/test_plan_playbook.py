@@ -174,7 +174,7 @@ def test_yaml_inventory_in_the_wrong_shape_fails(tmp_path):
     assert_refused(
         run_playbook(inv, "-e", f"pd_plan_output={plan}"),
         [
-            f"group {g} is empty: add at least one host under [{g}] in the inventory; the inventory has no groups "
+            f"group {g} is empty: add at least one host under [{g}] in the inventory; the inventory has no hosts "
             "at all: check that it parses (ansible-inventory -i INVENTORY --graph) and that YAML groups sit under "
             "all: children:"
             for g in ("prefill", "decode", "proxy")

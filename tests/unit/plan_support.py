@@ -38,7 +38,8 @@ def load_inventory_file(path: Path) -> dict[str, Any]:
             for k, v in hv.items()
             if k.startswith("pd_") or k in ("ansible_host", "ansible_connection")
         }
-    return {"groups": groups, "hostvars": hostvars, "all_groups": sorted(inv.groups)}
+    all_hosts = [h.name for h in inv.get_hosts()]
+    return {"groups": groups, "hostvars": hostvars, "all_groups": sorted(inv.groups), "all_hosts": all_hosts}
 
 
 def parse_script(name: str) -> tuple[dict[str, str], list[str]]:

@@ -76,10 +76,34 @@ CASES = {
         ),
         [
             f"group {g} is empty: add at least one host under [{g}] in the inventory; the inventory has no "
-            "groups at all: check that it parses (ansible-inventory -i INVENTORY --graph) and that YAML groups "
+            "hosts at all: check that it parses (ansible-inventory -i INVENTORY --graph) and that YAML groups "
             "sit under all: children:"
             for g in ("prefill", "decode", "proxy")
         ],
+    ),
+    "yaml-groups-as-lists": (
+        yml("prefill: [n1]\ndecode: [n1]\nproxy: [n1]\n"),
+        [
+            f"group {g} is empty: add at least one host under [{g}] in the inventory; the inventory has no "
+            "hosts at all: check that it parses (ansible-inventory -i INVENTORY --graph) and that YAML groups "
+            "sit under all: children:"
+            for g in ("prefill", "decode", "proxy")
+        ],
+    ),
+    "yaml-hosts-as-a-list": (
+        # Ansible only warns, keeps the groups it read before the bad entry, and has no host.
+        yml("all:\n  children:\n    prefill: {hosts: [n1]}\n    decode: {hosts: {n1: {}}}\n    proxy: {hosts: {n1: {}}}\n"),
+        [
+            f"group {g} is empty: add at least one host under [{g}] in the inventory; the inventory has no "
+            "hosts at all: check that it parses (ansible-inventory -i INVENTORY --graph) and that YAML groups "
+            "sit under all: children:"
+            for g in ("prefill", "decode", "proxy")
+        ],
+    ),
+    "misspelled-group-among-others": (
+        ini(base="[prefill]\nn1 ansible_host=10.0.0.1\n[decoder]\nn1\n[proxy]\nn1\n[storage]\nn1\n"),
+        ["group decode is empty: add at least one host under [decode] in the inventory (the inventory has a "
+         "group [decoder]: rename it); groups found: decoder, prefill, proxy, storage"],
     ),
     "two-names-one-machine": (
         ini(
