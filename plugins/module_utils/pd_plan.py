@@ -20,6 +20,7 @@ import ast
 import copy
 import difflib
 import json
+import re
 import shlex
 
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import (
@@ -584,14 +585,59 @@ def _ucm_files(ctx, host, inst, settings, first_instance):
     return path, _yaml_dump(doc)
 
 
+def _yaml_str(text):
+    """A YAML double-quoted scalar. JSON's escapes are YAML's too; everything past ASCII is
+    escaped as well (\\u / \\U), so a line or paragraph separator cannot break the file."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    return "".join(
+        c if ord(c) < 0x7F else (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}") for c in quoted
+    )
+
+
+def _yaml_float(v):
+    """YAML 1.1 reads 1e+16 as a string: its floats need a dot; inf and nan have their own names."""
+    if v != v:
+        return ".nan"
+    if v in (float("inf"), float("-inf")):
+        return ".inf" if v > 0 else "-.inf"
+    text = repr(v)
+    if "e" in text and "." not in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
 def _yaml_scalar(v):
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
         return "null"
-    if isinstance(v, (int, float)):
+    if isinstance(v, int):
         return str(v)
-    return json.dumps(str(v))  # JSON strings are valid YAML double-quoted scalars
+    if isinstance(v, float):
+        return _yaml_float(v)
+    return _yaml_str(str(v))
+
+
+_YAML_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+# Plain words YAML 1.1 reads as booleans or null.
+_YAML_RESERVED = frozenset(("yes", "no", "true", "false", "on", "off", "null"))
+
+
+def _yaml_key(k):
+    if isinstance(k, str) and _YAML_PLAIN_KEY.match(k) and k.lower() not in _YAML_RESERVED:
+        return k
+    # A user key such as "a: b" or "false" (pd_ucm_extra) would change meaning unquoted.
+    return _yaml_str(str(k))
+
+
+def _yaml_leaf(v):
+    """A scalar, or an empty mapping/list in flow style."""
+    if isinstance(v, dict):
+        return "{}"
+    if isinstance(v, list):
+        return "[]"
+    return _yaml_scalar(v)
 
 
 def _yaml_dump(obj, indent=0):
@@ -601,26 +647,18 @@ def _yaml_dump(obj, indent=0):
     if isinstance(obj, dict):
         for k, v in obj.items():
             if isinstance(v, (dict, list)) and v:
-                lines.append(f"{pad}{k}:")
+                lines.append(f"{pad}{_yaml_key(k)}:")
                 lines.append(_yaml_dump(v, indent + 2))
             else:
-                lines.append(
-                    "{}{}: {}".format(
-                        pad,
-                        k,
-                        _yaml_scalar(v)
-                        if not isinstance(v, (dict, list))
-                        else ("{}" if isinstance(v, dict) else "[]"),
-                    )
-                )
+                lines.append(f"{pad}{_yaml_key(k)}: {_yaml_leaf(v)}")
     else:
         for v in obj:
-            if isinstance(v, dict) and v:
+            if isinstance(v, (dict, list)) and v:
                 inner = _yaml_dump(v, indent + 2).split("\n")
                 lines.append(f"{pad}- {inner[0].lstrip()}")
                 lines.extend(inner[1:])
             else:
-                lines.append(f"{pad}- {_yaml_scalar(v)}")
+                lines.append(f"{pad}- {_yaml_leaf(v)}")
     return "\n".join(lines) + ("\n" if indent == 0 else "")
 
 

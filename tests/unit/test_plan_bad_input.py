@@ -499,3 +499,28 @@ def test_env_keys_are_shell_names_and_never_the_devices(env):
         assert inst["env"]["ASCEND_RT_VISIBLE_DEVICES"] == ",".join(str(d) for d in inst["devices"])
         for key in env:
             assert key in inst["env"] and isinstance(inst["env"][key], str)
+
+
+# Text an inventory can carry: any code point but lone surrogates (YAML and JSON cannot hold them).
+INVENTORY_TEXT = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=12)
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=False), INVENTORY_TEXT)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(INVENTORY_TEXT, st.recursive(SCALARS, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.dictionaries(INVENTORY_TEXT, inner, max_size=3)), max_leaves=8), max_size=4))
+def test_ucm_config_file_reads_back_as_written(extra):
+    """pd_ucm_extra is merged into the UCM config file: whatever keys and values it holds, the
+    file must be YAML that reads back to exactly that data."""
+    yaml = pytest.importorskip("yaml")
+    inventory = {
+        "groups": {"prefill": ["n1"], "decode": ["n1"], "proxy": ["n1"]},
+        "hostvars": {"n1": {"ansible_host": "10.0.0.1", "pd_platform": "ascend", "pd_connector": "ucm",
+                            "pd_model": "/m", "pd_ucm_storage_backends": "/mnt/kv", "pd_ucm_extra": extra}},
+    }
+    plan = build_plan(inventory)
+    for inst in plan["instances"]:
+        (text,) = inst["files"].values()
+        doc = yaml.safe_load(text)
+        for key, value in extra.items():
+            assert doc[key] == value
