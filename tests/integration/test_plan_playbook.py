@@ -36,7 +36,7 @@ def run_playbook(inventory: Path, *extra: str, playbook: str = "plan.yml") -> su
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return subprocess.run(
-        ["ansible-playbook", f"playbooks/{playbook}", "-i", str(inventory), *extra],
+        ["ansible-playbook", str(ROOT / "playbooks" / playbook), "-i", str(inventory), *extra],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -277,3 +277,35 @@ def test_site_stops_when_a_host_is_unreachable(tmp_path):
     # Nothing after the gate ran: no facts, no plan, no preflight, no deployment.
     for play in ("Learn the NPUs", "Plan the layout once", "Check the hosts against the plan", "Start the"):
         assert f"PLAY [{play}" not in text
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs an ssh client to be refused")
+@pytest.mark.parametrize("allow", [False, True])
+def test_partial_cluster_gate_goes_on_only_when_asked(tmp_path, allow):
+    """playbooks/tasks/gate.yml in a play of its own: without pd_allow_partial the run stops,
+    with it the hosts that answered go on (and only they)."""
+    inv = tmp_path / "cluster.ini"
+    inv.write_text(
+        f"[prefill]\np1 ansible_connection=local ansible_python_interpreter={sys.executable}\n"
+        "[decode]\nd1 ansible_host=127.0.0.2 ansible_port=1\n"
+    )
+    book = tmp_path / "gate.yml"
+    book.write_text(
+        "- hosts: prefill:decode\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.ping:\n"
+        f"    - ansible.builtin.import_tasks: {ROOT / 'playbooks' / 'tasks' / 'gate.yml'}\n"
+        "      vars: {_pd_gate_before: the test step}\n"
+        "    - ansible.builtin.debug: {msg: 'went on on {{ inventory_hostname }}'}\n"
+    )
+    extra = ("-e", "pd_allow_partial=true") if allow else ()
+    result = run_playbook(inv, *extra, playbook=str(book))
+    text = result.stdout + result.stderr
+    assert result.returncode != 0  # d1 stays unreachable either way
+    if allow:
+        assert "went on on p1" in text and "failed or did not answer" not in text
+    else:
+        assert problem_lines(text) == [
+            "hosts d1 failed or did not answer: stopping before the test step; fix them, or rerun with "
+            "-e pd_allow_partial=true to go on without them"
+        ]
+        assert "went on on" not in text
