@@ -34,6 +34,7 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import
     collapse,
     env_problems,
     extra_args_problems,
+    machine_key,
     owner_var,
     strip_brackets,
     text_problem,
@@ -907,7 +908,7 @@ def _machines(hosts, settings):
     """Inventory names grouped by address: two names for one machine share its ports and NPUs."""
     by_address = {}
     for h in hosts:
-        by_address.setdefault(settings[h]["address"], []).append(h)
+        by_address.setdefault(machine_key(settings[h]["address"]), []).append(h)
     return by_address
 
 

@@ -123,6 +123,14 @@ def address_problem(value):
     return "is not an IP address or host name"
 
 
+def machine_key(address):
+    """One spelling per machine: host names are case-insensitive, IPv6 has many spellings."""
+    try:
+        return str(ipaddress.ip_address(address))
+    except ValueError:
+        return str(address).lower().rstrip(".")
+
+
 def text_problem(value, what, allow_space=False):
     """None when value is a non-empty string usable as one argv word, else why not."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):

@@ -116,6 +116,16 @@ CASES = {
             "pd_prefill_devices/pd_decode_devices",
         ],
     ),
+    "one-machine-two-spellings": (
+        ini(
+            base="[prefill]\np1 ansible_host=fd00:0::1\n[decode]\nd1 ansible_host=[FD00::1]\n[proxy]\np1\n"
+            "[all:vars]\npd_platform=cuda\npd_model=/m\n"
+        ),
+        [
+            "hosts p1, d1 (one machine: all are fd00::1): device 0 (prefill-0, decode-0) given twice: list the "
+            "machine once in the inventory, or give each name its own pd_prefill_devices/pd_decode_devices",
+        ],
+    ),
     "ports-clash-across-names": (
         ini(
             base="[prefill]\np1 ansible_host=10.0.0.1\n[decode]\nd1 ansible_host=10.0.0.2\n"
