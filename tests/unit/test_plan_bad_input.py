@@ -7,6 +7,7 @@ YAML keeps its types), then the planner, the way the pd_plan action hands them o
 
 from __future__ import annotations
 
+import ast
 import re
 import shlex
 import textwrap
@@ -534,3 +535,39 @@ def test_ucm_config_file_reads_back_as_written(extra):
         doc = yaml.safe_load(text)
         for key, value in extra.items():
             assert doc[key] == value
+
+
+def _proxy_table():
+    import importlib.util
+    import sys
+
+    path = Path(__file__).resolve().parents[2] / "files/connector/openfuyao_pd/proxy/options.py"
+    spec = importlib.util.spec_from_file_location("proxy_options_under_test", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+PROXY_TABLE = _proxy_table()
+BAD_BY_KIND = {"choice": "nope", "bool": "maybe", "int": "x", "float": "x", "buckets": "[[2, 0], [1, 1]]"}
+
+
+def _ini_default(opt) -> str:
+    """The option's default as an INI inventory writes it (a string Ansible hands over as is)."""
+    if opt.kind == "buckets":
+        return str([list(b) for b in opt.default])
+    return str(opt.default).lower() if opt.kind == "bool" else str(opt.default)
+
+
+@pytest.mark.parametrize("opt", PROXY_TABLE.OPTIONS, ids=lambda o: o.name)
+def test_every_proxy_option_is_refused_as_the_proxy_refuses_it(opt, tmp_path):
+    """One schema: for every option of the proxy's table, the planner knows the name (no typo
+    warning), refuses a bad value with the proxy's own message, and passes a good one on."""
+    bad = BAD_BY_KIND[opt.kind]
+    with pytest.raises(PROXY_TABLE.OptionError) as proxy_says:
+        PROXY_TABLE.check(opt, ast.literal_eval(bad) if opt.kind == "buckets" else bad, f"pd_proxy_{opt.name}")
+    assert problems_of(tmp_path, ini(f"pd_proxy_{opt.name}={bad}\n")) == [f"host n1: {proxy_says.value}"]
+    good = plan_of(tmp_path, ini(f"pd_proxy_{opt.name}={_ini_default(opt)}\n"))
+    PROXY_TABLE.check(opt, good["proxy"]["options"][opt.name])
+    assert not any(f"pd_proxy_{opt.name}" in w for w in good["warnings"])
