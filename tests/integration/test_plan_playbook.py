@@ -309,3 +309,57 @@ def test_partial_cluster_gate_goes_on_only_when_asked(tmp_path, allow):
             "-e pd_allow_partial=true to go on without them"
         ]
         assert "went on on" not in text
+
+
+@pytest.fixture(scope="module")
+def local_plan(tmp_path_factory) -> str:
+    """The plan playbooks/plan.yml writes for inventories/local."""
+    plan = tmp_path_factory.mktemp("local-plan") / "plan.json"
+    assert run_playbook(ROOT / "inventories" / "local" / "cluster.ini", "-e", f"pd_plan_output={plan}").returncode == 0
+    return plan.read_text()
+
+
+def _site_plan_play(tmp_path: Path) -> Path:
+    """site.yml's plan play alone (the play that applies pd_plan_file), runnable from tmp_path."""
+    import yaml
+
+    plays = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
+    (play,) = [p for p in plays if p.get("name") == "Plan the layout once and publish it to every host"]
+    for task in play["tasks"]:
+        if "ansible.builtin.include_tasks" in task:
+            task["ansible.builtin.include_tasks"] = str(ROOT / "playbooks" / task["ansible.builtin.include_tasks"])
+    book = tmp_path / "site_plan_play.yml"
+    book.write_text(yaml.safe_dump([play], sort_keys=False))
+    return book
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"schema_version": 2}', "is not a plan (schema_version 1) of this inventory; write it again with "
+         "playbooks/plan.yml on this inventory"),
+        ("[1, 2]", "is not a plan (schema_version 1) of this inventory; write it again with playbooks/plan.yml "
+         "on this inventory"),
+        (None, "is not a plan (schema_version 1) of this inventory: hosts a2-p01 are not in it; write it again "
+         "with playbooks/plan.yml on this inventory"),
+        ("good", None),
+    ],
+    ids=["other-schema", "not-a-mapping", "other-inventory", "good"],
+)
+def test_site_refuses_a_plan_file_that_is_not_of_this_inventory(tmp_path, local_plan, content, expected):
+    inventory = ROOT / "inventories" / "local" / "cluster.ini"
+    plan = tmp_path / "plan.json"
+    plan.write_text(local_plan)
+    if content is None:
+        doc = json.loads(plan.read_text())
+        doc["hosts"]["a2-p01"] = doc["hosts"]["localhost"]
+        plan.write_text(json.dumps(doc))
+    elif content != "good":
+        plan.write_text(content)
+    result = run_playbook(inventory, "-e", f"pd_plan_file={plan}", playbook=str(_site_plan_play(tmp_path)))
+    text = result.stdout + result.stderr
+    if expected is None:
+        assert result.returncode == 0, text
+    else:
+        assert result.returncode != 0
+        assert problem_lines(text) == [f"pd_plan_file={plan} {expected}"]
