@@ -20,6 +20,7 @@ import ast
 import copy
 import difflib
 import json
+import math
 import re
 import shlex
 
@@ -597,7 +598,7 @@ def _yaml_str(text):
 
 def _yaml_float(v):
     """YAML 1.1 reads 1e+16 as a string: its floats need a dot; inf and nan have their own names."""
-    if v != v:
+    if math.isnan(v):
         return ".nan"
     if v in (float("inf"), float("-inf")):
         return ".inf" if v > 0 else "-.inf"
