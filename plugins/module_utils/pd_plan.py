@@ -1461,7 +1461,7 @@ def build_plan(inventory):
         "hosts": hosts,
         "mooncake": {"hosts": sorted(set(mooncake_hosts)), "master": master},
         "storage": storage,
-        "warnings": list(ctx.warnings),
+        "warnings": collapse(ctx.warnings),
     }
     return plan
 

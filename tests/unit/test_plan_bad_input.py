@@ -571,3 +571,9 @@ def test_every_proxy_option_is_refused_as_the_proxy_refuses_it(opt, tmp_path):
     good = plan_of(tmp_path, ini(f"pd_proxy_{opt.name}={_ini_default(opt)}\n"))
     PROXY_TABLE.check(opt, good["proxy"]["options"][opt.name])
     assert not any(f"pd_proxy_{opt.name}" in w for w in good["warnings"])
+
+
+def test_group_typo_on_sixteen_hosts_is_one_warning(tmp_path):
+    plan = plan_of(tmp_path, sixteen("pd_prefil_tp=2\n"))
+    hosts = ", ".join([f"p{i:02d}" for i in range(1, 9)] + [f"d{i:02d}" for i in range(1, 9)])
+    assert plan["warnings"] == [f"hosts {hosts}: unknown variable pd_prefil_tp ignored; did you mean pd_prefill_tp?"]
