@@ -1532,7 +1532,7 @@ def _proxy_section(ctx, host, settings, port, connector, platforms, model, insta
     if "batch_priority" not in options:
         options["batch_priority"] = any(i["scheduling_policy"] for i in instances)
     # The proxy host's own address: listening on every interface must be asked for (pd_proxy_bind_host).
-    bind = ctx.var(host, "proxy_bind_host", settings["address"])[0]
+    bind = strip_brackets(str(ctx.var(host, "proxy_bind_host", settings["address"])[0]))
 
     def backend(i):
         b = {

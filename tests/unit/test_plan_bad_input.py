@@ -402,6 +402,13 @@ def test_bracketed_ipv6_host_gives_one_pair_of_brackets(tmp_path):
     assert plan["proxy"]["prefill"][0]["address"] == "fd00::1"
 
 
+def test_bracketed_ipv6_bind_host_is_written_without_brackets(tmp_path):
+    plan = plan_of(tmp_path, ini("pd_proxy_bind_host=[::]\n"))
+    assert plan["proxy"]["bind"] == "::"
+    plan = plan_of(tmp_path, ini(base=ASCEND_1P1D.replace("10.0.0.1", "[fd00::1]")))
+    assert plan["proxy"]["bind"] == "fd00::1"
+
+
 def test_blank_around_the_address_is_dropped(tmp_path):
     plan = plan_of(tmp_path, ini(base=ASCEND_1P1D.replace("ansible_host=10.0.0.1", "ansible_host=' 10.0.0.1 '")))
     assert plan["instances"][0]["address"] == "10.0.0.1"
