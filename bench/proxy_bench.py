@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """PD proxy benchmark: overhead vs direct and vs peer proxies, and goodput per routing policy.
 
-Everything runs on this host over loopback against the engine simulator (`openfuyao_pd.sim`)
-in separate processes. Peers come from a separate virtualenv (PEERS_VENV, see bench/README.md):
+Everything runs on this host over loopback, in separate processes: the overhead part in front of
+zero-delay mock engines (bench/mock_engine.py; `--engine sim` for the simulator), 1P1D and 2P2D,
+streamed and not; the goodput part on the engine simulator (`openfuyao_pd.sim`). Peers come from
+a separate virtualenv (PEERS_VENV, see bench/README.md):
   - vllm-router (`vllm-router --vllm-pd-disaggregation --kv-connector nixl`)
   - the vLLM v1 proxy shipped in the Mooncake wheel (`mooncake/vllm_v1_proxy_server.py`)
 Missing peers are reported as skipped, never guessed.
 
-    python bench/proxy_bench.py all --peers-venv /tmp/work/proxy/peers --out bench/results
+    python bench/proxy_bench.py all --peers-venv /tmp/peers --out bench/results
 """
 
 from __future__ import annotations
@@ -230,7 +232,7 @@ def peer_targets(procs: Procs, peers: Path | None, topo: str, p_ports: list[int]
     return out
 
 
-def our_proxy(procs: Procs, name: str, p_ports: list[int], d_ports: list[int], options: dict[str, Any], log: Path,
+def our_proxy(procs: Procs, p_ports: list[int], d_ports: list[int], options: dict[str, Any], log: Path,
               py_spy: str | None) -> str:
     port = free_port()
     argv = [sys.executable, "-m", "openfuyao_pd.proxy", "--config", our_proxy_config(port, p_ports, d_ports, options),
@@ -293,10 +295,10 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
             if n_d == 1:
                 row.append(Target(f"direct (client → decode, no PD), {topo}", f"http://127.0.0.1:{d_ports[0]}",
                                   "one hop, baseline", "/v1/models", kind="direct"))
-            url = our_proxy(procs, "ours", p_ports, d_ports, {}, logs / f"pd-proxy-{topo}.log", args.py_spy)
+            url = our_proxy(procs, p_ports, d_ports, {}, logs / f"pd-proxy-{topo}.log", args.py_spy)
             row.append(Target(f"pd-proxy (ours), {topo}", url, "nixl, least_load", kind="ours"))
             if n_d == 1 and args.local_route:
-                url = our_proxy(procs, "local", p_ports, d_ports, {"local_prefill_max_tokens": 1000000},
+                url = our_proxy(procs, p_ports, d_ports, {"local_prefill_max_tokens": 1000000},
                                 logs / f"pd-proxy-local-{topo}.log", None)
                 row.append(Target(f"pd-proxy (ours), local route, {topo}", url,
                                   "every request straight to D: the proxy's own cost, 1 hop", kind="ours-local"))
@@ -522,6 +524,14 @@ def main() -> int:
     if args.what in ("goodput", "all"):
         good = asyncio.run(goodput(args))
         (Path(args.out) / "goodput.json").write_text(json.dumps(good, indent=2) + "\n")
+    # A run of one part keeps the other part's last results in results.md.
+    for name in ("overhead", "goodput"):
+        saved = Path(args.out) / f"{name}.json"
+        if (over if name == "overhead" else good) is None and saved.exists():
+            if name == "overhead":
+                over = json.loads(saved.read_text())
+            else:
+                good = json.loads(saved.read_text())
     report = markdown(over, good)
     (Path(args.out) / "results.md").write_text(report)
     print(report)

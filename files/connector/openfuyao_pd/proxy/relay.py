@@ -322,8 +322,7 @@ class Pool:
         while True:
             if conn is None:
                 conn = await self._connect(key)
-            assert conn.transport is not None
-            conn.transport.write(request)
+            _send(conn, request)
             resp = Response(self, key, conn, read_timeout)
             try:
                 await resp._start()
@@ -345,6 +344,12 @@ class Pool:
             while idle:
                 idle.pop().abort()
         self._idle.clear()
+
+
+def _send(conn: _Conn, data: bytes) -> None:
+    """One write, one syscall (a function of its own so that profiles show the send apart)."""
+    assert conn.transport is not None
+    conn.transport.write(data)
 
 
 def _host_header(host: str, port: int) -> str:

@@ -112,17 +112,25 @@ def error_body(status: int, message: str, kind: str = "proxy_error") -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
 
 
+def with_cached_tokens(data: bytes, cached: int) -> bytes:
+    """A JSON response with P's cached_tokens in its usage: patched in place when the bytes allow it
+    (no parse, no re-serialisation), else parsed and rewritten; unchanged if it is not JSON."""
+    patched = protocols.patch_cached_tokens(data, cached)
+    if patched is not None:
+        return patched
+    try:
+        obj = codec.loads(data)
+    except ValueError:
+        return data
+    return codec.dumps(obj) if protocols.rewrite_usage(obj, cached) else data
+
+
 def rewrite_sse(block: bytes, cached: int) -> bytes:
     """Rewrite usage.prompt_tokens_details.cached_tokens in complete SSE lines that carry a usage."""
     lines = block.split(b"\n")
     for i, line in enumerate(lines):
         if line.startswith(b"data: {") and b'"usage"' in line:
-            try:
-                obj = codec.loads(line[6:])
-            except ValueError:
-                continue
-            if protocols.rewrite_usage(obj, cached):
-                lines[i] = b"data: " + codec.dumps(obj)
+            lines[i] = b"data: " + with_cached_tokens(line[6:], cached)
     return b"\n".join(lines)
 
 
@@ -324,10 +332,7 @@ class Proxy:
                 clean = True
                 self._handoff_done(ctx)
                 if ctx.cached_tokens is not None and b'"usage"' in data:
-                    with contextlib.suppress(ValueError):
-                        obj = codec.loads(data)
-                        if protocols.rewrite_usage(obj, ctx.cached_tokens):
-                            data = codec.dumps(obj)
+                    data = with_cached_tokens(data, ctx.cached_tokens)
                 self._first_byte(ctx)
                 return web.Response(body=data, status=200, content_type="application/json",
                                     headers={"X-Request-Id": ctx.request_id})
