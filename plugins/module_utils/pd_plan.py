@@ -466,14 +466,24 @@ def _role_layout(ctx, host, role, settings):
     return tp, dp, (1 if n is None else n), devices, d_name
 
 
-def _claim_devices(ctx, host, settings, wanted):
+def _memory_share_ok(sharers, mem_share):
+    """Whether instances may share one device: each sets its memory fraction and they fit in it."""
+    fractions = [mem_share.get(k) for k in sharers]
+    return all(f is not None for f in fractions) and sum(fractions) <= 1.0 + 1e-9
+
+
+def _claim_devices(ctx, host, settings, wanted, mem_share=None):
     """Assign devices on host; wanted = [(instance_key, role, tp*dp, explicit list or None, var)].
 
-    Explicit lists are claimed first so auto-assigned instances fill around them.
+    Explicit lists are claimed first so auto-assigned instances fill around them. Explicit
+    lists may name one device for several instances (e.g. 1P1D on one GPU) when every one of
+    them sets gpu_memory_utilization (mem_share: key -> fraction) and the fractions sum to <= 1.
     """
     count = settings["device_count"]
     facts = settings["facts"]
+    mem_share = mem_share or {}
     used = {}
+    sharers = {}
     result = {}
     for key, _role, _need, devs, var in wanted:
         if devs is None:
@@ -495,9 +505,13 @@ def _claim_devices(ctx, host, settings, wanted):
                     f"host {host}: {var} uses device {d} which npu_topology did not report: pick a listed device"
                 )
             if d in used:
-                ctx.error(
-                    f"host {host}: device {d} is given to both {used[d]} and {key}: give each instance its own devices"
-                )
+                sharers.setdefault(d, [used[d]]).append(key)
+                if not _memory_share_ok(sharers[d], mem_share):
+                    ctx.error(
+                        f"host {host}: device {d} is given to both {used[d]} and {key}: give each instance its own "
+                        "devices, or split the device's memory with pd_prefill_gpu_memory_utilization and "
+                        "pd_decode_gpu_memory_utilization summing to at most 1"
+                    )
             else:
                 used[d] = key
         result[key] = list(devs)
@@ -1146,7 +1160,14 @@ def build_plan(inventory):
             )
             for i in mine
         ]
-        got = _claim_devices(ctx, h, s, wanted)
+        mem_share = {}
+        for i in mine:
+            gmu = ctx.var(h, "gpu_memory_utilization", None, i["role"])[0]
+            try:
+                mem_share[i["name"]] = float(gmu) if gmu is not None else None
+            except (TypeError, ValueError):
+                mem_share[i["name"]] = None  # reported with the engine settings below
+        got = _claim_devices(ctx, h, s, wanted, mem_share)
         for i in mine:
             i["devices"] = got.get(i["name"], [])
     _check_shared_devices(ctx, pd_hosts, settings, instances)
