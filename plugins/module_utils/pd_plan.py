@@ -24,6 +24,7 @@ import math
 import re
 import shlex
 
+from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_budget as budget
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import (
     CONTROL,
     DOTTED,
@@ -1408,7 +1409,7 @@ def build_plan(inventory):
         inst["health_url"] = "http://{}:{}/health".format(_url_host(inst["address"]), inst["http_port"])
         inst["dtype"] = o["dtype"]
         inst["block_size"] = o["block_size"]
-    _proxy_options(ctx, proxy_host)
+    timeouts = _timeout_budget(ctx, instances, proxy_host, _proxy_options(ctx, proxy_host))
     _as_address(ctx, proxy_host, *ctx.var(proxy_host, "proxy_bind_host", None))
     if ctx.problems:
         raise PlanError(ctx.problems, ctx.warnings)
@@ -1504,9 +1505,47 @@ def build_plan(inventory):
         "hosts": hosts,
         "mooncake": {"hosts": sorted(set(mooncake_hosts)), "master": master},
         "storage": storage,
+        "timeouts": timeouts,
         "warnings": collapse(ctx.warnings),
     }
     return plan
+
+
+def _env_source(ctx, inst, key):
+    """The variable that put key into inst's environment: pd_[<role>_]env wins over pd_[<role>_]hccl_env."""
+    for name in ("env", "hccl_env"):
+        value, var = ctx.var(inst["host"], name, None, inst["role"])
+        if isinstance(value, dict) and key in value:
+            return var
+    return "default"
+
+
+def _timeout_budget(ctx, instances, proxy_host, proxy_options):
+    """The vllm-ascend Mooncake timeout budget (pd_plan_budget), checked; None for other stacks."""
+    mine = [i for i in instances if i["connector"] == "mooncake" and i["platform"] == "ascend"]
+    if not mine:
+        return None
+    values = []
+    for inst in mine:
+        sources = {k.name: _env_source(ctx, inst, k.name) for k in budget.KNOBS}
+        got, problems = budget.instance_values(inst["name"], inst["role"], inst["env"], sources)
+        values += got
+        for why in problems:
+            ctx.error(f"host {inst['host']}: {why}")
+    table = proxy_options_table()
+    for name in budget.PROXY_TIMEOUTS:
+        default = table.BY_NAME[name].default if table else None
+        value = proxy_options.get(name, default)
+        if value is not None:
+            source = f"pd_proxy_{name}" if name in proxy_options else f"default (pd_proxy_{name})"
+            values.append(budget.Value(f"proxy {name}", value, "s", source, "proxy"))
+    decode_timeout = next((v for v in values if v.name == "proxy decode_timeout"), None)
+    if decode_timeout is not None and not ctx.problems:
+        host_of = {**{i["name"]: i["host"] for i in mine}, "proxy": proxy_host}
+        roles = {r: [i["name"] for i in mine if i["role"] == r] for r in ROLES}
+        for why in budget.check(values, roles["prefill"], roles["decode"], decode_timeout, host_of):
+            ctx.error(why)
+    return budget.rows(values)
 
 
 def _url_host(address):
@@ -1637,4 +1676,12 @@ def render_table(plan):
         )
     p = plan["proxy"]
     rows.append((p["host"], "proxy", p["protocol"], "-", "http:{}".format(p["port"]), "-"))
-    return align_columns(rows)
+    table = align_columns(rows)
+    if plan.get("timeouts"):
+        budget_rows = [("TIMEOUT", "VALUE", "SOURCE", "APPLIES TO")]
+        budget_rows += [
+            (r["name"], "{:g} {}".format(r["value"], r["unit"]), r["source"], ",".join(r["applies_to"]))
+            for r in plan["timeouts"]
+        ]
+        table += ["", *align_columns(budget_rows)]
+    return table
