@@ -1678,7 +1678,7 @@ def render_table(plan):
     rows.append((p["host"], "proxy", p["protocol"], "-", "http:{}".format(p["port"]), "-"))
     table = align_columns(rows)
     if plan.get("timeouts"):
-        budget_rows = [("TIMEOUT", "VALUE", "SOURCE", "APPLIES TO")]
+        budget_rows = [("TIMEOUT", "VALUE", "SOURCE", "INSTANCES")]
         budget_rows += [
             (r["name"], "{:g} {}".format(r["value"], r["unit"]), r["source"], ",".join(r["applies_to"]))
             for r in plan["timeouts"]

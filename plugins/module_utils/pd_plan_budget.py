@@ -95,7 +95,7 @@ def instance_values(
                 "ASCEND_TRANSFER_TIMEOUT",
                 derived_transfer_ms(exp, tries),
                 "ms",
-                "derived by vllm-ascend from HCCL_RDMA_TIMEOUT, HCCL_RDMA_RETRY_CNT (+3000 ms)",
+                "derived from HCCL_RDMA_*",
                 name,
             )
         values.append(
@@ -103,7 +103,7 @@ def instance_values(
                 "rdma retransmission window",
                 round(rdma_window_ms(exp, tries), 1),
                 "ms",
-                "4.096 us * 2^HCCL_RDMA_TIMEOUT * HCCL_RDMA_RETRY_CNT",
+                "4.096us*2^T*R",
                 name,
             )
         )
