@@ -23,7 +23,9 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import
 
 GROUPS = ("prefill", "decode", "proxy", "mooncake_master", "storage")
 # Besides pd_*, the planner reads these per host.
-PASSTHROUGH = ("ansible_host", "ansible_connection")
+# mooncake_version: the mooncake role's own pin, which sizes the Ascend Direct port pools when
+# pd_mooncake_version is unset.
+PASSTHROUGH = ("ansible_host", "ansible_connection", "mooncake_version")
 
 
 def _plain(value):

@@ -24,6 +24,7 @@ import math
 import re
 import shlex
 
+from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_budget as budget
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import (
     CONTROL,
     DOTTED,
@@ -64,9 +65,16 @@ DEFAULT_MOONCAKE_BOOTSTRAP = 8998
 # Mooncake transfer-engine RPC ports are picked at random from this range by every process.
 TE_RPC_RANGE = (15000, 17000)
 DEFAULT_ADXL_BASE = 20000
-# Ascend Direct (ADXL) picks listen ports per physical device: 100 a device since Mooncake
-# 0.3.9, 1000 before; we reserve the larger block (the vllm-ascend tutorial's table).
-DEFAULT_ADXL_PER_DEVICE = 1000
+# Ascend Direct (ADXL) picks its listen port at random in base + phy_id*kPortRange ... +kPortRange:
+# kPortRange is 1000 up to Mooncake 0.3.7.post2 and 100 from 0.3.9 (reference/connectors.md
+# §1.9). Nothing is recorded for 0.3.8.x, so anything before 0.3.9 gets the larger block.
+ADXL_PORTS_OLD = 1000
+ADXL_PORTS_NEW = 100
+ADXL_NEW_SINCE = (0, 3, 9)
+# The version the mooncake role installs (roles/mooncake/defaults/main.yml mooncake_version;
+# a unit test keeps the two equal).
+DEFAULT_MOONCAKE_VERSION = "0.3.13.post1"
+_MOONCAKE_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)(?:\.?(?:post|rc|dev|a|b)\d+)*")
 DEFAULT_DEVICES_PER_HOST = {"ascend": 8, "cuda": 8, "cpu": 0}
 DEFAULT_MASTER_PORT = 50088
 DEFAULT_MASTER_METRICS_PORT = 9003
@@ -873,6 +881,35 @@ def _env(ctx, inst, settings, opts):
 # ----------------------------------------------------------------------------- ports
 
 
+def mooncake_release(text):
+    """(major, minor, patch) of a Mooncake version string (0.3.13.post1, v0.3.9, 0.3.10rc1), else None."""
+    m = _MOONCAKE_VERSION_RE.fullmatch(text.strip()) if isinstance(text, str) else None
+    return tuple(int(g) for g in m.groups()) if m else None
+
+
+def adxl_ports_per_device(release):
+    """Size of one NPU's Ascend Direct random-port block under the given Mooncake release."""
+    return ADXL_PORTS_NEW if release >= ADXL_NEW_SINCE else ADXL_PORTS_OLD
+
+
+def _mooncake_version(ctx, host):
+    """Validated (text, release, variable) of the Mooncake the host runs: pd_mooncake_version,
+    else the mooncake role's own mooncake_version when the inventory sets it, else the role default."""
+    value, name = ctx.var(host, "mooncake_version", None)
+    if value is None and (ctx.hostvars.get(host) or {}).get("mooncake_version") is not None:
+        value, name = ctx.hostvars[host]["mooncake_version"], "mooncake_version"
+    if value is None:
+        return DEFAULT_MOONCAKE_VERSION, mooncake_release(DEFAULT_MOONCAKE_VERSION), name
+    release = mooncake_release(value)
+    if release is None:
+        ctx.error(
+            f"host {host}: {name}={value!r} is not a Mooncake version: write it as MAJOR.MINOR.PATCH "
+            f"with an optional .postN/rcN (e.g. {DEFAULT_MOONCAKE_VERSION}), quoted in YAML"
+        )
+        return None, None, name
+    return value.strip(), release, name
+
+
 def _instance_ports(inst, settings, adxl):
     """Every TCP port/range inst binds ("bind") or may pick from at random ("pool")."""
     ports = [{"start": inst["http_port"], "end": inst["http_port"], "purpose": "http", "kind": "bind"}]
@@ -1269,10 +1306,14 @@ def build_plan(inventory):
         s = settings[h]
         mine = [i for i in instances if i["host"] == h]
         adxl_base, ab_name = ctx.var(h, "adxl_base_port", DEFAULT_ADXL_BASE)
-        adxl_per, ap_name = ctx.var(h, "adxl_ports_per_device", DEFAULT_ADXL_PER_DEVICE)
+        release = None
+        if connector == "mooncake" and s["platform"] == "ascend":
+            _, release, _ = _mooncake_version(ctx, h)
+        by_version = adxl_ports_per_device(release) if release else ADXL_PORTS_OLD
+        adxl_per, ap_name = ctx.var(h, "adxl_ports_per_device", by_version)
         adxl = (
             _as_port(ctx, h, ab_name, adxl_base) or DEFAULT_ADXL_BASE,
-            _as_int(ctx, h, ap_name, adxl_per) or DEFAULT_ADXL_PER_DEVICE,
+            _as_int(ctx, h, ap_name, adxl_per) or by_version,
         )
         avoid = [TE_RPC_RANGE]
         if s["platform"] == "ascend":
@@ -1303,8 +1344,11 @@ def build_plan(inventory):
                         elif connector == "nixl":
                             kv_cursor[role] = DEFAULT_NIXL_BASE[role]
                         else:
-                            # Auto: past the ADXL block; decode 1000 ports above prefill.
-                            start = adxl[0] + max(s["device_count"], 1) * adxl[1]
+                            # Auto: past the ADXL block of the old 1000-port rule even on newer
+                            # Mooncake (the vllm-ascend tutorial's kv_port >= 28000 for 8 NPUs), so
+                            # a Mooncake upgrade or downgrade never moves a deployment's kv ports;
+                            # decode 1000 ports above prefill.
+                            start = adxl[0] + max(s["device_count"], 1) * max(adxl[1], ADXL_PORTS_OLD)
                             if role == "decode":
                                 start += 1000
                             kv_cursor[role] = _auto_base(start, _kv_footprint(inst), avoid)
@@ -1386,7 +1430,7 @@ def build_plan(inventory):
         inst["health_url"] = "http://{}:{}/health".format(_url_host(inst["address"]), inst["http_port"])
         inst["dtype"] = o["dtype"]
         inst["block_size"] = o["block_size"]
-    _proxy_options(ctx, proxy_host)
+    timeouts = _timeout_budget(ctx, instances, proxy_host, _proxy_options(ctx, proxy_host))
     _as_address(ctx, proxy_host, *ctx.var(proxy_host, "proxy_bind_host", None))
     if ctx.problems:
         raise PlanError(ctx.problems, ctx.warnings)
@@ -1482,9 +1526,47 @@ def build_plan(inventory):
         "hosts": hosts,
         "mooncake": {"hosts": sorted(set(mooncake_hosts)), "master": master},
         "storage": storage,
+        "timeouts": timeouts,
         "warnings": collapse(ctx.warnings),
     }
     return plan
+
+
+def _env_source(ctx, inst, key):
+    """The variable that put key into inst's environment: pd_[<role>_]env wins over pd_[<role>_]hccl_env."""
+    for name in ("env", "hccl_env"):
+        value, var = ctx.var(inst["host"], name, None, inst["role"])
+        if isinstance(value, dict) and key in value:
+            return var
+    return "default"
+
+
+def _timeout_budget(ctx, instances, proxy_host, proxy_options):
+    """The vllm-ascend Mooncake timeout budget (pd_plan_budget), checked; None for other stacks."""
+    mine = [i for i in instances if i["connector"] == "mooncake" and i["platform"] == "ascend"]
+    if not mine:
+        return None
+    values = []
+    for inst in mine:
+        sources = {k.name: _env_source(ctx, inst, k.name) for k in budget.KNOBS}
+        got, problems = budget.instance_values(inst["name"], inst["role"], inst["env"], sources)
+        values += got
+        for why in problems:
+            ctx.error(f"host {inst['host']}: {why}")
+    table = proxy_options_table()
+    for name in budget.PROXY_TIMEOUTS:
+        default = table.BY_NAME[name].default if table else None
+        value = proxy_options.get(name, default)
+        if value is not None:
+            source = f"pd_proxy_{name}" if name in proxy_options else f"default (pd_proxy_{name})"
+            values.append(budget.Value(f"proxy {name}", value, "s", source, "proxy"))
+    decode_timeout = next((v for v in values if v.name == "proxy decode_timeout"), None)
+    if decode_timeout is not None and not ctx.problems:
+        host_of = {**{i["name"]: i["host"] for i in mine}, "proxy": proxy_host}
+        roles = {r: [i["name"] for i in mine if i["role"] == r] for r in ROLES}
+        for why in budget.check(values, roles["prefill"], roles["decode"], decode_timeout, host_of):
+            ctx.error(why)
+    return budget.rows(values)
 
 
 def _url_host(address):
@@ -1615,4 +1697,12 @@ def render_table(plan):
         )
     p = plan["proxy"]
     rows.append((p["host"], "proxy", p["protocol"], "-", "http:{}".format(p["port"]), "-"))
-    return align_columns(rows)
+    table = align_columns(rows)
+    if plan.get("timeouts"):
+        budget_rows = [("TIMEOUT", "VALUE", "SOURCE", "INSTANCES")]
+        budget_rows += [
+            (r["name"], "{:g} {}".format(r["value"], r["unit"]), r["source"], ",".join(r["applies_to"]))
+            for r in plan["timeouts"]
+        ]
+        table += ["", *align_columns(budget_rows)]
+    return table

@@ -78,6 +78,7 @@ HOST_VARS = (
     "kv_extra_config",
     "adxl_base_port",
     "adxl_ports_per_device",
+    "mooncake_version",
     "python",
     "cpu_kvcache_space",
     "python_hash_seed",

@@ -77,6 +77,20 @@ def test_plan_playbook_writes_plan(name, tmp_path):
     assert json.loads(out.read_text()) == plan
 
 
+@pytest.mark.parametrize(("pin", "pool"), [("0.3.7.post2", (20000, 20999)), ("0.3.9", (20000, 20099))])
+def test_mooncake_role_pin_sizes_the_ascend_direct_pools(pin, pool, tmp_path):
+    # The action hands the mooncake role's mooncake_version to the planner (pd_mooncake_version unset).
+    out = tmp_path / "plan.json"
+    result = run_playbook(
+        ROOT / "inventories" / "ascend-1p1d" / "cluster.ini",
+        "-e", f"pd_plan_output={out}", "-e", f"mooncake_version={pin}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    prefill = next(i for i in json.loads(out.read_text())["instances"] if i["role"] == "prefill")
+    device0 = next(p for p in prefill["ports"] if p["purpose"] == "ascend direct transfer device 0 (random)")
+    assert (device0["start"], device0["end"]) == pool
+
+
 def test_check_mode_writes_nothing(tmp_path):
     out = tmp_path / "plan.json"
     result = run_playbook(
