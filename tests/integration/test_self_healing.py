@@ -11,6 +11,7 @@ Run it under the heavy lock: flock /tmp/pd-heavy.lock .venv/bin/pytest tests/int
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -176,10 +177,8 @@ def test_a_simulated_reboot_brings_everything_back_and_site_then_changes_nothing
     before = heal.pids()
     # Power off: supervisord and every service die at once, and /run starts empty.
     for pid in [supervisord, *(p for p in before.values() if p)]:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     wait_for("every service gone", lambda: get(heal.proxy_url + "/health")[0] is None
              and all(get(f"http://127.0.0.1:{p}/health")[0] is None
                      for p in heal.decode_ports.values()), 30)  # type: ignore[attr-defined]
