@@ -171,6 +171,24 @@ def test_status_names_a_crash_looping_instance() -> None:
     assert " RUNNING  1 " in row and "SIGKILL@01:01:00" in row
 
 
+def test_status_names_a_kv_stuck_instance_from_the_watchdog(tmp_path: Path) -> None:
+    state = tmp_path / "watchdog.json"
+    state.write_text(json.dumps({"instances": {"decode-0": {"stuck": True, "kv_usage": 0.9},
+                                               "decode-1": {"stuck": False, "kv_usage": 0.1}}}))
+    spec = {"manager": "supervisord", "supervisor_conf": str(tmp_path / "none.conf"), "watchdog_state": str(state),
+            "instances": [{"name": n, "health_url": "http://127.0.0.1:9/health", "service": f"openfuyao-pd-{n}"}
+                          for n in ("decode-0", "decode-1")]}
+    probed = pd_day2.probe(spec)["instances"]
+    assert [(i["name"], i["kv_stuck"]) for i in probed] == [("decode-0", True), ("decode-1", False)]
+    probes = {"h2": {"instances": [{**probe_ok("decode-0"), "kv_stuck": True, "kv_usage": 0.9}, probe_ok("decode-1")]}}
+    proxy = {"instances": live(("decode-0", "decode", "http://10.0.0.2:8200")), "health": {"status": "ok"}}
+    out = pd_day2.status({"plan": P2D2, "probes": probes, "proxy": proxy})
+    problems = "\n".join(out["problems"])
+    assert "decode-0 on h2: KV cache stuck at 0.9 with no request (KV watchdog)" in problems
+    assert "decode-1 on h2: KV cache stuck" not in problems
+    assert "kv-stuck" in next(line for line in out["table"].splitlines() if " decode-0 " in line)
+
+
 def probe_ok(name: str) -> dict[str, Any]:
     return {"name": name, "health": "ok", "models": ["m"], "version": "0.11.0", "state": "RUNNING",
             "pid": 1, "uptime": "0:01:00"}

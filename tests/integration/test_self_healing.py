@@ -83,6 +83,10 @@ def heal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
         "vllm_pd_start_retries": 2,
         # The boot hook goes to a private init directory (this machine's /etc/init.d stays untouched).
         "vllm_pd_boot_hook_dir": str(work / "init.d"),
+        # The KV watchdog decides within seconds.
+        "vllm_pd_watchdog_threshold": 0.5,
+        "vllm_pd_watchdog_window": 2,
+        "vllm_pd_watchdog_interval": 1,
     }
     dep = Deployment(ROOT / "inventories" / "local-sim" / "cluster.ini", work, extra, proxy)
     dep.write_vars()
@@ -168,6 +172,29 @@ def test_a_crash_looping_instance_ends_fatal_and_status_names_it(heal: Deploymen
     finally:
         blocker.close()
     # decode-1 stays FATAL with its cause gone; the next test's reboot (a fresh start count) brings it back.
+
+
+def test_the_watchdog_flags_a_stuck_kv_instance_and_status_names_it(heal: Deployment) -> None:
+    assert state(heal, "watchdog") == "RUNNING"
+    url = f"http://127.0.0.1:{heal.decode_ports['decode-0']}"  # type: ignore[attr-defined]
+    body = json.dumps({"faults": ["stuck-kv:0.9"]}).encode()
+    req = urllib.request.Request(url + "/sim/faults", data=body, headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        assert resp.status == 200
+    state_file = Path(heal.extra["vllm_pd_run_dir"]) / "watchdog.json"
+
+    def flagged() -> bool:
+        doc = json.loads(state_file.read_text()) if state_file.exists() else {}
+        return bool(doc.get("instances", {}).get("decode-0", {}).get("stuck"))
+
+    wait_for("the watchdog flagging decode-0", flagged, 60)
+    doc = json.loads(state_file.read_text())
+    assert not any(v["stuck"] for k, v in doc["instances"].items() if k != "decode-0")
+    prom = (Path(heal.extra["vllm_pd_state_dir"]) / "watchdog.prom").read_text()
+    assert 'pd_watchdog_kv_stuck{instance="decode-0"} 1' in prom
+    proc = heal.play("status.yml")
+    assert "decode-0 on localhost: KV cache stuck at 0.9 with no request (KV watchdog)" in proc.stdout
+    assert "prefill-0 on localhost: KV cache stuck" not in proc.stdout
 
 
 def test_a_simulated_reboot_brings_everything_back_and_site_then_changes_nothing(heal: Deployment) -> None:

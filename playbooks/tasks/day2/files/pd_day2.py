@@ -184,6 +184,16 @@ def package_versions(venv: str) -> dict[str, str]:
         return {}
 
 
+def _read_json(path: str) -> dict[str, Any]:
+    """The KV watchdog's state file ({} when absent or unreadable: no watchdog on this host)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def probe(spec: dict[str, Any]) -> dict[str, Any]:
     """Everything status needs from one host."""
     instances = spec.get("instances") or []
@@ -202,6 +212,11 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
             "version": (version or {}).get("version") if isinstance(version, dict) else None,
             **states.get(inst["service"], {}),
         })
+    watchdog = _read_json(spec.get("watchdog_state", "")).get("instances") or {}
+    for entry in out:
+        seen = watchdog.get(entry["name"]) or {}
+        entry["kv_stuck"] = bool(seen.get("stuck"))
+        entry["kv_usage"] = seen.get("kv_usage")
     extra = spec.get("services") or []
     return {"instances": out, "services": service_states(spec, extra) if extra else {},
             "packages": package_versions(spec.get("venv", "")) if spec.get("venv") else {}}
@@ -260,6 +275,10 @@ def status(doc: dict[str, Any]) -> dict[str, Any]:
             last_exit = p.get("last_exit") or "-"
             if state not in ("RUNNING", "ACTIVE"):
                 problems.append(_service_problem(inst, p))
+            if p.get("kv_stuck"):
+                problems.append(f"{inst['name']} on {inst['host']}: KV cache stuck at {p.get('kv_usage')} with no "
+                                f"request (KV watchdog); drain and restart it: playbooks/rolling_restart.yml "
+                                f"-e '{{\"day2_only_instances\": [\"{inst['name']}\"]}}'")
             if health != "ok":
                 problems.append(f"{inst['name']} on {inst['host']}: /health {health} at {inst['health_url']}")
             elif served and served not in models:
@@ -273,6 +292,8 @@ def status(doc: dict[str, Any]) -> dict[str, Any]:
             flags = [f for f in ("ejected", "draining") if backend.get(f)]
             if not backend.get("healthy", True):
                 flags.append("unhealthy")
+            if p is not None and p.get("kv_stuck"):
+                flags.append("kv-stuck")
             view = ",".join(flags) or "healthy"
             view += f" inflight={backend.get('inflight_requests', 0)}"
             if flags:
