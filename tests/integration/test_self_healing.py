@@ -143,7 +143,7 @@ def test_kill_9_of_a_decode_and_of_the_proxy_heals_and_the_proxy_routes_to_the_r
     assert "exited: openfuyao-pd-decode-0 (terminated by SIGKILL; not expected)" in log
 
 
-def test_a_crash_looping_instance_ends_fatal_and_status_names_it(heal: Deployment) -> None:
+def test_a_crash_looping_instance_ends_fatal_and_stays_so(heal: Deployment) -> None:
     port = heal.decode_ports["decode-1"]  # type: ignore[attr-defined]
     pid = heal.pids()["decode-1"]
     # The fault: another process takes decode-1's port, so every start of decode-1 fails to bind.
