@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """PD proxy benchmark: overhead vs direct and vs peer proxies, and goodput per routing policy.
 
-Everything runs on this host over loopback against the engine simulator (`openfuyao_pd.sim`)
-in separate processes. Peers come from a separate virtualenv (PEERS_VENV, see bench/README.md):
+Everything runs on this host over loopback, in separate processes: the overhead part in front of
+zero-delay mock engines (bench/mock_engine.py; `--engine sim` for the simulator), 1P1D and 2P2D,
+streamed and not; the goodput part on the engine simulator (`openfuyao_pd.sim`). Peers come from
+a separate virtualenv (PEERS_VENV, see bench/README.md):
   - vllm-router (`vllm-router --vllm-pd-disaggregation --kv-connector nixl`)
   - the vLLM v1 proxy shipped in the Mooncake wheel (`mooncake/vllm_v1_proxy_server.py`)
 Missing peers are reported as skipped, never guessed.
 
-    python bench/proxy_bench.py all --peers-venv /tmp/work/proxy/peers --out bench/results
+    python bench/proxy_bench.py all --peers-venv /tmp/peers --out bench/results
 """
 
 from __future__ import annotations
@@ -59,18 +61,19 @@ class Procs:
     """Child processes, stopped (by pid) when the block ends."""
 
     def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
+        self.procs: list[tuple[subprocess.Popen[bytes], int]] = []
 
-    def start(self, argv: list[str], env: dict[str, str] | None = None, log: Path | None = None) -> None:
+    def start(self, argv: list[str], env: dict[str, str] | None = None, log: Path | None = None,
+              stop_signal: int = signal.SIGTERM) -> None:
         out = open(log, "wb") if log else subprocess.DEVNULL  # noqa: SIM115 - lives as long as the process
-        self.procs.append(subprocess.Popen(argv, env=env or ENV, stdout=out, stderr=subprocess.STDOUT,
-                                           start_new_session=True))
+        self.procs.append((subprocess.Popen(argv, env=env or ENV, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True), stop_signal))
 
     def stop(self) -> None:
-        for proc in self.procs:
+        for proc, sig in self.procs:
             if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in self.procs:
+                proc.send_signal(sig)
+        for proc, _ in self.procs:
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
@@ -175,6 +178,7 @@ class Target:
     url: str
     note: str
     ready: str = "/health"
+    kind: str = "ours"
 
 
 def our_proxy_config(port: int, prefill: list[int], decode: list[int], options: dict[str, Any]) -> str:
@@ -188,95 +192,150 @@ def our_proxy_config(port: int, prefill: list[int], decode: list[int], options: 
     return path
 
 
+def engine_argv(engine: str, role: str, port: int) -> list[str]:
+    if engine == "mock":
+        return [sys.executable, str(ROOT / "bench" / "mock_engine.py"), "--port", str(port)]
+    zero = ["--sim-kv-bytes-per-token", "16", "--sim-max-seqs", "1024", "--sim-kv-capacity-blocks", "200000"]
+    return sim_argv(role, port, zero)
+
+
+def peer_targets(procs: Procs, peers: Path | None, topo: str, p_ports: list[int], d_ports: list[int], logs: Path,
+                 skipped: list[str]) -> list[Target]:
+    """vllm-router and the Mooncake wheel's proxy in front of the same engines (skipped when not installed)."""
+    out: list[Target] = []
+    router = peers / "bin" / "vllm-router" if peers else None
+    if router and router.exists():
+        port = free_port()
+        argv = [str(router), "--vllm-pd-disaggregation"]
+        for p in p_ports:
+            argv += ["--prefill", f"http://127.0.0.1:{p}"]
+        for d in d_ports:
+            argv += ["--decode", f"http://127.0.0.1:{d}"]
+        procs.start([*argv, "--host", "127.0.0.1", "--port", str(port), "--kv-connector", "nixl", "--policy",
+                     "round_robin", "--prometheus-port", str(free_port()), "--log-level", "warning"],
+                    env=dict(os.environ), log=logs / f"vllm-router-{topo}.log")
+        out.append(Target(f"vllm-router (Rust), {topo}", f"http://127.0.0.1:{port}", "round_robin, nixl",
+                          kind="vllm-router"))
+    else:
+        skipped.append(f"vllm-router ({topo}): not installed in the peers venv")
+    found = sorted((peers / "lib").glob("python3*/site-packages/mooncake/vllm_v1_proxy_server.py")) if peers else []
+    if found:
+        port = free_port()
+        procs.start([str(peers / "bin" / "python"), str(found[0]), "--host", "127.0.0.1", "--port", str(port),
+                     "--prefiller-hosts", *["127.0.0.1"] * len(p_ports), "--prefiller-ports", *map(str, p_ports),
+                     "--decoder-hosts", *["127.0.0.1"] * len(d_ports), "--decoder-ports", *map(str, d_ports)],
+                    env=dict(os.environ), log=logs / f"mooncake-proxy-{topo}.log")
+        out.append(Target(f"Mooncake wheel vllm_v1_proxy_server.py, {topo}", f"http://127.0.0.1:{port}",
+                          "FastAPI + httpx", "/healthcheck", kind="mooncake"))
+    else:
+        skipped.append(f"Mooncake wheel proxy ({topo}): mooncake-transfer-engine-non-cuda not in the peers venv")
+    return out
+
+
+def our_proxy(procs: Procs, p_ports: list[int], d_ports: list[int], options: dict[str, Any], log: Path,
+              py_spy: str | None) -> str:
+    port = free_port()
+    argv = [sys.executable, "-m", "openfuyao_pd.proxy", "--config", our_proxy_config(port, p_ports, d_ports, options),
+            "--log-level", "WARNING"]
+    if py_spy:  # sample the proxy for the whole run (self time per function goes into bench/README.md)
+        argv = [py_spy, "record", "--nonblocking", "--rate", "200", "--format", "raw", "-o",
+                str(log.with_suffix(".pyspy.txt")), "--", *argv]
+    # py-spy writes its profile on SIGINT (and forwards it to the proxy, which stops on it too).
+    procs.start(argv, log=log, stop_signal=signal.SIGINT if py_spy else signal.SIGTERM)
+    return f"http://127.0.0.1:{port}"
+
+
+def summarise(target: Target, stream: bool, topo: str, samples: list[Sample], wall: float) -> dict[str, Any]:
+    ok = [s for s in samples if s.ok]
+    lat = [s.latency for s in ok]
+    row = {"target": target.name, "kind": target.kind, "topology": topo, "note": target.note, "stream": stream,
+           "requests": len(samples), "errors": len(samples) - len(ok),
+           "first_error": next((s.error for s in samples if not s.ok), None),
+           "rps": round(len(ok) / wall, 1), "p50_ms": round(pct(lat, 50) * 1000, 2),
+           "p99_ms": round(pct(lat, 99) * 1000, 2)}
+    if stream:
+        row["ttft_p50_ms"] = round(pct([s.ttft for s in ok if s.ttft], 50) * 1000, 2)
+    return row
+
+
+def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Ours against each peer in the same topology and mode: throughput ratio and p50/p99 ratios."""
+    out = []
+    for ours in (r for r in rows if r["kind"] == "ours"):
+        for peer in rows:
+            if peer["kind"] in ("vllm-router", "mooncake") and (peer["topology"], peer["stream"]) == (
+                    ours["topology"], ours["stream"]) and peer["rps"] and peer["p50_ms"]:
+                out.append({"topology": ours["topology"], "stream": ours["stream"], "peer": peer["kind"],
+                            "rps_ratio": round(ours["rps"] / peer["rps"], 2),
+                            "p50_ratio": round(ours["p50_ms"] / peer["p50_ms"], 2),
+                            "p99_ratio": round(ours["p99_ms"] / peer["p99_ms"], 2)})
+    return out
+
+
 async def overhead(args: argparse.Namespace) -> dict[str, Any]:
     peers = Path(args.peers_venv) if args.peers_venv else None
     logs = Path(args.out) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    results: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("requests", "concurrency",
-                                                                          "prompt_tokens", "max_tokens")},
-                               "rows": [], "skipped": []}
+    topologies = [t.strip().lower() for t in args.topologies.split(",") if t.strip()]
+    results: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("requests", "concurrency", "prompt_tokens",
+                                                                          "max_tokens", "rounds", "engine")},
+                               "rows": [], "skipped": [], "topologies": topologies}
     with processes() as procs:
-        p_port, d_port = free_port(), free_port()
-        zero = ["--sim-kv-bytes-per-token", "16", "--sim-max-seqs", "1024", "--sim-kv-capacity-blocks", "200000"]
-        procs.start(sim_argv("prefill", p_port, zero), log=logs / "sim-prefill.log")
-        procs.start(sim_argv("decode", d_port, zero), log=logs / "sim-decode.log")
-        await wait_http(f"http://127.0.0.1:{p_port}/health")
-        await wait_http(f"http://127.0.0.1:{d_port}/health")
-        targets = [Target("direct (client → decode, no PD)", f"http://127.0.0.1:{d_port}", "one hop, baseline",
-                          "/v1/models")]
-
-        port = free_port()
-        procs.start([sys.executable, "-m", "openfuyao_pd.proxy", "--config",
-                     our_proxy_config(port, [p_port], [d_port], {}), "--log-level", "WARNING"],
-                    log=logs / "pd-proxy.log")
-        targets.append(Target("pd-proxy (ours), P→D", f"http://127.0.0.1:{port}", "nixl protocol, 2 hops"))
-        port2 = free_port()
-        procs.start([sys.executable, "-m", "openfuyao_pd.proxy", "--config",
-                     our_proxy_config(port2, [p_port], [d_port], {"local_prefill_max_tokens": 1000000}),
-                     "--log-level", "WARNING"], log=logs / "pd-proxy-local.log")
-        targets.append(Target("pd-proxy (ours), local route", f"http://127.0.0.1:{port2}",
-                              "every request sent straight to D: pure proxy cost, 1 hop"))
-
-        router = peers / "bin" / "vllm-router" if peers else None
-        if router and router.exists():
-            port3 = free_port()
-            procs.start([str(router), "--vllm-pd-disaggregation", "--prefill", f"http://127.0.0.1:{p_port}",
-                         "--decode", f"http://127.0.0.1:{d_port}", "--host", "127.0.0.1", "--port", str(port3),
-                         "--kv-connector", "nixl", "--policy", "round_robin", "--prometheus-port",
-                         str(free_port()), "--log-level", "warning"], env=dict(os.environ),
-                        log=logs / "vllm-router.log")
-            targets.append(Target("vllm-router (Rust), P→D", f"http://127.0.0.1:{port3}",
-                                  "--vllm-pd-disaggregation --kv-connector nixl"))
-        else:
-            results["skipped"].append("vllm-router: not installed in the peers venv")
-        mooncake_proxy = None
-        if peers:
-            found = sorted((peers / "lib").glob("python3*/site-packages/mooncake/vllm_v1_proxy_server.py"))
-            mooncake_proxy = found[0] if found else None
-        if mooncake_proxy:
-            port4 = free_port()
-            procs.start([str(peers / "bin" / "python"), str(mooncake_proxy), "--host", "127.0.0.1", "--port",
-                         str(port4), "--prefiller-hosts", "127.0.0.1", "--prefiller-ports", str(p_port),
-                         "--decoder-hosts", "127.0.0.1", "--decoder-ports", str(d_port)],
-                        env=dict(os.environ), log=logs / "mooncake-proxy.log")
-            targets.append(Target("Mooncake wheel vllm_v1_proxy_server.py, P→D", f"http://127.0.0.1:{port4}",
-                                  "FastAPI + httpx", "/healthcheck"))
-        else:
-            results["skipped"].append("Mooncake wheel proxy: mooncake-transfer-engine-non-cuda not in the peers venv")
-
-        for target in targets:
+        targets: dict[str, list[Target]] = {}
+        engines: list[str] = []
+        for topo in topologies:
+            n_p, n_d = int(topo[0]), int(topo[2])
+            p_ports = [free_port() for _ in range(n_p)]
+            d_ports = [free_port() for _ in range(n_d)]
+            for role, ports in (("prefill", p_ports), ("decode", d_ports)):
+                for i, port in enumerate(ports):
+                    procs.start(engine_argv(args.engine, role, port), log=logs / f"{args.engine}-{topo}-{role}-{i}.log")
+                    engines.append(f"http://127.0.0.1:{port}/health")
+            row: list[Target] = []
+            if n_d == 1:
+                row.append(Target(f"direct (client → decode, no PD), {topo}", f"http://127.0.0.1:{d_ports[0]}",
+                                  "one hop, baseline", "/v1/models", kind="direct"))
+            url = our_proxy(procs, p_ports, d_ports, {}, logs / f"pd-proxy-{topo}.log", args.py_spy)
+            row.append(Target(f"pd-proxy (ours), {topo}", url, "nixl, least_load", kind="ours"))
+            if n_d == 1 and args.local_route:
+                url = our_proxy(procs, p_ports, d_ports, {"local_prefill_max_tokens": 1000000},
+                                logs / f"pd-proxy-local-{topo}.log", None)
+                row.append(Target(f"pd-proxy (ours), local route, {topo}", url,
+                                  "every request straight to D: the proxy's own cost, 1 hop", kind="ours-local"))
+            row.extend(peer_targets(procs, peers, topo, p_ports, d_ports, logs, results["skipped"]))
+            targets[topo] = row
+        for url in engines:
+            await wait_http(url)
+        for target in (t for row in targets.values() for t in row):
             await wait_http(target.url + target.ready)
-        # Targets run in interleaved rounds so that load from anything else on the host hits them alike.
         results["loadavg_start"] = os.getloadavg()
-        direct: dict[bool, tuple[float, float]] = {}
         per_round = max(1, args.requests // args.rounds)
-        for stream in (False, True):
-            collected: dict[str, tuple[list[Sample], float]] = {t.name: ([], 0.0) for t in targets}
-            for round_no in range(args.rounds):
-                for target in targets:
-                    samples, wall = await closed_loop(target.url, per_round, args.concurrency, args.prompt_tokens,
-                                                      args.max_tokens, stream, seed=round_no,
-                                                      warmup=20 if round_no == 0 else 0)
-                    old, old_wall = collected[target.name]
-                    collected[target.name] = (old + samples, old_wall + wall)
-            for target in targets:
-                samples, wall = collected[target.name]
-                ok = [s for s in samples if s.ok]
-                lat = [s.latency for s in ok]
-                row = {"target": target.name, "note": target.note, "stream": stream, "requests": len(samples),
-                       "errors": len(samples) - len(ok),
-                       "first_error": next((s.error for s in samples if not s.ok), None),
-                       "rps": round(len(ok) / wall, 1), "p50_ms": round(pct(lat, 50) * 1000, 2),
-                       "p99_ms": round(pct(lat, 99) * 1000, 2)}
-                if stream:
-                    row["ttft_p50_ms"] = round(pct([s.ttft for s in ok if s.ttft], 50) * 1000, 2)
-                if "direct" in target.name:
-                    direct[stream] = (row["p50_ms"], row["p99_ms"])
-                row["added_p50_ms"] = round(row["p50_ms"] - direct[stream][0], 2)
-                row["added_p99_ms"] = round(row["p99_ms"] - direct[stream][1], 2)
-                results["rows"].append(row)
-                print(json.dumps(row), flush=True)
+        for topo, row in targets.items():
+            for stream in (False, True):
+                collected: dict[str, tuple[list[Sample], float]] = {t.name: ([], 0.0) for t in row}
+                # Interleaved rounds, the order reversed every other round, so that load from anything
+                # else on the host hits every target alike.
+                for round_no in range(args.rounds):
+                    for target in (row if round_no % 2 == 0 else row[::-1]):
+                        samples, wall = await closed_loop(target.url, per_round, args.concurrency,
+                                                          args.prompt_tokens, args.max_tokens, stream, seed=round_no,
+                                                          warmup=20 if round_no == 0 else 0)
+                        old, old_wall = collected[target.name]
+                        collected[target.name] = (old + samples, old_wall + wall)
+                direct = None
+                for target in row:
+                    result = summarise(target, stream, topo, *collected[target.name])
+                    if target.kind == "direct":
+                        direct = result
+                    if direct:
+                        result["added_p50_ms"] = round(result["p50_ms"] - direct["p50_ms"], 2)
+                        result["added_p99_ms"] = round(result["p99_ms"] - direct["p99_ms"], 2)
+                    results["rows"].append(result)
+                    print(json.dumps(result), flush=True)
         results["loadavg_end"] = os.getloadavg()
+    results["ratios"] = ratios(results["rows"])
+    for r in results["ratios"]:
+        print(json.dumps(r), flush=True)
     return results
 
 
@@ -394,13 +453,22 @@ def markdown(over: dict[str, Any] | None, good: dict[str, Any] | None) -> str:
     out: list[str] = []
     if over:
         s = over["settings"]
-        out.append(f"### Proxy overhead ({s['requests']} requests, {s['concurrency']} concurrent, "
-                   f"{s['prompt_tokens']}-token prompts, {s['max_tokens']} output tokens, zero-delay simulator)\n")
+        engine = "zero-delay mock engines (bench/mock_engine.py)" if s["engine"] == "mock" else "zero-delay simulator"
+        out.append(f"### Proxy overhead ({s['requests']} requests per target and mode in {s['rounds']} interleaved "
+                   f"rounds, {s['concurrency']} concurrent, {s['prompt_tokens']}-token prompts, {s['max_tokens']} "
+                   f"output tokens, {engine})\n")
         out.append("| target | mode | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |")
         out.append("|---|---|---|---|---|---|---|---|")
         for r in over["rows"]:
             out.append(f"| {r['target']} | {'stream' if r['stream'] else 'non-stream'} | {r['rps']} | {r['p50_ms']} | "
-                       f"{r['p99_ms']} | {r['added_p50_ms']} | {r['added_p99_ms']} | {r['errors']} |")
+                       f"{r['p99_ms']} | {r.get('added_p50_ms', '')} | {r.get('added_p99_ms', '')} | {r['errors']} |")
+        if over.get("ratios"):
+            out.append("\n**Ours / peer, same run** (throughput: higher is better; latency: lower is better)\n")
+            out.append("| topology | mode | peer | req/s ratio | p50 ratio | p99 ratio |")
+            out.append("|---|---|---|---|---|---|")
+            for r in over["ratios"]:
+                out.append(f"| {r['topology']} | {'stream' if r['stream'] else 'non-stream'} | {r['peer']} | "
+                           f"{r['rps_ratio']}x | {r['p50_ratio']}x | {r['p99_ratio']}x |")
         out.append(f"\nHost load average (1 min) at start / end: {over['loadavg_start'][0]:.1f} / "
                    f"{over['loadavg_end'][0]:.1f} on {os.cpu_count()} CPUs.")
         for skipped in over.get("skipped", []):
@@ -430,6 +498,12 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the targets")
+    parser.add_argument("--engine", choices=("mock", "sim"), default="mock",
+                        help="overhead: bench/mock_engine.py (the proxy is the limit) or the simulator")
+    parser.add_argument("--topologies", default="1p1d,2p2d", help="overhead: comma-separated, e.g. 1p1d,2p2d")
+    parser.add_argument("--no-local-route", dest="local_route", action="store_false",
+                        help="overhead: leave out our proxy's local-route row")
+    parser.add_argument("--py-spy", help="overhead: path to py-spy; our P->D proxies run under `py-spy record`")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--goodput-requests", type=int, default=300)
@@ -450,6 +524,14 @@ def main() -> int:
     if args.what in ("goodput", "all"):
         good = asyncio.run(goodput(args))
         (Path(args.out) / "goodput.json").write_text(json.dumps(good, indent=2) + "\n")
+    # A run of one part keeps the other part's last results in results.md.
+    for name in ("overhead", "goodput"):
+        saved = Path(args.out) / f"{name}.json"
+        if (over if name == "overhead" else good) is None and saved.exists():
+            if name == "overhead":
+                over = json.loads(saved.read_text())
+            else:
+                good = json.loads(saved.read_text())
     report = markdown(over, good)
     (Path(args.out) / "results.md").write_text(report)
     print(report)

@@ -4,13 +4,22 @@
 
 from __future__ import annotations
 
+import json
+import os
+import tempfile
 from collections.abc import Mapping
 
 from ansible.errors import AnsibleError
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible.plugins.action import ActionBase
 
-from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import PlanError, build_plan, render_table
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import (
+    PlanError,
+    build_plan,
+    group_problems,
+    render_table,
+)
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import collapse
 
 GROUPS = ("prefill", "decode", "proxy", "mooncake_master", "storage")
 # Besides pd_*, the planner reads these per host.
@@ -34,9 +43,72 @@ def _plain(value):
     return str(value)
 
 
+def _first_line(exc):
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _origin(exc):
+    """' from FILE:LINE' of the first exception in the chain that knows where it came from.
+
+    A broken host_vars/group_vars file surfaces as a bare "YAML parsing failed" whose cause
+    carries the file's origin; the operator needs the file, not only the parser's complaint.
+    """
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        obj = getattr(exc, "obj", None)
+        path = getattr(obj, "path", None)
+        if isinstance(path, str) and path:
+            line = getattr(obj, "line_num", None)
+            return f" from {path}:{line}" if line else f" from {path}"
+        exc = exc.__cause__ or exc.__context__
+    return ""
+
+
+def _plan_text(plan):
+    """The file's bytes: what `to_nice_json(indent=2)` writes, plus a final newline."""
+    return json.dumps(plan, indent=2, sort_keys=True, separators=(",", ": ")) + "\n"
+
+
+def _write_plan(path, text, check_mode):
+    """Write text to path (mode 0600, atomically) unless it holds it already; True if changed.
+
+    Done here on the controller rather than by a copy task: the module round trip of copy
+    took most of plan.yml's time on a 16-host inventory.
+    """
+    try:
+        with open(path, encoding="utf-8") as f:
+            if f.read() == text and (os.stat(path).st_mode & 0o777) == 0o600:
+                return False
+    except (OSError, UnicodeDecodeError):
+        pass
+    if check_mode:
+        return True
+    directory = os.path.dirname(path) or "."
+    fd, tmp = tempfile.mkstemp(prefix=".pd_plan.", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o600)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return True
+
+
+def _remove_stale(path, check_mode):
+    """A plan file from an earlier run must not outlive a failed re-plan."""
+    if path and not check_mode and os.path.lexists(path):
+        os.unlink(path)
+        return True
+    return False
+
+
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("use_facts", "fail_on_warnings"))
+    _VALID_ARGS = frozenset(("use_facts", "fail_on_warnings", "inventory_only", "output"))
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
@@ -44,7 +116,7 @@ class ActionModule(ActionBase):
         task_vars = task_vars or {}
         args = self._task.args
         opts = {}
-        for name, default in (("use_facts", True), ("fail_on_warnings", False)):
+        for name, default in (("use_facts", True), ("fail_on_warnings", False), ("inventory_only", False)):
             try:
                 opts[name] = boolean(args.get(name, default), strict=True)
             except TypeError:
@@ -53,12 +125,19 @@ class ActionModule(ActionBase):
                 )
                 return result
         use_facts, fail_on_warnings = opts["use_facts"], opts["fail_on_warnings"]
+        output = args.get("output")
+        if output is not None and (not isinstance(output, str) or not os.path.isabs(output)):
+            result.update(failed=True, msg=f"pd_plan: option output must be an absolute path, got {output!r}")
+            return result
+        check_mode = bool(self._task.check_mode)
 
         groups = task_vars.get("groups") or {}
         all_hostvars = task_vars.get("hostvars") or {}
         inventory = {
             "groups": {g: list(groups.get(g) or []) for g in GROUPS},
             "all_groups": sorted(groups),
+            # The implicit localhost is in no group: an inventory that did not parse has none.
+            "all_hosts": list(groups.get("all") or []),
             "hostvars": {},
             "facts": {},
         }
@@ -69,7 +148,13 @@ class ActionModule(ActionBase):
                 if h not in hosts:
                     hosts.append(h)
         for h in hosts:
-            hv = all_hostvars.get(h)
+            try:
+                hv = all_hostvars.get(h)
+            except AnsibleError as exc:
+                problems.append(
+                    f"host {h}: its variables cannot be loaded{_origin(exc)}: {_first_line(exc)}: fix that file"
+                )
+                continue
             if hv is None:
                 continue
             collected = {}
@@ -79,8 +164,7 @@ class ActionModule(ActionBase):
                 try:
                     collected[key] = _plain(hv[key])
                 except (AnsibleError, TypeError, ValueError) as exc:
-                    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                    problems.append(f"host {h}: variable {key} cannot be templated: {first}")
+                    problems.append(f"host {h}: variable {key} cannot be templated: {_first_line(exc)}")
             inventory["hostvars"][h] = collected
             if use_facts:
                 try:
@@ -90,8 +174,15 @@ class ActionModule(ActionBase):
                     npu = None
                 if npu:
                     inventory["facts"][h] = _plain(npu)
+        if opts["inventory_only"]:
+            problems += group_problems(inventory)
         if problems:
+            problems = collapse(problems)
             result.update(failed=True, msg="\n".join(problems), problems=problems)
+            _remove_stale(output, check_mode)
+            return result
+        if opts["inventory_only"]:
+            result.update(changed=False, msg="the inventory loads and has the prefill, decode and proxy groups")
             return result
         try:
             plan = build_plan(inventory)
@@ -99,14 +190,24 @@ class ActionModule(ActionBase):
             result.update(
                 failed=True, msg="\n".join(exc.problems), problems=exc.problems, warnings=exc.warnings
             )
+            _remove_stale(output, check_mode)
             return result
         if plan["warnings"]:
             result["warnings"] = list(plan["warnings"])
             if fail_on_warnings:
                 result.update(failed=True, msg="\n".join(plan["warnings"]), problems=plan["warnings"])
+                _remove_stale(output, check_mode)
                 return result
+        changed = False
+        if output is not None:
+            try:
+                changed = _write_plan(output, _plan_text(plan), check_mode)
+            except OSError as exc:
+                result.update(failed=True, msg=f"pd_plan: cannot write the plan to {output}: {exc.strerror}")
+                return result
+            result["output"] = output
         result.update(
-            changed=False,
+            changed=changed,
             plan=plan,
             table=render_table(plan),
             ansible_facts={"pd_plan": plan},

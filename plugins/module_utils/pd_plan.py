@@ -20,19 +20,37 @@ import ast
 import copy
 import difflib
 import json
+import math
+import re
 import shlex
 
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import (
+    CONTROL,
+    DOTTED,
+    DTYPES,
+    NIC,
+    VISIBLE_DEVICES_VARS,
+    address_problem,
+    brief,
+    collapse,
+    env_problems,
+    extra_args_problems,
+    machine_key,
+    owner_var,
+    strip_brackets,
+    text_problem,
+)
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import (
     BUILTIN_MODELS,
     CONNECTORS,
     DEFAULT_CONNECTOR,
     P2P_CONNECTORS,
     PLATFORMS,
-    PROXY_OPTIONS,
     ROLES,
     RUNTIMES,
     SUPPORTED,
     VISIBLE_DEVICES_ENV,
+    proxy_options_table,
     typo_warnings,
 )
 from ansible_collections.openfuyao.pd.plugins.module_utils.text_table import align_columns
@@ -59,8 +77,8 @@ class PlanError(Exception):
     """Every problem found in the inventory, one actionable line each."""
 
     def __init__(self, problems, warnings=None):
-        self.problems = list(problems)
-        self.warnings = list(warnings or [])
+        self.problems = collapse(problems)
+        self.warnings = collapse(warnings or [])
         super().__init__("\n".join(self.problems))
 
 
@@ -161,10 +179,68 @@ def _as_args(ctx, host, name, value):
                 f"host {host}: {name} cannot be split into arguments ({exc}): quote it properly or use a list"
             )
             return []
-    if isinstance(value, (list, tuple)) and all(isinstance(a, (str, int, float)) for a in value):
+    if isinstance(value, (list, tuple)) and all(
+        isinstance(a, (str, int, float)) and not isinstance(a, bool) for a in value
+    ):
         return [str(a) for a in value]
     ctx.error(f"host {host}: {name} must be a list of strings (extra vllm serve arguments), got {value!r}")
     return []
+
+
+def _as_address(ctx, host, value, name):
+    """An address for an argv (--host, --data-parallel-address); None stays None."""
+    if value is None:
+        return None
+    text = strip_brackets(value.strip()) if isinstance(value, str) else value
+    why = address_problem(text)
+    if why:
+        ctx.error(f"host {host}: {name}={brief(value)} {why}: fix the value in the inventory")
+        return None
+    return text
+
+
+def _as_text(ctx, host, name, value, what):
+    """One argv/env word (no white space or control characters, not a flag)."""
+    why = text_problem(value, what)
+    if why:
+        ctx.error(f"host {host}: {name}={brief(value)} {why}")
+        return None
+    return str(value)
+
+
+# Host variables that land in a path, a Python import or one argv word, by what they must be.
+_ABSOLUTE_PATHS = ("data_dir", "ucm_config_file")
+_MODULE_PATHS = ("kv_connector_module_path", "ucm_module_path")
+_WORDS = {
+    "python": "the Python command on the host",
+    "kv_buffer_device": "the KV buffer device (npu, cuda or cpu)",
+    "ucm_connector_name": "the UCM connector class name",
+}
+
+
+def _check_host_texts(ctx, host):
+    """Refuse paths, module names and words that would break a file path, an import or an argv."""
+    for key in _ABSOLUTE_PATHS:
+        value, name = ctx.var(host, key, None)
+        if value is None:
+            continue
+        if not isinstance(value, str) or not value.startswith("/") or CONTROL.search(value):
+            ctx.error(f"host {host}: {name}={brief(value)} must be an absolute path (e.g. /var/lib/openfuyao-pd)")
+    for key in _MODULE_PATHS:
+        value, name = ctx.var(host, key, None)
+        if value is not None and not (isinstance(value, str) and DOTTED.match(value)):
+            ctx.error(f"host {host}: {name}={brief(value)} must be a Python module path (e.g. package.module)")
+    for key, what in _WORDS.items():
+        value, name = ctx.var(host, key, None)
+        if value is not None:
+            _as_text(ctx, host, name, value, what)
+    for role in ROLES:
+        ids, name = ctx.var(host, "engine_ids", None, role)
+        if isinstance(ids, list):
+            for i, engine_id in enumerate(ids):
+                why = text_problem(engine_id, "an engine id")
+                if why:
+                    ctx.error(f"host {host}: {name}[{i}]={brief(engine_id)} {why}")
 
 
 def _fmt_range(start, end):
@@ -220,11 +296,19 @@ def _facts_devices(facts):
 
 def _address(ctx, host):
     hv = ctx.hostvars.get(host) or {}
-    addr = hv.get("pd_address") or hv.get("ansible_host") or host
+    name = "pd_address" if hv.get("pd_address") else "ansible_host" if hv.get("ansible_host") else None
+    raw = hv.get(name) if name else host
+    addr = strip_brackets(raw.strip()) if isinstance(raw, str) else raw
+    why = address_problem(addr)
+    if why:
+        what = name if name else "the inventory name (used as the address)"
+        fix = f"fix {name}" if name else "set ansible_host or pd_address"
+        ctx.error(f"host {host}: {what}={brief(raw)} {why}: {fix}")
+        return str(raw)
     local = hv.get("ansible_connection") == "local" and not hv.get("pd_address")
     if local and (addr in LOCAL_NAMES or addr == host):
         return "127.0.0.1"
-    return "127.0.0.1" if addr in ("localhost", "::1") else str(addr)
+    return "127.0.0.1" if addr in ("localhost", "::1") else addr
 
 
 def _host_settings(ctx, host, runs_engines=True):
@@ -309,6 +393,15 @@ def _model(ctx, hosts):
             "or to builtin:tiny-llama"
         )
         return {"source": None, "path": None, "served_name": name, "builtin": None}
+    why = text_problem(src, "the model directory on the hosts (or builtin:tiny-llama)")
+    if why:
+        ctx.error(f"pd_model={brief(src)} {why}")
+        return {"source": None, "path": None, "served_name": name, "builtin": None}
+    if name is not None:
+        why = text_problem(name, "the name clients ask for")
+        if why:
+            ctx.error(f"pd_served_model_name={brief(name)} {why}")
+            name = None
     src = str(src)
     builtin = None
     path = src
@@ -373,14 +466,24 @@ def _role_layout(ctx, host, role, settings):
     return tp, dp, (1 if n is None else n), devices, d_name
 
 
-def _claim_devices(ctx, host, settings, wanted):
+def _memory_share_ok(sharers, mem_share):
+    """Whether instances may share one device: each sets its memory fraction and they fit in it."""
+    fractions = [mem_share.get(k) for k in sharers]
+    return all(f is not None for f in fractions) and sum(fractions) <= 1.0 + 1e-9
+
+
+def _claim_devices(ctx, host, settings, wanted, mem_share=None):
     """Assign devices on host; wanted = [(instance_key, role, tp*dp, explicit list or None, var)].
 
-    Explicit lists are claimed first so auto-assigned instances fill around them.
+    Explicit lists are claimed first so auto-assigned instances fill around them. Explicit
+    lists may name one device for several instances (e.g. 1P1D on one GPU) when every one of
+    them sets gpu_memory_utilization (mem_share: key -> fraction) and the fractions sum to <= 1.
     """
     count = settings["device_count"]
     facts = settings["facts"]
+    mem_share = mem_share or {}
     used = {}
+    sharers = {}
     result = {}
     for key, _role, _need, devs, var in wanted:
         if devs is None:
@@ -402,9 +505,13 @@ def _claim_devices(ctx, host, settings, wanted):
                     f"host {host}: {var} uses device {d} which npu_topology did not report: pick a listed device"
                 )
             if d in used:
-                ctx.error(
-                    f"host {host}: device {d} is given to both {used[d]} and {key}: give each instance its own devices"
-                )
+                sharers.setdefault(d, [used[d]]).append(key)
+                if not _memory_share_ok(sharers[d], mem_share):
+                    ctx.error(
+                        f"host {host}: device {d} is given to both {used[d]} and {key}: give each instance its own "
+                        "devices, or split the device's memory with pd_prefill_gpu_memory_utilization and "
+                        "pd_decode_gpu_memory_utilization summing to at most 1"
+                    )
             else:
                 used[d] = key
         result[key] = list(devs)
@@ -494,14 +601,59 @@ def _ucm_files(ctx, host, inst, settings, first_instance):
     return path, _yaml_dump(doc)
 
 
+def _yaml_str(text):
+    """A YAML double-quoted scalar. JSON's escapes are YAML's too; everything past ASCII is
+    escaped as well (\\u / \\U), so a line or paragraph separator cannot break the file."""
+    quoted = json.dumps(text, ensure_ascii=False)
+    return "".join(
+        c if ord(c) < 0x7F else (f"\\u{ord(c):04x}" if ord(c) <= 0xFFFF else f"\\U{ord(c):08x}") for c in quoted
+    )
+
+
+def _yaml_float(v):
+    """YAML 1.1 reads 1e+16 as a string: its floats need a dot; inf and nan have their own names."""
+    if math.isnan(v):
+        return ".nan"
+    if v in (float("inf"), float("-inf")):
+        return ".inf" if v > 0 else "-.inf"
+    text = repr(v)
+    if "e" in text and "." not in text:
+        mantissa, exponent = text.split("e")
+        text = f"{mantissa}.0e{exponent}"
+    return text
+
+
 def _yaml_scalar(v):
     if isinstance(v, bool):
         return "true" if v else "false"
     if v is None:
         return "null"
-    if isinstance(v, (int, float)):
+    if isinstance(v, int):
         return str(v)
-    return json.dumps(str(v))  # JSON strings are valid YAML double-quoted scalars
+    if isinstance(v, float):
+        return _yaml_float(v)
+    return _yaml_str(str(v))
+
+
+_YAML_PLAIN_KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+# Plain words YAML 1.1 reads as booleans or null.
+_YAML_RESERVED = frozenset(("yes", "no", "true", "false", "on", "off", "null"))
+
+
+def _yaml_key(k):
+    if isinstance(k, str) and _YAML_PLAIN_KEY.match(k) and k.lower() not in _YAML_RESERVED:
+        return k
+    # A user key such as "a: b" or "false" (pd_ucm_extra) would change meaning unquoted.
+    return _yaml_str(str(k))
+
+
+def _yaml_leaf(v):
+    """A scalar, or an empty mapping/list in flow style."""
+    if isinstance(v, dict):
+        return "{}"
+    if isinstance(v, list):
+        return "[]"
+    return _yaml_scalar(v)
 
 
 def _yaml_dump(obj, indent=0):
@@ -511,26 +663,18 @@ def _yaml_dump(obj, indent=0):
     if isinstance(obj, dict):
         for k, v in obj.items():
             if isinstance(v, (dict, list)) and v:
-                lines.append(f"{pad}{k}:")
+                lines.append(f"{pad}{_yaml_key(k)}:")
                 lines.append(_yaml_dump(v, indent + 2))
             else:
-                lines.append(
-                    "{}{}: {}".format(
-                        pad,
-                        k,
-                        _yaml_scalar(v)
-                        if not isinstance(v, (dict, list))
-                        else ("{}" if isinstance(v, dict) else "[]"),
-                    )
-                )
+                lines.append(f"{pad}{_yaml_key(k)}: {_yaml_leaf(v)}")
     else:
         for v in obj:
-            if isinstance(v, dict) and v:
+            if isinstance(v, (dict, list)) and v:
                 inner = _yaml_dump(v, indent + 2).split("\n")
                 lines.append(f"{pad}- {inner[0].lstrip()}")
                 lines.extend(inner[1:])
             else:
-                lines.append(f"{pad}- {_yaml_scalar(v)}")
+                lines.append(f"{pad}- {_yaml_leaf(v)}")
     return "\n".join(lines) + ("\n" if indent == 0 else "")
 
 
@@ -677,29 +821,50 @@ def _env(ctx, inst, settings, opts):
                 "HCCL_CONNECT_TIMEOUT": "120",
                 "HCCL_IF_IP": inst["address"],
             }
-        nic = ctx.var(host, "nic_name", None)[0]
+        nic, nic_var = ctx.var(host, "nic_name", None)
+        if nic and not (isinstance(nic, str) and NIC.match(nic)):
+            ctx.error(f"host {host}: {nic_var}={brief(nic)} is not a network interface name (e.g. eth0)")
+            nic = None
         if nic:
             for k in ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME"):
                 defaults[k] = str(nic)
         hccl, hname = ctx.var(host, "hccl_env", None, role)
-        defaults.update(_as_dict(ctx, host, hname, hccl))
+        hccl = _as_dict(ctx, host, hname, hccl)
+        visible = {v: owner_var("pd_{role}devices", hname, role) for v in VISIBLE_DEVICES_VARS}
+        for why in env_problems(hccl, hname, visible):
+            ctx.error(f"host {host}: {why}")
+        defaults.update(hccl)
         env.update(defaults)
+    user, uname = ctx.var(host, "env", None, role)
+    owned = {v: owner_var("pd_{role}devices", uname, role) for v in VISIBLE_DEVICES_VARS}
     if platform == "cpu":
-        space = ctx.var(host, "cpu_kvcache_space", "1")[0]
-        env["VLLM_CPU_KVCACHE_SPACE"] = space
+        space, sp_name = ctx.var(host, "cpu_kvcache_space", "1")
+        if _as_int(ctx, host, sp_name, space) is not None:
+            env["VLLM_CPU_KVCACHE_SPACE"] = space
+            owned["VLLM_CPU_KVCACHE_SPACE"] = "pd_cpu_kvcache_space"
     if inst["visible_devices_env"]:
         env[inst["visible_devices_env"]] = ",".join(str(d) for d in inst["devices"])
     if inst["connector"] == "ucm":
         # UCM finds the prefill's blocks by prefix hash: every instance must hash alike.
-        seed = ctx.var(host, "python_hash_seed", "123456")[0]
+        seed, seed_name = ctx.var(host, "python_hash_seed", "123456")
+        # Python accepts 0..4294967295; "random" would break the shared prefix hashes.
+        _as_int(ctx, host, seed_name, seed, 0, 4294967295)
         env["PYTHONHASHSEED"] = seed
+        owned["PYTHONHASHSEED"] = "pd_python_hash_seed"
     if inst["connector"] == "nixl":
         env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = inst["address"]
         env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = inst["kv_port"]
+        owned["VLLM_NIXL_SIDE_CHANNEL_HOST"] = "pd_address"
+        owned["VLLM_NIXL_SIDE_CHANNEL_PORT"] = owner_var("pd_{role}kv_port_base", uname, role)
     if inst["connector"] == "mooncake" and platform == "cuda" and role == "prefill":
         env["VLLM_MOONCAKE_BOOTSTRAP_PORT"] = inst["kv_port"]
-    user, uname = ctx.var(host, "env", None, role)
-    env.update(_as_dict(ctx, host, uname, user))
+        owned["VLLM_MOONCAKE_BOOTSTRAP_PORT"] = "pd_prefill_kv_port_base"
+    if inst["scheduling_policy"]:
+        owned["BATCH_BY_REQUEST_LENGTH"] = "pd_batch_integration"
+    user = _as_dict(ctx, host, uname, user)
+    for why in env_problems(user, uname, owned):
+        ctx.error(f"host {host}: {why}")
+    env.update(user)
     if inst["scheduling_policy"]:
         env["BATCH_BY_REQUEST_LENGTH"] = "true"
     return {str(k): _env_str(v) for k, v in env.items()}
@@ -754,7 +919,49 @@ def _instance_ports(inst, settings, adxl):
     return ports
 
 
-def _check_host_ports(ctx, host, entries):
+def _machines(hosts, settings):
+    """Inventory names grouped by address: two names for one machine share its ports and NPUs."""
+    by_address = {}
+    for h in hosts:
+        by_address.setdefault(machine_key(settings[h]["address"]), []).append(h)
+    return by_address
+
+
+def _machine_label(address, names):
+    if len(names) == 1:
+        return f"host {names[0]}"
+    return "hosts {} (one machine: all are {})".format(", ".join(names), address)
+
+
+def _entries_by_machine(hosts, settings, host_entries):
+    for address, names in _machines(hosts, settings).items():
+        yield _machine_label(address, names), [e for h in names for e in host_entries[h]]
+
+
+def _check_shared_devices(ctx, pd_hosts, settings, instances):
+    """Names of one machine must not hand out the same NPU twice."""
+    for address, names in _machines(pd_hosts, settings).items():
+        if len(names) < 2:
+            continue
+        owner = {}
+        clashes = []
+        for inst in instances:
+            if inst["host"] not in names:
+                continue
+            for d in inst["devices"]:
+                if d in owner and owner[d][0] != inst["host"]:
+                    clashes.append(f"{d} ({owner[d][1]}, {inst['name']})")
+                owner.setdefault(d, (inst["host"], inst["name"]))
+        if clashes:
+            ctx.error(
+                "{}: device {} given twice: list the machine once in the inventory, or give each name "
+                "its own pd_prefill_devices/pd_decode_devices".format(
+                    _machine_label(address, names), ", ".join(clashes)
+                )
+            )
+
+
+def _check_host_ports(ctx, label, entries):
     """entries: [(start, end, purpose, owner, kind, var)]; bind/bind overlap is an error,
     bind/pool overlap a warning (a random pick may collide, the seed itself does this)."""
     binds = [e for e in entries if e[4] == "bind"]
@@ -762,12 +969,12 @@ def _check_host_ports(ctx, host, entries):
     for i, a in enumerate(binds):
         if a[0] < 1 or a[1] > 65535:
             ctx.error(
-                f"host {host}: {a[3]} {a[2]} port range {_fmt_range(a[0], a[1])} leaves 1..65535: lower {a[5]}"
+                f"{label}: {a[3]} {a[2]} port range {_fmt_range(a[0], a[1])} leaves 1..65535: lower {a[5]}"
             )
         for b in binds[i + 1 :]:
             if a[0] <= b[1] and b[0] <= a[1]:
                 ctx.error(
-                    f"host {host}: port clash: {a[3]} {a[2]} {_fmt_range(a[0], a[1])} overlaps {b[3]} {b[2]} {_fmt_range(b[0], b[1])}: change {b[5]}"
+                    f"{label}: port clash: {a[3]} {a[2]} {_fmt_range(a[0], a[1])} overlaps {b[3]} {b[2]} {_fmt_range(b[0], b[1])}: change {b[5]}"
                 )
     seen = set()
     for a in binds:
@@ -778,7 +985,7 @@ def _check_host_ports(ctx, host, entries):
                     continue
                 seen.add((a[3], a[2], kind))
                 ctx.warn(
-                    f"host {host}: {a[3]} {a[2]} port {_fmt_range(a[0], a[1])} lies inside the {kind} range {_fmt_range(p[0], p[1])}; a random pick there may "
+                    f"{label}: {a[3]} {a[2]} port {_fmt_range(a[0], a[1])} lies inside the {kind} range {_fmt_range(p[0], p[1])}; a random pick there may "
                     f"collide: move {a[5]} outside it"
                 )
 
@@ -799,15 +1006,38 @@ def _auto_base(start, footprint, avoid):
 # ----------------------------------------------------------------------------- plan
 
 
+def _empty_group_line(group, known_groups, has_hosts=True):
+    """Why group is empty, with the groups the inventory does have (names are case-sensitive)."""
+    others = [g for g in known_groups if g != group]
+    same = [g for g in others if g.lower() == group]
+    close = same or difflib.get_close_matches(group, others, n=1, cutoff=0.7)
+    line = f"group {group} is empty: add at least one host under [{group}] in the inventory"
+    if close:
+        note = "; group names are case-sensitive" if same else ""
+        line += f" (the inventory has a group [{close[0]}]: rename it{note})"
+    if others and has_hosts:
+        return line + "; groups found: " + ", ".join(sorted(others))
+    # Nothing (or only part) parsed: Ansible merely warns about a source it cannot read or a
+    # YAML group in the wrong shape, and goes on with what it got.
+    return line + (
+        "; the inventory has no hosts at all: check that it parses "
+        "(ansible-inventory -i INVENTORY --graph) and that YAML groups sit under all: children:"
+    )
+
+
+def group_problems(inventory):
+    """One line per required group that has no host (the rest of the plan needs all three)."""
+    groups = inventory.get("groups") or {}
+    known = [g for g in (inventory.get("all_groups") or []) if g not in ("all", "ungrouped")]
+    has_hosts = bool(inventory.get("all_hosts", True))
+    return [_empty_group_line(g, known, has_hosts) for g in ("prefill", "decode", "proxy") if not groups.get(g)]
+
+
 def build_plan(inventory):
     """Validate the inventory and return the plan; raise PlanError listing every problem."""
     ctx = _Ctx(inventory)
-    known_groups = [g for g in (inventory.get("all_groups") or []) if g not in ("all", "ungrouped")]
-    for group in ("prefill", "decode", "proxy"):
-        if not ctx.groups.get(group):
-            close = difflib.get_close_matches(group, [g for g in known_groups if g != group], n=1, cutoff=0.7)
-            hint = f" (the inventory has a group [{close[0]}]: rename it)" if close else ""
-            ctx.error(f"group {group} is empty: add at least one host under [{group}] in the inventory{hint}")
+    for line in group_problems(inventory):
+        ctx.error(line)
     if ctx.problems:
         raise PlanError(ctx.problems)
     proxy_hosts = ctx.groups["proxy"]
@@ -832,6 +1062,8 @@ def build_plan(inventory):
             ctx.warn(w)
 
     settings = {h: _host_settings(ctx, h, h in pd_hosts) for h in all_hosts}
+    for h in pd_hosts:
+        _check_host_texts(ctx, h)
     model = _model(ctx, pd_hosts)
 
     connectors = sorted({settings[h]["connector"] for h in pd_hosts if settings[h]["connector"]})
@@ -928,16 +1160,26 @@ def build_plan(inventory):
             )
             for i in mine
         ]
-        got = _claim_devices(ctx, h, s, wanted)
+        mem_share = {}
+        for i in mine:
+            gmu = ctx.var(h, "gpu_memory_utilization", None, i["role"])[0]
+            try:
+                mem_share[i["name"]] = float(gmu) if gmu is not None else None
+            except (TypeError, ValueError):
+                mem_share[i["name"]] = None  # reported with the engine settings below
+        got = _claim_devices(ctx, h, s, wanted, mem_share)
         for i in mine:
             i["devices"] = got.get(i["name"], [])
+    _check_shared_devices(ctx, pd_hosts, settings, instances)
 
     # Cluster-wide engine settings that must agree.
     opts_by_name = {}
     for inst in instances:
         h, role, platform = inst["host"], inst["role"], inst["platform"]
         o = {}
-        dtype = ctx.var(h, "dtype", "bfloat16" if platform == "cpu" else None)[0]
+        dtype, dt_name = ctx.var(h, "dtype", "bfloat16" if platform == "cpu" else None)
+        if dtype is not None and dtype not in DTYPES:
+            ctx.error(f"host {h}: {dt_name}={brief(dtype)} is not one of {', '.join(DTYPES)}")
         o["dtype"] = dtype
         bs, bs_name = ctx.var(h, "block_size", 128 if connector == "ucm" else None)
         o["block_size"] = _as_int(ctx, h, bs_name, bs) if bs is not None else None
@@ -947,7 +1189,8 @@ def build_plan(inventory):
         gmu, gname = ctx.var(h, "gpu_memory_utilization", None, role)
         if gmu is not None:
             try:
-                gmu_f = float(gmu)
+                # YAML `yes` is True and float(True) is 1.0: a boolean is no fraction.
+                gmu_f = -1.0 if isinstance(gmu, bool) else float(gmu)
             except (TypeError, ValueError):
                 gmu_f = -1.0
             if not 0 < gmu_f <= 1:
@@ -961,10 +1204,12 @@ def build_plan(inventory):
         o["enforce_eager"] = _as_bool(ctx, h, ename, ee)
         pc, pname = ctx.var(h, "enable_prefix_caching", None, role)
         o["enable_prefix_caching"] = _as_bool(ctx, h, pname, pc)
-        o["bind_host"] = ctx.var(h, "bind_host", None)[0]
-        o["dp_address"] = ctx.var(h, "dp_address", "localhost", role)[0]
+        o["bind_host"] = _as_address(ctx, h, *ctx.var(h, "bind_host", None))
+        o["dp_address"] = _as_address(ctx, h, *ctx.var(h, "dp_address", "localhost", role))
         xa, xname = ctx.var(h, "extra_args", None, role)
         o["extra_args"] = _as_args(ctx, h, xname, xa)
+        for why in extra_args_problems(o["extra_args"], xname, role):
+            ctx.error(f"host {h}: {why}")
         bi, biname = ctx.var(h, "batch_integration", False)
         bi = _as_bool(ctx, h, biname, bi)
         inst["scheduling_policy"] = "priority" if (bi and role == "prefill") else None
@@ -1091,8 +1336,8 @@ def build_plan(inventory):
         host_entries[mh].append(
             (master["metrics_port"], master["metrics_port"], "metrics", "mooncake_master", "bind", mmname)
         )
-    for h in all_hosts:
-        _check_host_ports(ctx, h, host_entries[h])
+    for label, entries in _entries_by_machine(all_hosts, settings, host_entries):
+        _check_host_ports(ctx, label, entries)
 
     # Shared KV path (shared_storage) and UCM files.
     shared_path = None
@@ -1141,6 +1386,8 @@ def build_plan(inventory):
         inst["health_url"] = "http://{}:{}/health".format(_url_host(inst["address"]), inst["http_port"])
         inst["dtype"] = o["dtype"]
         inst["block_size"] = o["block_size"]
+    _proxy_options(ctx, proxy_host)
+    _as_address(ctx, proxy_host, *ctx.var(proxy_host, "proxy_bind_host", None))
     if ctx.problems:
         raise PlanError(ctx.problems, ctx.warnings)
 
@@ -1235,13 +1482,64 @@ def build_plan(inventory):
         "hosts": hosts,
         "mooncake": {"hosts": sorted(set(mooncake_hosts)), "master": master},
         "storage": storage,
-        "warnings": list(ctx.warnings),
+        "warnings": collapse(ctx.warnings),
     }
     return plan
 
 
 def _url_host(address):
     return f"[{address}]" if ":" in address else address
+
+
+_TRUE = ("true", "yes", "on", "1")
+_FALSE = ("false", "no", "off", "0")
+
+
+def _typed_option(opt, value):
+    """INI inventories give strings: `false` -> False, `5` -> 5, `0.5` -> 0.5 (by the option's kind)."""
+    value = _literal(value)
+    if not isinstance(value, str):
+        return value
+    text = value.strip()
+    if opt.kind == "bool" and text.lower() in _TRUE + _FALSE:
+        return text.lower() in _TRUE
+    if opt.kind in ("int", "float"):
+        try:
+            return int(text)
+        except ValueError:
+            pass
+        if opt.kind == "float":
+            try:
+                return float(text)
+            except ValueError:
+                pass
+    return value
+
+
+def _proxy_options(ctx, host):
+    """pd_proxy_<option> of the proxy host, typed and checked against the proxy's own table."""
+    hv = ctx.hostvars.get(host) or {}
+    table = proxy_options_table()
+    if table is None:
+        if any(k.startswith("pd_proxy_") and k not in ("pd_proxy_port", "pd_proxy_bind_host") for k in hv):
+            ctx.error(
+                "pd_proxy_* options cannot be checked: the collection lacks the proxy's option table "
+                "files/connector/openfuyao_pd/proxy/options.py; reinstall the collection"
+            )
+        return {}
+    options = {}
+    for opt in table.OPTIONS:
+        raw = hv.get("pd_proxy_" + opt.name)
+        if raw is None:
+            continue
+        value = _typed_option(opt, raw)
+        try:
+            table.check(opt, value, "pd_proxy_" + opt.name)
+        except table.OptionError as exc:
+            ctx.error(f"host {host}: {exc}")
+            continue
+        options[opt.name] = value
+    return options
 
 
 def _proxy_section(ctx, host, settings, port, connector, platforms, model, instances):
@@ -1251,13 +1549,11 @@ def _proxy_section(ctx, host, settings, port, connector, platforms, model, insta
         protocol = "nixl"
     else:
         protocol = "centralized"
-    hv = ctx.hostvars.get(host) or {}
-    options = {
-        name: hv["pd_proxy_" + name] for name in PROXY_OPTIONS if hv.get("pd_proxy_" + name) is not None
-    }
+    options = _proxy_options(ctx, host)
     if "batch_priority" not in options:
         options["batch_priority"] = any(i["scheduling_policy"] for i in instances)
-    bind = ctx.var(host, "proxy_bind_host", "0.0.0.0")[0]
+    # The proxy host's own address: listening on every interface must be asked for (pd_proxy_bind_host).
+    bind = strip_brackets(str(ctx.var(host, "proxy_bind_host", settings["address"])[0]))
 
     def backend(i):
         b = {

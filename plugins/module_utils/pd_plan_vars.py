@@ -9,6 +9,9 @@ from one list.
 from __future__ import annotations
 
 import difflib
+import importlib.util
+import sys
+from pathlib import Path
 
 PLATFORMS = ("ascend", "cuda", "cpu")
 CONNECTORS = ("mooncake", "ucm", "shared_storage", "nixl")
@@ -98,49 +101,53 @@ HOST_VARS = (
 )
 
 # Proxy knobs: pd_proxy_<name> lands in plan.proxy.options[<name>] when set; unset ones take
-# the proxy's own defaults. The proxy rejects unknown options, so this list follows its
-# documented options (files/connector/openfuyao_pd/proxy/config.py) and others are warned about.
-PROXY_OPTIONS = (
-    "routing",
-    "local_prefill_max_tokens",
-    "prefill_queue_threshold",
-    "decode_busy_threshold",
-    "batch_priority",
-    "priority_buckets",
-    "chars_per_token",
-    "block_tokens",
-    "prefix_cache_blocks",
-    "affinity_max_imbalance_tokens",
-    "default_max_tokens",
-    "connect_timeout",
-    "prefill_timeout",
-    "decode_timeout",
-    "max_retries",
-    "fallback_local_prefill",
-    "health_interval",
-    "health_timeout",
-    "health_failures",
-    "health_successes",
-    "drain_timeout",
-    "bootstrap_port",
-)
+# the proxy's own defaults. Names, types and bounds come from the proxy's own table
+# (files/connector/openfuyao_pd/proxy/options.py), so the planner refuses exactly what the
+# proxy would refuse, before any host is touched.
+PROXY_OPTIONS_FILE = Path(__file__).resolve().parents[2] / "files/connector/openfuyao_pd/proxy/options.py"
+_PROXY_TABLE: list = []
 
-KNOWN = frozenset(
-    ["pd_" + n for n in HOST_VARS]
-    + ["pd_" + n for n in ROLE_VARS]
-    + [f"pd_{r}_{n}" for r in ROLES for n in ROLE_VARS]
-    + ["pd_proxy_" + n for n in PROXY_OPTIONS]
-    + ["pd_plan_output", "pd_plan"]
-)
+
+def proxy_options_table():
+    """The proxy's options module (OPTIONS, BY_NAME, check, OptionError), or None when the
+    collection lacks files/connector (a partial copy, e.g. ansible-test's sanity tree)."""
+    if not _PROXY_TABLE:
+        module = None
+        if PROXY_OPTIONS_FILE.is_file():
+            name = "openfuyao_pd_proxy_options"
+            spec = importlib.util.spec_from_file_location(name, PROXY_OPTIONS_FILE)
+            module = importlib.util.module_from_spec(spec)
+            # dataclasses resolve the module's annotations through sys.modules.
+            sys.modules[name] = module
+            spec.loader.exec_module(module)
+        _PROXY_TABLE.append(module)
+    return _PROXY_TABLE[0]
+
+
+def proxy_option_names():
+    table = proxy_options_table()
+    return tuple(o.name for o in table.OPTIONS) if table else ()
+
+
+def known_names():
+    return frozenset(
+        ["pd_" + n for n in HOST_VARS]
+        + ["pd_" + n for n in ROLE_VARS]
+        + [f"pd_{r}_{n}" for r in ROLES for n in ROLE_VARS]
+        + ["pd_proxy_" + n for n in proxy_option_names()]
+        # Read by the playbooks, not the planner (site.yml: pd_become, pd_plan_file, pd_allow_partial).
+        + ["pd_plan_output", "pd_plan", "pd_plan_file", "pd_allow_partial", "pd_become"]
+    )
 
 
 def typo_warnings(host: str, names) -> list:
     """One warning per pd_* variable that is unknown but close to a known name."""
     out = []
+    known = known_names()
     for name in sorted(n for n in names if isinstance(n, str) and n.startswith("pd_")):
-        if name in KNOWN:
+        if name in known:
             continue
-        close = difflib.get_close_matches(name, sorted(KNOWN), n=1, cutoff=0.8)
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.8)
         if close:
             out.append(f"host {host}: unknown variable {name} ignored; did you mean {close[0]}?")
         else:

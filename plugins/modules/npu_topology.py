@@ -16,6 +16,12 @@ description:
     column widths of different driver versions are all understood.
   - A chip is busy when a process runs on it or more than O(busy_hbm_mb) of its HBM is in use.
   - Sets the fact C(npu) with the same data as the return values. Changes nothing on the host.
+  - Output that cannot be trusted fails the module with one line naming the command and quoting an
+    escaped excerpt. That is a table without chips or cut short, a logic id, NPU/Chip pair or Phy-ID
+    listed twice, a chip missing from C(npu-smi info -m), binary junk, a crash, or a call that hangs
+    past O(command_timeout). The module never raises.
+  - An C(NA) HBM cell is reported as unknown (null), never as 0 MB; such a chip is not counted as
+    free, and with O(require_free) it is a problem.
 author:
   - openFuyao PD contributors (@openfuyao)
 options:
@@ -50,6 +56,12 @@ options:
         container may hold it). Idle 910B/910C chips use about 3 GB.
     type: int
     default: 8192
+  command_timeout:
+    description:
+      - Seconds one C(npu-smi) call may take before it is killed (a hung driver must not hang the play).
+        C(npu-smi info) answers in one or two seconds.
+    type: int
+    default: 30
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -124,10 +136,10 @@ chips:
       description: AI core usage in percent.
       type: int
     hbm_used_mb:
-      description: HBM in use.
+      description: HBM in use; null when npu-smi prints C(NA).
       type: int
     hbm_total_mb:
-      description: HBM size.
+      description: HBM size; null when npu-smi prints C(NA).
       type: int
     processes:
       description: Processes on the chip, each with C(pid), C(name), C(memory_mb).
@@ -147,7 +159,7 @@ chips:
        aicore_pct: 0, hbm_used_mb: 2818, hbm_total_mb: 32768, processes: [], device_ip: 10.20.0.12,
        netmask: 255.255.255.0, busy: false}
 free_logic_ids:
-  description: Logic ids of chips that are healthy and not busy.
+  description: Logic ids of chips that are healthy, not busy and whose HBM use is known.
   returned: always
   type: list
   elements: int
@@ -211,6 +223,9 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.npu_smi_parse import 
 
 def run_npu_smi(module, runner: ToolRunner, tool: str, args: list[str]) -> str:
     result = runner.run([tool, *args])
+    broken = result.broken(runner.timeout)
+    if broken:
+        module.fail_json(msg=broken, rc=result.rc, stdout=result.stdout, stderr=result.stderr, cmd=result.command)
     if result.rc != 0:
         module.fail_json(msg=f"`{result.command}` failed (rc={result.rc}): {excerpt(result.stdout + result.stderr)}; "
                          "is the Ascend driver loaded and are you root?",
@@ -233,14 +248,25 @@ def select_chips(chips: list[dict], devices: list[int] | None, logic_ids: list[i
     return [c for c in chips if c[key] in wanted], missing
 
 
+def plain(text: str) -> str:
+    """Tool text as is when it is plain printable ASCII, else quoted with escapes (one line, UTF-8 safe)."""
+    return text if text.isascii() and text.isprintable() else repr(text)
+
+
+def hbm_text(chip: dict) -> str:
+    def show(value):
+        return "NA" if value is None else str(value)
+    return f"{show(chip['hbm_used_mb'])}/{show(chip['hbm_total_mb'])}"
+
+
 def busy_problem(chip: dict, busy_hbm_mb: int) -> str:
-    procs = ", ".join(f"pid {p['pid']} {p['name'] or '(no name)'}"
+    procs = ", ".join(f"pid {p['pid']} {plain(p['name']) or '(no name)'}"
                       + (f" {p['memory_mb']} MB" if p["memory_mb"] is not None else "")
                       for p in chip["processes"])
     why = (f"{len(chip['processes'])} process(es): {procs}" if chip["processes"]
            else f"no process listed but HBM use is above {busy_hbm_mb} MB (another container?)")
-    return (f"device {chip['phy_id']}: busy (logic id {chip['logic_id']}): {why}; HBM {chip['hbm_used_mb']}/"
-            f"{chip['hbm_total_mb']} MB in use; stop it or choose other devices")
+    return (f"device {chip['phy_id']}: busy (logic id {chip['logic_id']}): {why}; HBM {hbm_text(chip)} MB in use; "
+            "stop it or choose other devices")
 
 
 def topology_problems(chips: list[dict], judged: list[dict], listed: dict, require_free: bool = False,
@@ -252,6 +278,10 @@ def topology_problems(chips: list[dict], judged: list[dict], listed: dict, requi
                             f"`npu-smi info -t health -i {c['npu_id']}`")
         elif require_free and c["busy"]:
             problems.append(busy_problem(c, busy_hbm_mb))
+        elif require_free and c["hbm_used_mb"] is None:
+            problems.append(f"device {c['phy_id']}: npu-smi info prints HBM usage {hbm_text(c)} (logic id "
+                            f"{c['logic_id']}), so nobody can tell whether the chip is free; check "
+                            f"`npu-smi info -t usages -i {c['npu_id']}` or choose other devices")
     seen = {c["npu_id"] for c in chips}
     missing = [card["npu_id"] for card in listed["cards"] if card["npu_id"] not in seen]
     if missing:
@@ -266,7 +296,7 @@ def render_table(chips: list[dict]) -> list[str]:
     for c in chips:
         state = f"busy ({len(c['processes'])} proc)" if c["busy"] else "free"
         rows.append((c["phy_id"], c["logic_id"], f"{c['npu_id']}/{c['chip_id']}", c["name"], c["health"],
-                     f"{c['hbm_used_mb']}/{c['hbm_total_mb']}", c["device_ip"] or "-", state))
+                     hbm_text(c), c["device_ip"] or "-", state))
     return align_columns(rows)
 
 
@@ -279,6 +309,7 @@ def main() -> None:
             logic_ids=dict(type="list", elements="int"),
             require_free=dict(type="bool", default=False),
             busy_hbm_mb=dict(type="int", default=8192),
+            command_timeout=dict(type="int", default=30),
         ),
         mutually_exclusive=[("devices", "logic_ids")],
         supports_check_mode=True,
@@ -286,8 +317,10 @@ def main() -> None:
     params = module.params
     if params["busy_hbm_mb"] < 0:
         module.fail_json(msg="busy_hbm_mb must not be negative")
+    if params["command_timeout"] < 1:
+        module.fail_json(msg=f"command_timeout must be at least 1 (seconds), got {params['command_timeout']}")
     tool = resolve_tool(module, params["npu_smi"], "npu-smi", NPU_SMI_FALLBACK)
-    runner = ToolRunner(module)
+    runner = ToolRunner(module, timeout=params["command_timeout"])
     info_text = run_npu_smi(module, runner, tool, ["info"])
     mapping_text = run_npu_smi(module, runner, tool, ["info", "-m"])
     list_text = run_npu_smi(module, runner, tool, ["info", "-l"])
@@ -302,16 +335,22 @@ def main() -> None:
         info = parse_info(info_text, tool + " info")
         mapping = parse_mapping(mapping_text, tool + " info -m")
         listed = parse_list(list_text, tool + " info -l")
+        chips = build_chips(info, mapping, conf, params["busy_hbm_mb"], tool + " info -m")
     except ParseError as exc:
         module.fail_json(msg=str(exc), stdout=exc.output)
+    except Exception as exc:  # last line of defence: never a traceback for odd tool output
+        module.fail_json(msg=f"npu_topology could not judge the output of `{tool} info`/`info -m`/`info -l` "
+                         f"({type(exc).__name__}: {excerpt(str(exc))}); please report this with the tool's output")
+    report(module, params, info, chips, listed)
 
-    chips = build_chips(info, mapping, conf, params["busy_hbm_mb"])
+
+def report(module, params: dict, info: dict, chips: list[dict], listed: dict) -> None:
     judged, missing = select_chips(chips, params["devices"], params["logic_ids"])
     problems = missing + topology_problems(chips, judged, listed, params["require_free"], params["busy_hbm_mb"])
     # The lost-card line is about the whole host; it stays even when only some chips are judged.
     healthy = not any(c["health"] != HEALTH_OK for c in judged) and not any(p.startswith("npu-smi") for p in problems)
-    free = [c["logic_id"] for c in chips if c["health"] == HEALTH_OK and not c["busy"]]
-    facts = dict(product=product_of(info), driver_version=info["version"], chips=chips,
+    free = [c["logic_id"] for c in chips if c["health"] == HEALTH_OK and not c["busy"] and c["hbm_used_mb"] is not None]
+    facts = dict(product=product_of(info), driver_version=info["version"] or "unknown", chips=chips,
                  free_logic_ids=free, healthy=healthy, selected=[c["phy_id"] for c in judged], problems=problems)
     verdict = "ok" if not problems else f"{len(problems)} problem(s): " + "; ".join(problems)
     msg = (f"{facts['product']}, driver {facts['driver_version']}: {len(chips)} chip(s), {len(free)} free, "

@@ -30,11 +30,26 @@ options:
       - Treat warnings (likely typos of C(pd_*) variables, ports inside randomly used ranges) as errors.
     type: bool
     default: false
+  inventory_only:
+    description:
+      - Only load the variables of every host of the groups (a broken C(host_vars)/C(group_vars)
+        file is reported with its path) and check that C(prefill), C(decode) and C(proxy) have
+        hosts; compute no plan and set no fact. C(site.yml) runs this first, before any host is
+        contacted, because a play over misspelled groups would otherwise match no host and succeed.
+    type: bool
+    default: false
+  output:
+    description:
+      - Absolute path of a file on the controller to write the plan to, as JSON (mode C(0600),
+        replaced atomically, left alone when it already holds this plan). When planning fails
+        the file is removed, so a plan from an earlier run never passes for this one. In check
+        mode nothing is written or removed.
+    type: path
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
-    details: The plan is computed the same way; nothing is ever changed on a host.
+    details: The plan is computed the same way; nothing is ever changed on a host, and the O(output) file is neither written nor removed.
   diff_mode:
     description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
@@ -52,6 +67,16 @@ author:
 EXAMPLES = r"""
 - name: Compute the plan once and give it to every host
   openfuyao.pd.pd_plan:
+  run_once: true
+
+- name: Write the plan to a file on the controller
+  openfuyao.pd.pd_plan:
+    output: /srv/pd/pd_plan.json
+  run_once: true
+
+- name: Check only that the inventory loads and has the required groups
+  openfuyao.pd.pd_plan:
+    inventory_only: true
   run_once: true
 
 - name: Refuse likely typos of pd_* variables
@@ -74,6 +99,10 @@ table:
   returned: success
   type: list
   elements: str
+output:
+  description: The file the plan was written to (option O(output)).
+  returned: success and O(output) given
+  type: str
 problems:
   description: Every validation error, one line each.
   returned: failed

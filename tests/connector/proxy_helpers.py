@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -46,6 +47,7 @@ class Cluster:
     decode: list[SimRunner]
     session: aiohttp.ClientSession
     extra: list[SimRunner] = field(default_factory=list)
+    admin: dict[str, str] = field(default_factory=dict)  # the Authorization header of the instance API
 
     def backend(self, name: str) -> Any:
         return self.proxy.backends[name]
@@ -109,7 +111,12 @@ async def cluster(tmp_path: Any, protocol: str = "mooncake_v1", n_prefill: int =
             for i in range(count):
                 cfg = sim_config(protocol, role, i, storage, **{**(sim or {}), **(knobs or {})})
                 sims[role].append(await SimRunner(cfg).start())
+        token_file = tmp_path / "admin.token"
+        token = secrets.token_urlsafe(32)
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
         plan_proxy = {
+            "admin_token_file": str(token_file),
             "address": proxy_host, "port": 0, "protocol": protocol, "model": "tiny-llama",
             "prefill": [backend_entry(r, "prefill", i, protocol) for i, r in enumerate(sims["prefill"])],
             "decode": [backend_entry(r, "decode", i, protocol) for i, r in enumerate(sims["decode"])],
@@ -120,7 +127,7 @@ async def cluster(tmp_path: Any, protocol: str = "mooncake_v1", n_prefill: int =
         runner, proxy, port = await start(cfg, proxy_host, 0)
         host = f"[{proxy_host}]" if ":" in proxy_host else proxy_host
         yield Cluster(proxy=proxy, url=f"http://{host}:{port}", prefill=sims["prefill"], decode=sims["decode"],
-                      session=session)
+                      session=session, admin={"Authorization": f"Bearer {token}"})
     finally:
         await session.close()
         if runner is not None:

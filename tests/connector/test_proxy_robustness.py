@@ -115,7 +115,12 @@ async def test_failed_decode_retries_with_a_fresh_prefill(tmp_path):
         assert retries >= 1
         # Every retry re-ran prefill (consumed params are never resent), and D1 got P's KV each time.
         assert seen(c.prefill) == [2 + retries]
-        assert metric(await sim_metrics(c, c.decode[1]), "pd_sim_kv_loads_total", source="remote") == 2
+        # D0 failed before taking P's KV: the proxy had D1 take it (1-token request) instead of leaving it held.
+        await wait_for(lambda: not c.proxy.kv.tasks)
+        released = metric(await c.metrics(), "pd_proxy_kv_released_total", reason="decode_failed")
+        assert released == retries
+        assert metric(await sim_metrics(c, c.decode[1]), "pd_sim_kv_loads_total", source="remote") == 2 + released
+        assert (await c.sim_state(c.prefill[0]))["held_blocks"] == 0
 
 
 async def test_upstream_4xx_is_passed_through(tmp_path):
@@ -149,7 +154,7 @@ async def test_kill_a_decode_mid_load(tmp_path):
                        decode_sim={"decode_step_ms": 10}) as c:
         proc, port = await spawn_sim("mooncake_v1", "decode", str(tmp_path / "kv"), "--sim-decode-step-ms", "10")
         try:
-            async with c.session.post(c.url + "/v1/instances", json={"name": "decode-1", "role": "decode",
+            async with c.session.post(c.url + "/v1/instances", headers=c.admin, json={"name": "decode-1", "role": "decode",
                                                                      "address": "127.0.0.1", "port": port}) as r:
                 assert r.status == 201
 
@@ -229,19 +234,19 @@ async def test_instance_api_add_drain_undrain_delete(tmp_path):
                                             "kv_connector_extra_config": {"shared_storage_path": str(tmp_path / "kv")}})
         extra = await SimRunner(cfg).start()
         try:
-            async with c.session.post(c.url + "/v1/instances", json={"name": "decode-9", "role": "decode",
+            async with c.session.post(c.url + "/v1/instances", headers=c.admin, json={"name": "decode-9", "role": "decode",
                                                                      "address": "127.0.0.1", "port": extra.port}) as r:
                 assert r.status == 201 and (await r.json())["healthy"]
-            async with c.session.post(c.url + "/v1/instances", json={"name": "decode-9", "role": "decode",
+            async with c.session.post(c.url + "/v1/instances", headers=c.admin, json={"name": "decode-9", "role": "decode",
                                                                      "address": "127.0.0.1", "port": 1}) as r:
                 assert r.status == 409
-            async with c.session.post(c.url + "/v1/instances", json={"name": "decode-7", "role": "decode",
+            async with c.session.post(c.url + "/v1/instances", headers=c.admin, json={"name": "decode-7", "role": "decode",
                                                                      "address": "127.0.0.1", "port": free_port()}) as r:
                 body = await r.json()
                 assert r.status == 201 and body["ejected"] and not body["healthy"]  # not up yet: no traffic
-            async with c.session.delete(c.url + "/v1/instances/decode-7?timeout=0") as r:
+            async with c.session.delete(c.url + "/v1/instances/decode-7?timeout=0", headers=c.admin) as r:
                 assert r.status == 200
-            async with c.session.post(c.url + "/v1/instances", json={"name": "x", "role": "router",
+            async with c.session.post(c.url + "/v1/instances", headers=c.admin, json={"name": "x", "role": "router",
                                                                      "address": "127.0.0.1", "port": 1}) as r:
                 assert r.status == 400 and "role must be one of" in (await r.json())["error"]
             # Drain decode-0 while a stream runs on it: drain returns once it finished.
@@ -249,7 +254,7 @@ async def test_instance_api_add_drain_undrain_delete(tmp_path):
             await wait_for(lambda: c.backend("decode-0").inflight_requests + c.backend("decode-9").inflight_requests)
             busy = "decode-0" if c.backend("decode-0").inflight_requests else "decode-9"
             other = "decode-9" if busy == "decode-0" else "decode-0"
-            async with c.session.post(c.url + f"/v1/instances/{busy}/drain?timeout=5") as r:
+            async with c.session.post(c.url + f"/v1/instances/{busy}/drain?timeout=5", headers=c.admin) as r:
                 body = await r.json()
                 assert r.status == 200 and body["drained"] and body["inflight_requests"] == 0
             assert stream.done() and (await stream)[1][-1] == "[DONE]"
@@ -258,13 +263,13 @@ async def test_instance_api_add_drain_undrain_delete(tmp_path):
                 assert (await c.post({**BODY, "prompt": f"{i}{LONG}"}))[0] == 200
             after = seen([extra]) if other == "decode-9" else seen(c.decode)
             assert after[0] == before[0] + 3  # all went to the non-drained decode
-            async with c.session.post(c.url + f"/v1/instances/{busy}/undrain") as r:
+            async with c.session.post(c.url + f"/v1/instances/{busy}/undrain", headers=c.admin) as r:
                 assert r.status == 200 and not (await r.json())["draining"]
-            async with c.session.delete(c.url + "/v1/instances/decode-9?timeout=2") as r:
+            async with c.session.delete(c.url + "/v1/instances/decode-9?timeout=2", headers=c.admin) as r:
                 assert r.status == 200 and (await r.json())["removed"]
             async with c.session.get(c.url + "/v1/instances") as r:
                 assert sorted(i["name"] for i in (await r.json())["instances"]) == ["decode-0", "prefill-0"]
-            async with c.session.delete(c.url + "/v1/instances/decode-9") as r:
+            async with c.session.delete(c.url + "/v1/instances/decode-9", headers=c.admin) as r:
                 assert r.status == 404
         finally:
             await extra.stop()

@@ -190,3 +190,39 @@ def test_scale_refuses_an_empty_role(sim: Deployment) -> None:
     assert proc.returncode != 0
     assert "Traceback" not in proc.stdout + proc.stderr
     assert sim.pids() == before
+
+
+def test_admin_token_is_private_and_never_logged(sim: Deployment) -> None:
+    """roles/proxy's token: 0600, needed for mutations, and in no log or file others can read."""
+    import stat
+    import urllib.error
+    import urllib.request
+
+    token_file = Path(sim.extra["vllm_pd_conf_dir"]) / "proxy-admin.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    token = token_file.read_text().strip()
+    assert len(token) == 48
+
+    def call(path: str, headers: dict[str, str]) -> int:
+        request = urllib.request.Request(sim.proxy_url + path, method="POST", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                return resp.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    assert call("/v1/instances/decode-0/drain?timeout=0", {}) == 401
+    assert call("/v1/instances/decode-0/drain?timeout=0", {"Authorization": "Bearer nope"}) == 403
+    with urllib.request.urlopen(sim.proxy_url + "/v1/instances", timeout=10) as resp:
+        assert not any(i["draining"] for i in json.loads(resp.read())["instances"])
+    assert call("/v1/instances/decode-0/undrain", {"Authorization": f"Bearer {token}"}) == 200
+    # Every file of the deployment (logs, ansible output of site/rolling_restart/upgrade/scale,
+    # configs) except the venv: the token is only in its own file, which only the owner can read.
+    holders = []
+    for path in sim.workdir.rglob("*"):
+        if "venv" in path.relative_to(sim.workdir).parts[:1] or not path.is_file() or path.is_symlink():
+            continue
+        if token.encode() in path.read_bytes():
+            holders.append(path)
+            assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path} holds the token and others may read it"
+    assert holders == [token_file]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-INVENTORIES = ["local", "ascend-1p1d", "ascend-2p2d", "ucm-xpyd", "hetero-ucm"]
+INVENTORIES = ["local", "ascend-1p1d", "ascend-2p2d", "ascend-8p8d", "ucm-xpyd", "hetero-ucm"]
 INSTANCE_KEYS = {
     "name",
     "host",
@@ -31,11 +32,11 @@ INSTANCE_KEYS = {
 }
 
 
-def run_playbook(inventory: Path, *extra: str) -> subprocess.CompletedProcess:
+def run_playbook(inventory: Path, *extra: str, playbook: str = "plan.yml") -> subprocess.CompletedProcess:
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1")
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     return subprocess.run(
-        ["ansible-playbook", "playbooks/plan.yml", "-i", str(inventory), *extra],
+        ["ansible-playbook", str(ROOT / "playbooks" / playbook), "-i", str(inventory), *extra],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -114,3 +115,251 @@ def test_untemplatable_variable_is_one_line(tmp_path):
         in result.stdout + result.stderr
     )
     assert "Traceback" not in result.stdout + result.stderr
+
+
+# ---------------------------------------------------------------- broken inventories, real runs
+
+ERROR_HEAD = "[ERROR]: Task failed: Action failed: "
+
+
+def problem_lines(text: str) -> list[str]:
+    """The problems exactly as Ansible prints the failed task's msg: the [ERROR] line carries the
+    first, each further one is a line of its own, up to Ansible's Origin: line."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(ERROR_HEAD))
+    out = [lines[start][len(ERROR_HEAD):]]
+    for line in lines[start + 1 :]:
+        if line.startswith("Origin: "):
+            break
+        out.append(line)
+    return out
+
+
+def assert_refused(result: subprocess.CompletedProcess, expected: list[str], plan: Path) -> None:
+    text = result.stdout + result.stderr
+    assert result.returncode != 0, text
+    assert "Traceback" not in text
+    assert problem_lines(text) == expected, text
+    assert not plan.exists()
+
+
+def seeded(path: Path) -> Path:
+    """A plan file from an earlier, successful run: it must not survive a failed one."""
+    path.write_text('{"schema_version": 1, "stale": true}\n')
+    return path
+
+
+def test_capitalised_groups_fail_naming_the_groups_found(tmp_path):
+    inv = tmp_path / "cluster.ini"
+    inv.write_text("[Prefill]\nn1 ansible_host=10.0.0.1\n[Decode]\nn1\n[Proxy]\nn1\n")
+    plan = seeded(tmp_path / "plan.json")
+    result = run_playbook(inv, "-e", f"pd_plan_output={plan}")
+    assert_refused(
+        result,
+        [
+            f"group {g} is empty: add at least one host under [{g}] in the inventory (the inventory has a group "
+            f"[{g.capitalize()}]: rename it; group names are case-sensitive); groups found: Decode, Prefill, Proxy"
+            for g in ("prefill", "decode", "proxy")
+        ],
+        plan,
+    )
+    assert f"no plan written ({plan} does not exist now): fix the problems listed above" in result.stdout
+
+
+def test_yaml_inventory_in_the_wrong_shape_fails(tmp_path):
+    inv = tmp_path / "cluster.yml"
+    # Groups as keys of `all` instead of under `all: children:`: Ansible only warns and skips them.
+    inv.write_text("all:\n  prefill:\n    hosts: {n1: {}}\n  decode:\n    hosts: {n1: {}}\n  proxy:\n    hosts: {n1: {}}\n")
+    plan = seeded(tmp_path / "plan.json")
+    assert_refused(
+        run_playbook(inv, "-e", f"pd_plan_output={plan}"),
+        [
+            f"group {g} is empty: add at least one host under [{g}] in the inventory; the inventory has no hosts "
+            "at all: check that it parses (ansible-inventory -i INVENTORY --graph) and that YAML groups sit under "
+            "all: children:"
+            for g in ("prefill", "decode", "proxy")
+        ],
+        plan,
+    )
+
+
+def test_host_vars_file_that_is_not_yaml_is_named(tmp_path):
+    (tmp_path / "host_vars").mkdir()
+    broken = tmp_path / "host_vars" / "d1.yml"
+    broken.write_text("pd_model: /m\npd_decode_tp: [1\n")
+    inv = tmp_path / "cluster.ini"
+    inv.write_text("[prefill]\np1 ansible_host=10.0.0.1\n[decode]\nd1 ansible_host=10.0.0.2\n[proxy]\np1\n")
+    plan = seeded(tmp_path / "plan.json")
+    assert_refused(
+        run_playbook(inv, "-e", f"pd_plan_output={plan}"),
+        [
+            f"host d1: its variables cannot be loaded from {broken}:3: YAML parsing failed: While parsing a flow "
+            "sequence did not find expected ',' or ']'.: fix that file"
+        ],
+        plan,
+    )
+
+
+def test_failed_replan_removes_the_plan_of_the_good_run(tmp_path):
+    inv = tmp_path / "cluster.ini"
+    good = "[prefill]\nlocalhost ansible_connection=local\n[decode]\nlocalhost\n[proxy]\nlocalhost\n[all:vars]\npd_model=/m\n"
+    inv.write_text(good)
+    plan = tmp_path / "plan.json"
+    assert run_playbook(inv, "-e", f"pd_plan_output={plan}").returncode == 0
+    assert json.loads(plan.read_text())["instances"]
+    inv.write_text(good + "pd_prefill_max_num_seqs=many\n")
+    assert_refused(
+        run_playbook(inv, "-e", f"pd_plan_output={plan}"),
+        ["host localhost: pd_prefill_max_num_seqs='many' must be an integer >= 1"],
+        plan,
+    )
+
+
+def test_group_mistake_on_sixteen_hosts_is_one_line(tmp_path):
+    inv = tmp_path / "cluster.ini"
+    shutil.copytree(ROOT / "inventories" / "ascend-8p8d", tmp_path, dirs_exist_ok=True)
+    with (tmp_path / "group_vars" / "decode.yml").open("a") as f:
+        f.write("pd_decode_env: {CUDA_VISIBLE_DEVICES: '0'}\n")
+    plan = tmp_path / "plan.json"
+    decode = ", ".join(f"a2-d{i:02d}" for i in range(1, 9))
+    assert_refused(
+        run_playbook(inv, "-e", f"pd_plan_output={plan}"),
+        [
+            f"hosts {decode}: pd_decode_env sets CUDA_VISIBLE_DEVICES, which the plan owns: remove it and set "
+            "pd_decode_devices instead"
+        ],
+        plan,
+    )
+
+
+def test_ini_false_reaches_the_proxy_as_false(tmp_path):
+    inv = tmp_path / "cluster.ini"
+    inv.write_text(
+        "[prefill]\nlocalhost ansible_connection=local\n[decode]\nlocalhost\n[proxy]\nlocalhost\n"
+        "[all:vars]\npd_model=/m\npd_proxy_fallback_local_prefill=false\npd_proxy_health_interval=2\n"
+    )
+    plan = tmp_path / "plan.json"
+    result = run_playbook(inv, "-e", f"pd_plan_output={plan}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    options = json.loads(plan.read_text())["proxy"]["options"]
+    assert options["fallback_local_prefill"] is False and options["health_interval"] == 2
+
+
+def test_site_refuses_misspelled_groups_before_contacting_a_host(tmp_path):
+    inv = tmp_path / "cluster.ini"
+    inv.write_text("[prefill]\nn1 ansible_host=192.0.2.1\n[decode]\nn1\n[proxxy]\nn1\n")
+    result = run_playbook(inv, playbook="site.yml")
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert problem_lines(text) == [
+        "group proxy is empty: add at least one host under [proxy] in the inventory (the inventory has a group "
+        "[proxxy]: rename it); groups found: decode, prefill, proxxy"
+    ]
+    assert "PLAY [Reach every host of the deployment]" not in text
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs an ssh client to be refused")
+def test_site_stops_when_a_host_is_unreachable(tmp_path):
+    inv = tmp_path / "cluster.ini"
+    # d1: ssh to a loopback port nothing listens on, refused at once.
+    inv.write_text(
+        f'[prefill]\np1 ansible_connection=local ansible_python_interpreter={sys.executable}\n'
+        "[decode]\nd1 ansible_host=127.0.0.2 ansible_port=1\n[proxy]\np1\n"
+        "[all:vars]\npd_model=builtin:tiny-llama\npd_proxy_port=9390\n"
+    )
+    result = run_playbook(inv, playbook="site.yml")
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert problem_lines(text) == [
+        "hosts d1 failed or did not answer: stopping before anything is deployed; fix them, or rerun with "
+        "-e pd_allow_partial=true to go on without them"
+    ]
+    # Nothing after the gate ran: no facts, no plan, no preflight, no deployment.
+    for play in ("Learn the NPUs", "Plan the layout once", "Check the hosts against the plan", "Start the"):
+        assert f"PLAY [{play}" not in text
+
+
+@pytest.mark.skipif(shutil.which("ssh") is None, reason="needs an ssh client to be refused")
+@pytest.mark.parametrize("allow", [False, True])
+def test_partial_cluster_gate_goes_on_only_when_asked(tmp_path, allow):
+    """playbooks/tasks/gate.yml in a play of its own: without pd_allow_partial the run stops,
+    with it the hosts that answered go on (and only they)."""
+    inv = tmp_path / "cluster.ini"
+    inv.write_text(
+        f"[prefill]\np1 ansible_connection=local ansible_python_interpreter={sys.executable}\n"
+        "[decode]\nd1 ansible_host=127.0.0.2 ansible_port=1\n"
+    )
+    book = tmp_path / "gate.yml"
+    book.write_text(
+        "- hosts: prefill:decode\n  gather_facts: false\n  tasks:\n"
+        "    - ansible.builtin.ping:\n"
+        f"    - ansible.builtin.import_tasks: {ROOT / 'playbooks' / 'tasks' / 'gate.yml'}\n"
+        "      vars: {_pd_gate_before: the test step}\n"
+        "    - ansible.builtin.debug: {msg: 'went on on {{ inventory_hostname }}'}\n"
+    )
+    extra = ("-e", "pd_allow_partial=true") if allow else ()
+    result = run_playbook(inv, *extra, playbook=str(book))
+    text = result.stdout + result.stderr
+    assert result.returncode != 0  # d1 stays unreachable either way
+    if allow:
+        assert "went on on p1" in text and "failed or did not answer" not in text
+    else:
+        assert problem_lines(text) == [
+            "hosts d1 failed or did not answer: stopping before the test step; fix them, or rerun with "
+            "-e pd_allow_partial=true to go on without them"
+        ]
+        assert "went on on" not in text
+
+
+@pytest.fixture(scope="module")
+def local_plan(tmp_path_factory) -> str:
+    """The plan playbooks/plan.yml writes for inventories/local."""
+    plan = tmp_path_factory.mktemp("local-plan") / "plan.json"
+    assert run_playbook(ROOT / "inventories" / "local" / "cluster.ini", "-e", f"pd_plan_output={plan}").returncode == 0
+    return plan.read_text()
+
+
+def _site_plan_play(tmp_path: Path) -> Path:
+    """site.yml's plan play alone (the play that applies pd_plan_file), runnable from tmp_path."""
+    import yaml
+
+    plays = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
+    (play,) = [p for p in plays if p.get("name") == "Plan the layout once and publish it to every host"]
+    for task in play["tasks"]:
+        if "ansible.builtin.include_tasks" in task:
+            task["ansible.builtin.include_tasks"] = str(ROOT / "playbooks" / task["ansible.builtin.include_tasks"])
+    book = tmp_path / "site_plan_play.yml"
+    book.write_text(yaml.safe_dump([play], sort_keys=False))
+    return book
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ('{"schema_version": 2}', "is not a plan (schema_version 1) of this inventory; write it again with "
+         "playbooks/plan.yml on this inventory"),
+        ("[1, 2]", "is not a plan (schema_version 1) of this inventory; write it again with playbooks/plan.yml "
+         "on this inventory"),
+        (None, "is not a plan (schema_version 1) of this inventory: hosts a2-p01 are not in it; write it again "
+         "with playbooks/plan.yml on this inventory"),
+        ("good", None),
+    ],
+    ids=["other-schema", "not-a-mapping", "other-inventory", "good"],
+)
+def test_site_refuses_a_plan_file_that_is_not_of_this_inventory(tmp_path, local_plan, content, expected):
+    inventory = ROOT / "inventories" / "local" / "cluster.ini"
+    plan = tmp_path / "plan.json"
+    plan.write_text(local_plan)
+    if content is None:
+        doc = json.loads(plan.read_text())
+        doc["hosts"]["a2-p01"] = doc["hosts"]["localhost"]
+        plan.write_text(json.dumps(doc))
+    elif content != "good":
+        plan.write_text(content)
+    result = run_playbook(inventory, "-e", f"pd_plan_file={plan}", playbook=str(_site_plan_play(tmp_path)))
+    text = result.stdout + result.stderr
+    if expected is None:
+        assert result.returncode == 0, text
+    else:
+        assert result.returncode != 0
+        assert problem_lines(text) == [f"pd_plan_file={plan} {expected}"]

@@ -209,7 +209,8 @@ def test_healthy_cluster_passes(tmp_path):
     port = free_port()
     hosts = {
         "a2": make_npu_host(tmp_path, "a2", "healthy_a2.json", "10.30.0."),
-        "a3": make_npu_host(tmp_path, "a3", "healthy_a3.json", "10.31.0."),
+        # its own P2P group: A2 and A3 in one group are refused (test_a2_and_a3_in_one_p2p_group_is_one_line)
+        "a3": {**make_npu_host(tmp_path, "a3", "healthy_a3.json", "10.31.0."), "preflight_p2p_group": "pod-a3"},
         "busytool": make_npu_host(tmp_path, "busytool", "hccn_busy.json", "10.32.0."),
         "olddriver": make_npu_host(tmp_path, "olddriver", "old_driver.json", "10.33.0.",
                                    devices={"1": {"link_records": [{"ago": 200000, "state": "UP"},
@@ -223,7 +224,8 @@ def test_healthy_cluster_passes(tmp_path):
     assert report["passed"] is True and report["problems"] == []
     a3 = checks_of(report, "a3")
     assert a3["npu topology"]["detail"].startswith("A3, driver 24.1.rc3.3: 16 chip(s), 16 free")
-    assert a3["npu devices"]["detail"] == "hccn_check: 16 device(s) passed link, link_stat, tls, ip, net_health"
+    assert a3["npu devices"]["detail"] == "hccn_check: 16 device(s) passed link, link_stat, tls, ip, net_health, vnic"
+    assert a3["hccs mesh"]["status"] == "skip"  # no other A3 host in its group
     assert sorted(a3["ping mesh"]["detail"].split(": ", 1)[1].split(", ")) == [
         "10.30.0.10", "10.32.0.10", "10.33.0.10"]
     # the busy answers were retried away, one after another
@@ -288,3 +290,196 @@ def test_plan_decides_platform_devices_ports_and_ping_targets(tmp_path):
     checks = checks_of(report, "npu1")
     assert checks["npu devices"]["detail"] == "hccn_check: 2 device(s) passed link, link_stat, tls, ip, net_health"
     assert checks["ping mesh"]["detail"] == "2 device(s) x 1 target(s): 10.50.9.9"
+
+
+# ------------------------------------------------------------------------------- broken tools
+
+# One broken behaviour of the tools per host (tests/fakes "faults", docs/fake-npu.md). Each host must carry
+# exactly its one line, the run must write nothing to any device (fix_tls is on and every device whose
+# reading breaks has TLS 1), and the report must still be written.
+JUNK_TLS = "'\ufffd\ufffd\\x00\ufffdC\ufffd\ufffd\ufffd%C|\ufffd\ufffdgO'"
+BAD_STAMP = ("[devid 5]current time        : Mon Oct 99 11:51:32 2025\n[devid 5]link up count       : 1\n"
+             "[devid 5]link down count     : 0\n[devid 5]link change records :\n"
+             "[devid 5]    Sat Oct 25 11:51:32 2025    LINK UP\n")
+BROKEN = {  # host: (scenario overrides, expected line)
+    "crash": ({"faults": [{"args": "-link -g", "device": 2, "action": "crash"}], "devices": {"2": {"tls": 1}}},
+              "crash: device 2: `hccn_tool -i 2 -link -g` crashed (SIGSEGV), output: (empty output); check `dmesg` "
+              "and the driver installation"),
+    "hang": ({"faults": [{"args": "-tls -g", "device": 4, "action": "hang"}], "devices": {"4": {"tls": 1}}},
+             "hang: device 4: `hccn_tool -i 4 -tls -g` gave no answer within 5 s and was killed; the driver or device "
+             "hangs (check `dmesg` and /var/log/hccn_tool/, reset the device or reboot)"),
+    "junk": ({"faults": [{"args": "-tls -g", "device": 1, "action": "junk", "bytes": 12}], "devices": {"1": {"tls": 1}}},
+             "junk: device 1: cannot parse the output of `hccn_tool -i 1 -tls -g` (expected 'tls switch[N]'), got: "
+             + JUNK_TLS),
+    "busy": ({"hccn_busy_responses": 10**6, "devices": {"0": {"tls": 1}}},
+             "busy: hccn_tool: `hccn_tool -i 0 -link -g` still answers 'hccn_tool is busy' after 2 s of retries "
+             "(busy_budget); devices 0, 1, 2, 3, 4, 5, 6, 7 not checked; stop other hccn_tool users on this host and "
+             "run again"),
+    "pingtext": ({"faults": [{"args": "-ping", "device": 0, "action": "output",
+                              "stdout": "device 0 PING 10.60.99.1\nping: sendmsg: unknown error\n"}]},
+                 "pingtext: device 0: cannot parse the output of `hccn_tool -i 0 -ping -g address 10.60.99.1` "
+                 "(expected 'N packets transmitted, M received, L% packet loss'), got: 'device 0 PING 10.60.99.1 | "
+                 "ping: sendmsg: unknown error'"),
+    "badstamp": ({"faults": [{"args": "-link_stat -g", "device": 5, "action": "output", "stdout": BAD_STAMP}]},
+                 "badstamp: device 5: cannot parse the output of `hccn_tool -i 5 -link_stat -g` (expected a date in "
+                 "'current time' (like 'Fri Sep  1 06:37:26 2023')), got: '[devid 5]current time        : Mon Oct 99 "
+                 "11:51:32 2025'"),
+    "badip": ({"faults": [{"args": "-ip -g", "device": 3, "action": "output",
+                           "stdout": "ipaddr:10.60.12.999\nnetmask:255.255.255.0\n"}]},
+              "badip: device 3: cannot parse the output of `hccn_tool -i 3 -ip -g` (expected 'ipaddr:A.B.C.D' and "
+              "'netmask:A.B.C.D' with valid IPv4 addresses), got: 'ipaddr:10.60.12.999 | netmask:255.255.255.0'"),
+    "garbage": ({"faults": [{"args": "-net_health -g", "device": 6, "action": "output", "rc": 3,
+                             "stderr": "dsmi_get_netdev_health failed, ret = -9999\n\x1b[31mERR\x1b[0m\n"}]},
+                "garbage: device 6: `hccn_tool -i 6 -net_health -g` failed (rc=3): 'dsmi_get_netdev_health failed, "
+                "ret = -9999 | \\x1b[31mERR\\x1b[0m'"),
+    "duplogic": ({"devices": {"4": {"logic_id": 3}}},
+                 "duplogic: npu: npu_topology failed: cannot parse the output of `{root}/duplogic/bin/npu-smi info -m` "
+                 "(expected each Chip Logic ID once), got: 'Chip Logic ID 3 on both NPU 3 Chip 0 and NPU 4 Chip 0'"),
+    "nahbm": ({"devices": {"2": {"hbm_used_mb": "NA", "hbm_total_mb": "NA"}}},
+              "nahbm: device 2: npu-smi info prints HBM usage NA/NA (logic id 2), so nobody can tell whether the chip "
+              "is free; check `npu-smi info -t usages -i 2` or choose other devices"),
+    "truncated": ({"faults": [{"tool": "npu-smi", "args": "info", "action": "truncate", "bytes": 1200}]},
+                  "truncated: npu: npu_topology failed: cannot parse the output of `{root}/truncated/bin/npu-smi info` "
+                  "(expected the whole table, process section included (output cut short?)), got: 'where it stops: "
+                  "| 2     910B'"),
+    "npucrash": ({"faults": [{"tool": "npu-smi", "args": "info -l", "action": "crash"}]},
+                 "npucrash: npu: npu_topology failed: `npu-smi info -l` crashed (SIGSEGV), output: (empty output); "
+                 "check `dmesg` and the driver installation"),
+}
+# Not the tools but the module itself dies (its Python interpreter crashes), and inventory ports that bind() cannot try.
+CRASHING_PYTHON = "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\necho 'MemoryError: out of memory' >&2\nexit 1\n"
+BROKEN_OTHER = {
+    "pycrash": "pycrash: npu: npu_topology failed: Module result deserialization failed: No start of json char found "
+               "(module stderr: MemoryError: out of memory)",
+    # (the inventory file is written with sorted keys)
+    "badports": 'badports: ports: [{"end": 70000, "purpose": "x", "start": 70000}, {"end": 8999, "start": 9000}] must lie '
+                "within 1-65535 with end >= start; fix the inventory/plan",
+}
+BROKEN_OPTIONS = ("-e", "preflight_fix_tls=true", "-e", "preflight_hccn_command_timeout=5",
+                  "-e", "preflight_hccn_busy_budget=2")
+
+
+@pytest.fixture(scope="module")
+def broken_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("broken")
+    hosts, before = {}, {}
+    for index, (name, (overrides, _line)) in enumerate(BROKEN.items()):
+        hosts[name] = make_npu_host(root, name, "healthy_a2.json", f"10.60.{index}.", call_log=str(root / name / "calls.log"),
+                                    **overrides)
+        hosts[name]["preflight_ping_mesh"] = False
+        (root / name / "calls.log").write_text("")
+        before[name] = scenario_doc(root, name)
+    hosts["pingtext"]["preflight_ping_targets"] = ["10.60.99.1"]
+    python = root / "crashing-python"
+    python.write_text(CRASHING_PYTHON)
+    python.chmod(0o755)
+    hosts["pycrash"] = {**make_npu_host(root, "pycrash", "healthy_a2.json", "10.60.50."), "preflight_ping_mesh": False,
+                        "ansible_python_interpreter": str(python)}
+    hosts["badports"] = {"preflight_ports": [{"start": 70000, "end": 70000, "purpose": "x"}, {"start": 9000, "end": 8999}]}
+    proc, report = run_preflight(root, hosts, *BROKEN_OPTIONS)
+    return proc, report, root, before
+
+
+@pytest.mark.parametrize("host", sorted(BROKEN))
+def test_each_broken_tool_behaviour_gives_exactly_its_one_line(broken_run, host):
+    proc, report, root = broken_run[:3]
+    expected = BROKEN[host][1].format(root=root)
+    assert host_problems(report, host) == [expected]
+    assert expected in proc.stdout
+
+
+@pytest.mark.parametrize("host", sorted(BROKEN))
+def test_a_broken_tool_gets_nothing_written(broken_run, host):
+    proc, _report, root, before = broken_run
+    after = scenario_doc(root, host)
+    if host == "busy":  # the fake counts its busy answers down; nothing else may change
+        assert before[host].pop("hccn_busy_responses") - after.pop("hccn_busy_responses") > 0
+    assert after == before[host]  # every TLS switch as it was, although fix_tls is on
+    calls = (root / host / "calls.log").read_text().splitlines()
+    assert calls and not [c for c in calls if " -s " in c]  # no set command was ever issued
+    recap = next(line for line in proc.stdout.splitlines() if line.startswith(host + " ") and "ok=" in line)
+    assert "changed=0" in recap
+
+
+def test_broken_run_fails_once_with_every_line_and_writes_the_report(broken_run):
+    proc, report, root = broken_run[:3]
+    assert proc.returncode == 2
+    assert sorted(report["problems"]) == sorted([line.format(root=root) for _o, line in BROKEN.values()]
+                                                + list(BROKEN_OTHER.values()))
+    assert "Traceback" not in proc.stdout + proc.stderr
+    topology = checks_of(report, "npucrash")["npu topology"]
+    assert topology["status"] == "fail" and topology["detail"].startswith("`npu-smi info -l` crashed (SIGSEGV)")
+    assert "npu devices" not in checks_of(report, "npucrash")  # nothing to check devices against
+
+
+@pytest.mark.parametrize("host", sorted(BROKEN_OTHER))
+def test_a_crashing_module_and_impossible_ports_are_one_line_each(broken_run, host):
+    proc, report = broken_run[:2]
+    assert host_problems(report, host) == [BROKEN_OTHER[host]]
+    assert BROKEN_OTHER[host] in proc.stdout
+
+
+def test_report_is_written_when_the_only_hosts_module_fails(tmp_path):
+    """A fake npu-smi that crashes: npu_topology fails, the play still writes the table and the JSON report."""
+    hosts = {"npu1": make_npu_host(tmp_path, "npu1", "healthy_a2.json", "10.61.0.",
+                                   faults=[{"tool": "npu-smi", "args": "info", "action": "crash"}])}
+    proc, report = run_preflight(tmp_path, hosts)
+    line = ("npu1: npu: npu_topology failed: `npu-smi info` crashed (SIGSEGV), output: (empty output); check `dmesg` "
+            "and the driver installation")
+    assert proc.returncode == 2
+    assert report["passed"] is False and report["problems"] == [line]
+    assert checks_of(report, "npu1")["npu topology"]["status"] == "fail"
+    assert "FAILED: 1 problem(s); report: " in proc.stdout
+    assert line in proc.stdout
+
+
+# ------------------------------------------------------------------------------- A3 super-node pair
+
+A3_DIES = [0, 1, 2, 3]  # four dies a host keep the run short; the mesh is the same for 16
+
+
+def a3_pair(root: Path, sn1: str = "a3_pair_sn1.json") -> dict:
+    """Two A3 servers of one super-node (server ids 1 and 2): vNIC of die d on server s is 192.s.(2+d%2).(199-d)."""
+    return {name: {**make_npu_host(root, name, scenario, f"10.70.{server}."), "preflight_npu_devices": A3_DIES}
+            for server, (name, scenario) in enumerate((("sn1", sn1), ("sn2", "a3_pair_sn2.json")), start=1)}
+
+
+def test_a3_super_node_pair_hccs_mesh_passes(tmp_path):
+    # the vendor guide's other checks too (opt-in): LLDP neighbour, net-detect address, default gateway
+    checks = json.dumps({"preflight_npu_checks": ["link", "link_stat", "tls", "ip", "net_health", "lldp", "netdetect",
+                                                  "gateway"]})
+    proc, report = run_preflight(tmp_path, a3_pair(tmp_path), "-e", checks)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    assert report["passed"] is True and report["problems"] == []
+    for name in ("sn1", "sn2"):
+        checks = checks_of(report, name)
+        assert checks["npu devices"]["detail"] == ("hccn_check: 4 device(s) passed link, link_stat, tls, ip, net_health, "
+                                                   "vnic, lldp, netdetect, gateway")
+        assert checks["hccs mesh"] == {"check": "hccs mesh", "status": "pass", "detail": "4 die(s) x 4 peer vNIC(s) over HCCS"}
+        assert checks["npu product"]["detail"] == 'A3 in P2P group "default" with 2 NPU host(s), all A3'
+
+
+def test_a3_die_that_does_not_answer_hccs_ping_is_exactly_one_line(tmp_path):
+    dead = "192.2.2.197"  # die 2 of sn2
+    proc, report = run_preflight(tmp_path, a3_pair(tmp_path, "a3_hccs_dead_peer.json"))
+    line = (f"sn1: hccs_ping {dead}: no answer to any of devices 0, 1, 2, 3 (device 0: hccs_ping {dead}: 0 of 3 packets "
+            f"received (100.00% packets loss) (`hccn_tool -i 0 -hccs_ping -g address {dead} cnt 3`)); the die that owns "
+            f"vNIC {dead} or its HCCS link is down: check it with `hccn_tool -i N -vnic -g` and `npu-smi info -t hccs` "
+            "on its host")
+    assert proc.returncode == 2
+    assert report["problems"] == [line]
+    assert line in proc.stdout
+    assert checks_of(report, "sn1")["hccs mesh"]["status"] == "fail"
+    assert checks_of(report, "sn2")["hccs mesh"]["status"] == "pass"
+
+
+def test_a2_and_a3_in_one_p2p_group_is_one_line(tmp_path):
+    hosts = {"mix-a2": {**make_npu_host(tmp_path, "mix-a2", "healthy_a2.json", "10.71.0."), "preflight_npu_devices": [0]},
+             "mix-a3": {**make_npu_host(tmp_path, "mix-a3", "healthy_a3.json", "10.71.1."), "preflight_npu_devices": [0]}}
+    proc, report = run_preflight(tmp_path, hosts)
+    line = ('mix-a2: npu: P2P group "default" mixes A2 hosts (mix-a2) and A3 hosts (mix-a3); KV cannot move between '
+            "the two generations: give them different preflight_p2p_group values (separate deployments) or use one "
+            "product")
+    assert proc.returncode == 2
+    assert report["problems"] == [line]
+    assert checks_of(report, "mix-a3")["npu product"]["status"] == "fail"

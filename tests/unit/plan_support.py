@@ -16,12 +16,18 @@ GROUPS = ("prefill", "decode", "proxy", "mooncake_master", "storage")
 
 def load_inventory(name: str) -> dict[str, Any]:
     """The planner's input for inventories/<name>, with group_vars resolved by Ansible itself."""
+    return load_inventory_file(INVENTORIES / name / "cluster.ini")
+
+
+def load_inventory_file(path: Path) -> dict[str, Any]:
+    """The planner's input for any inventory source, parsed by Ansible's own inventory plugins
+    (INI strings stay strings, YAML keeps its types), as the pd_plan action hands it over."""
     from ansible.inventory.manager import InventoryManager
     from ansible.parsing.dataloader import DataLoader
     from ansible.vars.manager import VariableManager
 
     loader = DataLoader()
-    inv = InventoryManager(loader=loader, sources=[str(INVENTORIES / name / "cluster.ini")])
+    inv = InventoryManager(loader=loader, sources=[str(path)])
     vm = VariableManager(loader=loader, inventory=inv)
     groups = {g: [h.name for h in inv.groups[g].get_hosts()] if g in inv.groups else [] for g in GROUPS}
     hostvars = {}
@@ -32,7 +38,8 @@ def load_inventory(name: str) -> dict[str, Any]:
             for k, v in hv.items()
             if k.startswith("pd_") or k in ("ansible_host", "ansible_connection")
         }
-    return {"groups": groups, "hostvars": hostvars}
+    all_hosts = [h.name for h in inv.get_hosts()]
+    return {"groups": groups, "hostvars": hostvars, "all_groups": sorted(inv.groups), "all_hosts": all_hosts}
 
 
 def parse_script(name: str) -> tuple[dict[str, str], list[str]]:

@@ -232,3 +232,46 @@ def test_ip_garbage_is_an_error_not_a_missing_ip():
 def test_excerpt_is_short_and_single_line():
     text = hp.excerpt("line one\n" + "x" * 500)
     assert len(text) <= 165 and "\n" not in text and text.startswith("'line one | xxx")
+
+
+# ------------------------------------------------------------------ values that look right but are nonsense
+
+STAT = ("[devid 0]current time        : {now}\n[devid 0]link up count       : {up}\n"
+        "[devid 0]link down count     : 0\n[devid 0]link change records :\n")
+
+
+def test_link_stat_current_time_that_is_no_date_is_a_parse_error():
+    with pytest.raises(hp.ParseError, match=r"expected a date in 'current time'.*Mon Oct 99 11:51:32 2025"):
+        hp.parse_link_stat(STAT.format(now="Mon Oct 99 11:51:32 2025", up=1), "hccn_tool -i 0 -link_stat -g")
+
+
+def test_link_stat_counts_beyond_int_limits_or_not_ascii_are_parse_errors():
+    for up in ("9" * 5000, "\u0663"):  # int() refuses 5000 digits; '3' in Arabic-Indic is no count either
+        with pytest.raises(hp.ParseError):
+            hp.parse_link_stat(STAT.format(now="Fri Sep  1 06:37:26 2023", up=up))
+
+
+@pytest.mark.parametrize("output", [
+    "3 packets transmitted, 3 received, 1.2.3% packet loss",  # float() would raise
+    "3 packets transmitted, 5 received, 0.00% packet loss",  # more received than sent
+    "3 packets transmitted, 0 received, 300.00% packet loss",
+])
+def test_ping_summaries_that_cannot_be_true_are_parse_errors(output):
+    with pytest.raises(hp.ParseError, match="hccn_tool -ping -g"):
+        hp.parse_ping(output, "10.0.0.1")
+
+
+def test_ip_and_net_health_values_must_be_addresses_and_words():
+    with pytest.raises(hp.ParseError, match="valid IPv4"):
+        hp.parse_ip("ipaddr:10.20.0.999\nnetmask:255.255.255.0\n")
+    with pytest.raises(hp.ParseError, match="valid IPv4"):
+        hp.parse_ip("ipaddr:10.20.0.9\nnetmask:255.255.0.300\n")
+    with pytest.raises(hp.ParseError, match="net health status"):
+        hp.parse_net_health("net health status: \x1b[31m\x00\n")
+
+
+def test_excerpt_escapes_control_bytes_and_replacement_characters_stay_utf8():
+    text = b"\xff\x00ok\x1b[0m\n".decode("utf-8", errors="replace")
+    quoted = hp.excerpt(text)
+    assert quoted == "'\ufffd\\x00ok\\x1b[0m'"
+    quoted.encode("utf-8")

@@ -136,3 +136,52 @@ def test_garbage_names_command_and_quotes_output(func, cmd, output):
     text = str(err.value)
     assert f"`{cmd}`" in text
     assert ("(empty output)" in text) if not output else ("dcmi module initialize failed" in text)
+
+
+# ------------------------------------------------------------------ tables that parse but cannot be true
+
+
+def test_mapping_refuses_a_logic_id_listed_twice():
+    text = capture("npu-smi_info_-m.a2").replace("\t4                              0                              4 ",
+                                                 "\t4                              0                              3 ")
+    assert text != capture("npu-smi_info_-m.a2")
+    with pytest.raises(ParseError, match=r"expected each Chip Logic ID once\), got: 'Chip Logic ID 3 on both NPU 3 "
+                                         r"Chip 0 and NPU 4 Chip 0'"):
+        nsp.parse_mapping(text)
+
+
+def test_na_hbm_cells_are_unknown_not_zero():
+    text = capture("npu-smi_info.a2_910B4_24.1.rc3").replace("22283/ 32768", "NA   / NA   ")
+    chip = nsp.parse_info(text)["chips"][0]
+    assert (chip["hbm_used_mb"], chip["hbm_total_mb"]) == (None, None)
+
+
+def test_hbm_column_missing_from_a_row_is_unknown_not_the_memory_pair():
+    text = capture("npu-smi_info.a2_910B4_24.1.rc3").replace("22283/ 32768", "NA          ")
+    chip = nsp.parse_info(text)["chips"][0]
+    assert (chip["hbm_used_mb"], chip["hbm_total_mb"]) == (None, None)
+
+
+def test_table_cut_before_the_process_section_is_refused():
+    text = capture("npu-smi_info.a2_910B4_24.1.rc3")
+    cut = text[: text.index("| NPU     Chip ")]
+    with pytest.raises(ParseError, match="output cut short"):
+        nsp.parse_info(cut)
+
+
+def test_health_cell_must_be_a_word_and_a_chip_missing_from_the_mapping_is_refused():
+    text = capture("npu-smi_info.a2_910B4_24.1.rc3")
+    with pytest.raises(ParseError, match="Health column"):
+        nsp.parse_info(text.replace("| OK            |", "| \x1b[31mOK\x00     |", 1))
+    info = nsp.parse_info(text)
+    mapping = [m for m in nsp.parse_mapping(capture("npu-smi_info_-m.a2")) if m["npu_id"] != 5]
+    with pytest.raises(ParseError, match=r"NPU 5 Chip 0 is missing"):
+        nsp.build_chips(info, mapping, {}, 8192)
+
+
+def test_list_with_fewer_entries_than_its_total_is_refused():
+    text = capture("npu-smi_info_-l.a2")
+    cut = text[: text.rindex("NPU ID")]
+    with pytest.raises(ParseError, match=r"expected 8 'NPU ID : N' / 'Chip Count : N' entries as 'Total Count' says\), "
+                                         r"got: '7 entries'"):
+        nsp.parse_list(cut)

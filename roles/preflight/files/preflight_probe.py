@@ -81,7 +81,7 @@ def check_ports(ranges: list) -> list:
         start = int(item["start"])
         end = int(item.get("end", start))
         busy = {}
-        for port in range(start, end + 1):
+        for port in range(max(start, 1), min(end, 65535) + 1):  # the role reports the rest; bind() would raise
             reason = port_busy(port)
             if reason:
                 busy[str(port)] = reason

@@ -10,6 +10,7 @@ import signal
 import sys
 from typing import Any
 
+from openfuyao_pd.proxy.admin import TokenFileError, read_token
 from openfuyao_pd.proxy.config import PROTOCOLS, ConfigError, build_config, load_file
 
 
@@ -22,17 +23,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("prefiller", "decoder"):
         parser.add_argument(f"--{flag}-hosts", f"--{flag}-host", dest=f"{flag}_hosts", nargs="+", metavar="HOST")
         parser.add_argument(f"--{flag}-ports", f"--{flag}-port", dest=f"{flag}_ports", nargs="+", metavar="PORT")
+    parser.add_argument("--admin-token-file", help="file (mode 0600) holding the bearer token of the instance API's "
+                        "add/drain/undrain/delete; without it those calls are refused")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
     return parser.parse_args(argv)
 
 
 async def _serve(cfg: Any) -> None:
+    from openfuyao_pd.proxy import codec, eventloop
     from openfuyao_pd.proxy.server import start
 
     runner, proxy, port = await start(cfg)
     logging.getLogger("openfuyao_pd.proxy").warning(
-        '{"event": "listening", "host": "%s", "port": %d, "protocol": "%s", "prefill": %d, "decode": %d}',
-        cfg.listen_host, port, cfg.protocol, len(cfg.prefill), len(cfg.decode))
+        '{"event": "listening", "host": "%s", "port": %d, "protocol": "%s", "prefill": %d, "decode": %d, '
+        '"loop": "%s", "json": "%s"}',
+        cfg.listen_host, port, cfg.protocol, len(cfg.prefill), len(cfg.decode), eventloop.name(), codec.BACKEND)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -52,11 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data = load_file(args.config) if args.config else {}
         cfg = build_config(data, vars(args))
-    except ConfigError as exc:
+        if cfg.admin_token_file:
+            read_token(cfg.admin_token_file)  # fail now, not at the first rolling restart
+    except (ConfigError, TokenFileError) as exc:
         print(f"pd-proxy: {exc}", file=sys.stderr)
         return 2
     try:
-        asyncio.run(_serve(cfg))
+        from openfuyao_pd.proxy import eventloop
+
+        eventloop.run(_serve(cfg))
     except OSError as exc:
         print(f"pd-proxy: cannot listen on {cfg.listen_host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

@@ -13,6 +13,7 @@ centralized  UCM / shared storage: P with max_tokens=1, no stream, no params; th
 from __future__ import annotations
 
 import copy
+import re
 import uuid
 from typing import Any
 
@@ -108,3 +109,17 @@ def rewrite_usage(obj: Any, cached_tokens: int) -> bool:
         usage["prompt_tokens_details"] = details
     details["cached_tokens"] = cached_tokens
     return True
+
+
+# `"prompt_tokens_details": {"cached_tokens": N` as vLLM writes it (cached_tokens is the first field).
+# A `"` inside a JSON string is always escaped, so this can only match real keys.
+_CACHED = re.compile(rb'("prompt_tokens_details"\s*:\s*\{\s*"cached_tokens"\s*:\s*)(-?\d+|null)')
+
+
+def patch_cached_tokens(data: bytes, cached_tokens: int) -> bytes | None:
+    """Put P's cached_tokens into a serialised response without parsing it; None when the bytes do
+    not hold exactly one such field (the caller then parses and rewrites the object)."""
+    matches = _CACHED.findall(data, data.rfind(b'"usage"'))
+    if len(matches) != 1 or data.count(b'"prompt_tokens_details"') != 1:
+        return None
+    return _CACHED.sub(lambda m: m.group(1) + str(cached_tokens).encode(), data, count=1)

@@ -64,6 +64,11 @@ class Backend:
         return f"http://{url_host(self.address)}:{self.port}"
 
     @property
+    def host(self) -> str:
+        """The address to connect to (IPv6 without brackets)."""
+        return self.address[1:-1] if self.address.startswith("[") else self.address
+
+    @property
     def available(self) -> bool:
         return not (self.ejected or self.draining or self.removed)
 
@@ -171,6 +176,21 @@ def least_loaded(candidates: Sequence[Backend], start: int) -> Backend:
     return best
 
 
+# A cached backend keeps a request while it has at most this many times the requests in flight of the
+# lightest one (plus AFFINITY_SLACK_REQUESTS). A burst of shared-prefix requests arrives faster than
+# any token gap builds up; this rule makes affinity yield after a couple of requests, and once the
+# lighter backend holds the prefix too, the two tie on the match and load decides.
+AFFINITY_MAX_LOAD_RATIO = 2
+AFFINITY_SLACK_REQUESTS = 1
+
+
+def affinity_overloaded(chosen: Backend, lightest: Backend, max_imbalance_tokens: int) -> bool:
+    """True when prefix affinity must give way to the lightest backend."""
+    if chosen.inflight_tokens - lightest.inflight_tokens > max_imbalance_tokens:
+        return True
+    return chosen.inflight_requests > AFFINITY_MAX_LOAD_RATIO * lightest.inflight_requests + AFFINITY_SLACK_REQUESTS
+
+
 def pick_backend(
     candidates: Sequence[Backend],
     policy: str,
@@ -192,7 +212,7 @@ def pick_backend(
             chosen = least_loaded(top, counter)
             lightest = least_loaded(candidates, counter)
             # Affinity must not pile everything on one backend: past the imbalance bound, balance wins.
-            if chosen.inflight_tokens - lightest.inflight_tokens <= max_imbalance_tokens:
+            if not affinity_overloaded(chosen, lightest, max_imbalance_tokens):
                 return chosen, best_match
             return lightest, lightest.prefix.match(hashes)
     chosen = least_loaded(candidates, counter)

@@ -16,7 +16,7 @@ import aiohttp
 from aiohttp import web
 
 from openfuyao_pd.common import prom
-from openfuyao_pd.proxy import protocols
+from openfuyao_pd.proxy import admin, codec, kvrelease, limits, protocols, relay
 from openfuyao_pd.proxy.config import ROLES, BackendSpec, ConfigError, ProxyConfig, parse_backend
 from openfuyao_pd.proxy.routing import (
     Backend,
@@ -89,6 +89,7 @@ class RequestCtx:
     handoff_s: float | None = None
     ttft_s: float | None = None
     holds: list[_Hold] = field(default_factory=list)
+    kv_pending: dict[str, Any] | None = None  # {path, body}: the release request while P holds KV for a D
 
     def hold(self, backend: Backend, tokens: int) -> _Hold:
         backend.acquire(tokens)
@@ -111,17 +112,25 @@ def error_body(status: int, message: str, kind: str = "proxy_error") -> bytes:
     return json.dumps({"error": {"message": message, "type": kind, "code": status}}).encode()
 
 
+def with_cached_tokens(data: bytes, cached: int) -> bytes:
+    """A JSON response with P's cached_tokens in its usage: patched in place when the bytes allow it
+    (no parse, no re-serialisation), else parsed and rewritten; unchanged if it is not JSON."""
+    patched = protocols.patch_cached_tokens(data, cached)
+    if patched is not None:
+        return patched
+    try:
+        obj = codec.loads(data)
+    except ValueError:
+        return data
+    return codec.dumps(obj) if protocols.rewrite_usage(obj, cached) else data
+
+
 def rewrite_sse(block: bytes, cached: int) -> bytes:
     """Rewrite usage.prompt_tokens_details.cached_tokens in complete SSE lines that carry a usage."""
     lines = block.split(b"\n")
     for i, line in enumerate(lines):
         if line.startswith(b"data: {") and b'"usage"' in line:
-            try:
-                obj = json.loads(line[6:])
-            except ValueError:
-                continue
-            if protocols.rewrite_usage(obj, cached):
-                lines[i] = b"data: " + json.dumps(obj).encode()
+            lines[i] = b"data: " + with_cached_tokens(line[6:], cached)
     return b"\n".join(lines)
 
 
@@ -135,8 +144,13 @@ class Proxy:
             self._add_backend(spec)
         self.counter = itertools.count()
         self.session: aiohttp.ClientSession | None = None
+        # P's and D's POSTs go through the lean client (relay.py); probes and admin calls use aiohttp.
+        self.pool = relay.Pool(self.opts["connect_timeout"])
         self._health_task: asyncio.Task[None] | None = None
         self._setup_metrics()
+        self.client_limits = limits.ClientLimits(self.registry)
+        self.guard = limits.ConnectionGuard(self.opts, self.client_limits)
+        self.kv = kvrelease.KvReleaser(self.opts, self.registry)
 
     # -------------------------------------------------------------------------------- backends
     def _add_backend(self, spec: BackendSpec) -> Backend:
@@ -185,7 +199,9 @@ class Proxy:
 
     # -------------------------------------------------------------------------------- lifecycle
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app = web.Application(client_max_size=self.opts["max_body_bytes"],
+                              middlewares=[limits.middleware(self.opts, self.guard),
+                                           admin.middleware(self.cfg.admin_token_file)])
         app.router.add_post("/v1/completions", self.handle_completions)
         app.router.add_post("/v1/chat/completions", self.handle_chat)
         app.router.add_get("/v1/models", self.handle_models)
@@ -210,6 +226,8 @@ class Proxy:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        await self.kv.close()
+        self.pool.close()
         if self.session:
             await self.session.close()
 
@@ -244,29 +262,26 @@ class Proxy:
 
     # -------------------------------------------------------------------------------- upstream calls
     async def _post(self, backend: Backend, stage: str, path: str, body: dict[str, Any], ctx: RequestCtx,
-                    read_timeout: float, extra_headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
-        assert self.session is not None
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.opts["connect_timeout"], sock_read=read_timeout)
+                    read_timeout: float, extra_headers: dict[str, str] | None = None) -> relay.Response:
         headers = ctx.headers if not extra_headers else {**ctx.headers, **extra_headers}
         try:
-            return await self.session.post(backend.url + path, data=json.dumps(body).encode(), headers=headers,
-                                           timeout=timeout)
-        except aiohttp.ClientConnectorError as exc:
+            return await self.pool.post(backend.host, backend.port, path, codec.dumps(body), headers, read_timeout)
+        except relay.UpstreamConnectError as exc:
             # Refused / unreachable: count towards ejection so new requests stop picking it.
             self._failed(backend, stage)
-            raise BackendFailure(backend, stage, f"connect failed: {exc.os_error or exc}") from exc
-        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise BackendFailure(backend, stage, f"connect failed: {exc.__cause__ or exc}") from exc
+        except (TimeoutError, OSError, ValueError) as exc:
             self.m_backend_errors.inc(backend.name, stage)
             raise BackendFailure(backend, stage, f"{type(exc).__name__}: {exc}") from exc
 
-    async def _read(self, resp: aiohttp.ClientResponse, backend: Backend, stage: str) -> bytes:
+    async def _read(self, resp: relay.Response, backend: Backend, stage: str) -> bytes:
         try:
             return await resp.read()
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             self.m_backend_errors.inc(backend.name, stage)
             raise BackendFailure(backend, stage, f"{type(exc).__name__} while reading") from exc
 
-    def _check_status(self, resp: aiohttp.ClientResponse, data: bytes, backend: Backend, stage: str) -> None:
+    def _check_status(self, resp: relay.Response, data: bytes, backend: Backend, stage: str) -> None:
         ctype = resp.headers.get("Content-Type", "application/json")
         if 400 <= resp.status < 500:
             raise UpstreamClientError(resp.status, data, ctype)
@@ -275,8 +290,8 @@ class Proxy:
             raise BackendFailure(backend, stage, f"HTTP {resp.status}", resp.status, data, ctype)
 
     async def _run_prefill(self, path: str, backend: Backend, body: dict[str, Any], ctx: RequestCtx,
-                           tokens: int) -> dict[str, Any]:
-        held = ctx.hold(backend, tokens)
+                           held: _Hold) -> dict[str, Any]:
+        """P's answer; `held` (taken when P was picked) is released as soon as P answers or fails."""
         ctx.prefill = backend.name
         started = time.monotonic()
         extra = None
@@ -290,7 +305,7 @@ class Proxy:
                 resp.release()
             self._check_status(resp, data, backend, "prefill")
             try:
-                result = json.loads(data)
+                result = codec.loads(data)
             except ValueError:
                 raise BackendFailure(backend, "prefill", "response is not JSON") from None
             if not isinstance(result, dict):
@@ -303,8 +318,8 @@ class Proxy:
         return result
 
     async def _run_decode(self, request: web.Request, path: str, backend: Backend, body: dict[str, Any],
-                          ctx: RequestCtx, tokens: int) -> web.StreamResponse:
-        ctx.hold(backend, tokens)  # held until the stream ends (released in the handler's finally)
+                          ctx: RequestCtx) -> web.StreamResponse:
+        # D's hold was taken when D was picked and lasts until the stream ends (the handler's finally).
         ctx.decode = backend.name
         resp = await self._post(backend, "decode", path, body, ctx, self.opts["decode_timeout"])
         clean = False
@@ -317,10 +332,7 @@ class Proxy:
                 clean = True
                 self._handoff_done(ctx)
                 if ctx.cached_tokens is not None and b'"usage"' in data:
-                    with contextlib.suppress(ValueError):
-                        obj = json.loads(data)
-                        if protocols.rewrite_usage(obj, ctx.cached_tokens):
-                            data = json.dumps(obj).encode()
+                    data = with_cached_tokens(data, ctx.cached_tokens)
                 self._first_byte(ctx)
                 return web.Response(body=data, status=200, content_type="application/json",
                                     headers={"X-Request-Id": ctx.request_id})
@@ -341,7 +353,7 @@ class Proxy:
             else:
                 resp.close()  # closing the connection makes vLLM abort the request
 
-    async def _relay(self, request: web.Request, resp: aiohttp.ClientResponse, first: bytes, backend: Backend,
+    async def _relay(self, request: web.Request, resp: relay.Response, first: bytes, backend: Backend,
                      ctx: RequestCtx) -> tuple[web.StreamResponse, bool]:
         """Stream D's SSE to the client; also say whether the upstream stream ended cleanly."""
         out = web.StreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": ctx.request_id})
@@ -415,14 +427,7 @@ class Proxy:
 
     async def _generate(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
         start = time.monotonic()
-        try:
-            body = json.loads(await request.read())
-        except (ValueError, UnicodeDecodeError):
-            return web.Response(status=400, body=error_body(400, "request body is not valid JSON", "invalid_request"),
-                                content_type="application/json")
-        if not isinstance(body, dict):
-            return web.Response(status=400, body=error_body(400, "request body must be a JSON object",
-                                                            "invalid_request"), content_type="application/json")
+        body = request[limits.BODY_KEY]  # read, parsed and type-checked by limits.middleware
         request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         auth = request.headers.get("Authorization")
@@ -445,7 +450,22 @@ class Proxy:
                                 content_type="application/json")
         finally:
             ctx.release_all()
+            self._release_kv(ctx, ctx.outcome)
             self._finish(ctx)
+
+    def _release_kv(self, ctx: RequestCtx, reason: str, excluded: set[Backend] | None = None) -> None:
+        """P answered but no D took its KV: have a decode take it now (kvrelease.py)."""
+        pending, ctx.kv_pending = ctx.kv_pending, None
+        if not kvrelease.stranded(pending, ctx.prefill_s is not None, ctx.handoff_s is not None):
+            return
+        assert pending is not None
+        excluded = excluded or set()
+        chosen = self.backends.get(ctx.decode)
+        if chosen is None or not chosen.available or chosen in excluded:
+            chosen = next(iter(self.available("decode", excluded)), None)
+        headers = {**ctx.headers, "X-Request-Id": f"{ctx.request_id}-kv-release"}
+        self.kv.schedule(self.session, chosen.url if chosen else None, pending["path"], pending["body"], headers,
+                         reason)
 
     def _finish(self, ctx: RequestCtx) -> None:
         e2e = time.monotonic() - ctx.start
@@ -453,6 +473,8 @@ class Proxy:
             self.m_disconnects.inc()
         self.m_requests.inc(ctx.endpoint, ctx.route, ctx.outcome)
         self.m_stage.observe("e2e", value=e2e)
+        if not LOG.isEnabledFor(logging.INFO):
+            return  # the per-request line is built only when someone reads it
 
         def ms(value: float | None) -> float | None:
             return None if value is None else round(value * 1000, 2)
@@ -497,22 +519,23 @@ class Proxy:
                     self.m_decisions.inc(route, reason)
             ctx.route, ctx.reason = route, reason
             decode.prefix.insert(hashes)
+            # Count the request on D now, not when P has answered: otherwise every request of a burst
+            # sees the same idle D and affinity piles them up there.
+            ctx.hold(decode, decode_tokens)
             try:
                 if route == "local":
                     ctx.prefill = ""
-                    return await self._run_decode(request, path, decode, protocols.local_body(body), ctx,
-                                                  decode_tokens)
+                    return await self._run_decode(request, path, decode, protocols.local_body(body), ctx)
                 prefill, p_match = pick_backend(prefills, opts["routing"], counter, hashes,
                                                 opts["affinity_max_imbalance_tokens"])
                 prefill.prefix.insert(hashes)
-                p_uncached = max(1, tokens - p_match * opts["block_tokens"])
+                p_held = ctx.hold(prefill, max(1, tokens - p_match * opts["block_tokens"]))
                 if self.protocol == "mooncake":
-                    return await self._run_mooncake(request, path, body, prefill, decode, ctx, tokens,
-                                                    p_uncached, decode_tokens)
+                    return await self._run_mooncake(request, path, body, prefill, decode, ctx, tokens, p_held)
                 p_body = protocols.prefill_body(body, self.protocol)
                 if opts["batch_priority"] and "priority" not in body:
                     p_body["priority"] = priority_for(tokens, opts["priority_buckets"])
-                result = await self._run_prefill(path, prefill, p_body, ctx, p_uncached)
+                result = await self._run_prefill(path, prefill, p_body, ctx, p_held)
                 params = protocols.returned_params(result) if self.protocol in protocols.NEEDS_PARAMS else None
                 if self.protocol in protocols.NEEDS_PARAMS and params is None:
                     ctx.missing_params = True
@@ -520,16 +543,22 @@ class Proxy:
                     LOG.warning(json.dumps({"event": "missing_kv_params", "request_id": ctx.request_id,
                                             "prefill": prefill.name, "note": "decode will recompute the prompt"}))
                 ctx.handoff_start = time.monotonic()
-                return await self._run_decode(request, path, decode,
-                                              protocols.decode_body(body, self.protocol, params), ctx, decode_tokens)
+                d_body = protocols.decode_body(body, self.protocol, params)
+                if params is not None and self.kv.wants(self.protocol):
+                    ctx.kv_pending = {"path": path, "body": kvrelease.release_body(d_body)}
+                return await self._run_decode(request, path, decode, d_body, ctx)
             except UpstreamClientError as exc:
                 ctx.outcome = "client_error"
+                ctx.kv_pending = None  # D refused it before admission and frees P's blocks itself (§0.2)
                 return web.Response(status=exc.status, body=exc.body, headers={"Content-Type": exc.content_type,
                                                                                "X-Request-Id": ctx.request_id})
             except BackendFailure as exc:
                 last = exc
                 failures += 1
                 excluded.add(exc.backend)
+                if exc.stage == "decode":
+                    self._release_kv(ctx, "decode_failed", excluded)  # the retry prefills again
+                ctx.kv_pending = None
                 ctx.release_all()
                 ctx.cached_tokens = None
                 ctx.handoff_start = ctx.handoff_s = None
@@ -592,8 +621,7 @@ class Proxy:
         return f"http://{url_host(str(host))}:{port}"
 
     async def _run_mooncake(self, request: web.Request, path: str, body: dict[str, Any], prefill: Backend,
-                            decode: Backend, ctx: RequestCtx, tokens: int, p_tokens: int,
-                            decode_tokens: int) -> web.StreamResponse:
+                            decode: Backend, ctx: RequestCtx, tokens: int, p_held: _Hold) -> web.StreamResponse:
         """Upstream MooncakeConnector: P and D run concurrently under one transfer_id."""
         engine_id = await self._engine_id(prefill)
         transfer_id = protocols.new_transfer_id()
@@ -603,8 +631,10 @@ class Proxy:
         d_body = protocols.decode_body(body, "mooncake", transfer_id=transfer_id,
                                        bootstrap_addr=self._bootstrap_addr(prefill), engine_id=engine_id)
         ctx.handoff_start = time.monotonic()
-        p_task = asyncio.create_task(self._run_prefill(path, prefill, p_body, ctx, p_tokens))
-        d_task = asyncio.create_task(self._run_decode(request, path, decode, d_body, ctx, decode_tokens))
+        if self.kv.wants("mooncake"):
+            ctx.kv_pending = {"path": path, "body": kvrelease.release_body(d_body)}
+        p_task = asyncio.create_task(self._run_prefill(path, prefill, p_body, ctx, p_held))
+        d_task = asyncio.create_task(self._run_decode(request, path, decode, d_body, ctx))
         try:
             done, _ = await asyncio.wait({p_task, d_task}, return_when=asyncio.FIRST_COMPLETED)
             if p_task in done and p_task.exception() is not None and not ctx.committed and not d_task.done():
@@ -730,11 +760,11 @@ class Proxy:
 async def start(cfg: ProxyConfig, host: str | None = None, port: int | None = None) -> tuple[web.AppRunner, Proxy, int]:
     """Start the proxy on (host, port); return the runner, the proxy and the bound port (port 0 = any)."""
     proxy = Proxy(cfg)
-    runner = web.AppRunner(proxy.app(), handler_cancellation=True, access_log=None)
+    runner = web.AppRunner(proxy.app(), handler_cancellation=True, access_log=None,
+                           keepalive_timeout=cfg.options["keepalive_timeout"],
+                           lingering_time=1.0)  # unread body after a 408/413: read at most 1 s of it, then close
     await runner.setup()
-    site = web.TCPSite(runner, host if host is not None else cfg.listen_host,
-                       cfg.port if port is None else port, backlog=1024)
+    site = limits.GuardedSite(runner, proxy.guard, host if host is not None else cfg.listen_host,
+                              cfg.port if port is None else port, backlog=1024)
     await site.start()
-    server = site._server
-    bound = server.sockets[0].getsockname()[1] if server and server.sockets else cfg.port  # type: ignore[union-attr]
-    return runner, proxy, bound
+    return runner, proxy, site.bound_port

@@ -1008,7 +1008,8 @@ class SimRunner:
         return self.engine._peer_url(host, self.port)
 
     async def _site(self, port: int) -> int:
-        site = web.TCPSite(self.runner, self.config.host, port, reuse_address=True)
+        # backlog like uvicorn's 2048 (vLLM's server): bursts of hundreds of connections are normal there
+        site = web.TCPSite(self.runner, self.config.host, port, reuse_address=True, backlog=2048)
         await site.start()
         self.sites.append(site)
         return _bound_port(site)
