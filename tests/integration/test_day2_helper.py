@@ -119,6 +119,76 @@ def test_parse_systemctl_show() -> None:
     assert pd_day2.parse_systemctl_show("ActiveState=inactive\nMainPID=0\n")["pid"] is None
 
 
+# Lines as supervisor 4.2's process.py and options.py write them.
+SUPERVISORD_LOG = """\
+2026-12-02 01:00:00,001 INFO supervisord started with pid 100
+2026-12-02 01:00:01,002 INFO spawned: 'openfuyao-pd-decode-0' with pid 200
+2026-12-02 01:01:00,003 WARN exited: openfuyao-pd-decode-0 (terminated by SIGKILL; not expected)
+2026-12-02 01:01:05,004 INFO spawned: 'openfuyao-pd-decode-0' with pid 201
+2026-12-02 01:02:00,005 WARN exited: openfuyao-pd-decode-0 (exit status 1; not expected)
+2026-12-02 01:02:00,006 INFO exited: openfuyao-pd-proxy (exit status 0; expected)
+2026-12-02 01:03:00,007 WARN exited: openfuyao-pd-decode-1 (exit status 75; not expected)
+2026-12-02 01:03:00,008 INFO gave up: openfuyao-pd-decode-1 entered FATAL state, too many start retries too quickly
+2026-12-02 01:04:00,009 WARN exited: openfuyao-pd-prefill-0 (terminated by SIGKILL; not expected)
+2026-12-02 01:05:00,010 INFO stopped: openfuyao-pd-prefill-0 (terminated by SIGTERM)
+"""
+
+
+def test_parse_supervisord_log_counts_unexpected_exits_and_keeps_the_last_reason() -> None:
+    out = pd_day2.parse_supervisord_log(SUPERVISORD_LOG)
+    assert out["openfuyao-pd-decode-0"] == {"restarts": 2, "last_exit": "exit status 1 at 2026-12-02 01:02:00"}
+    assert out["openfuyao-pd-proxy"] == {"restarts": 0, "last_exit": "exit status 0 at 2026-12-02 01:02:00"}
+    assert out["openfuyao-pd-decode-1"]["restarts"] == 1
+    # a stop on purpose starts the count again; the reason of the last exit stays
+    assert out["openfuyao-pd-prefill-0"] == {"restarts": 0, "last_exit": "terminated by SIGKILL at 2026-12-02 01:04:00"}
+    # a new supervisord (a reboot) starts every count again
+    again = pd_day2.parse_supervisord_log(SUPERVISORD_LOG + "2026-12-02 02:00:00,000 INFO supervisord started with pid 9\n")
+    assert again["openfuyao-pd-decode-0"]["restarts"] == 0
+
+
+def test_parse_systemctl_show_restarts_and_crash_loop() -> None:
+    out = pd_day2.parse_systemctl_show("ActiveState=failed\nMainPID=0\nNRestarts=5\nResult=start-limit-hit\n"
+                                       "ExecMainCode=2\nExecMainStatus=9\n")
+    assert out["state"] == "FAILED" and out["restarts"] == 5 and out["last_exit"] == "killed by signal 9"
+    assert out["detail"] == "result start-limit-hit"
+    healthy = pd_day2.parse_systemctl_show("ActiveState=active\nMainPID=5\nNRestarts=0\nResult=success\n"
+                                           "ExecMainCode=0\nExecMainStatus=0\n")
+    assert healthy["restarts"] == 0 and healthy["last_exit"] is None and healthy["detail"] is None
+
+
+def test_status_names_a_crash_looping_instance() -> None:
+    fatal = {**probe_ok("decode-1"), "state": "FATAL", "pid": None, "health": "connection refused",
+             "detail": "Exited too quickly (process log may have details)", "restarts": 6,
+             "last_exit": "exit status 75 at 2026-12-02 01:03:00"}
+    probes = {"h1": {"instances": [probe_ok("prefill-0"), probe_ok("prefill-1")]},
+              "h2": {"instances": [{**probe_ok("decode-0"), "restarts": 1,
+                                    "last_exit": "terminated by SIGKILL at 2026-12-02 01:01:00"}, fatal]}}
+    out = pd_day2.status({"plan": P2D2, "probes": probes, "proxy": {"health": {"status": "ok"}, "instances": []}})
+    problems = "\n".join(out["problems"])
+    assert ("decode-1 on h2: service is FATAL (Exited too quickly (process log may have details)): crash loop, "
+            "the supervisor gave up after 6 restart(s), last exit: exit status 75 at 2026-12-02 01:03:00") in problems
+    row = next(line for line in out["table"].splitlines() if " decode-0 " in line)
+    assert " RUNNING  1 " in row and "SIGKILL@01:01:00" in row
+
+
+def test_status_names_a_kv_stuck_instance_from_the_watchdog(tmp_path: Path) -> None:
+    state = tmp_path / "watchdog.json"
+    state.write_text(json.dumps({"instances": {"decode-0": {"stuck": True, "kv_usage": 0.9},
+                                               "decode-1": {"stuck": False, "kv_usage": 0.1}}}))
+    spec = {"manager": "supervisord", "supervisor_conf": str(tmp_path / "none.conf"), "watchdog_state": str(state),
+            "instances": [{"name": n, "health_url": "http://127.0.0.1:9/health", "service": f"openfuyao-pd-{n}"}
+                          for n in ("decode-0", "decode-1")]}
+    probed = pd_day2.probe(spec)["instances"]
+    assert [(i["name"], i["kv_stuck"]) for i in probed] == [("decode-0", True), ("decode-1", False)]
+    probes = {"h2": {"instances": [{**probe_ok("decode-0"), "kv_stuck": True, "kv_usage": 0.9}, probe_ok("decode-1")]}}
+    proxy = {"instances": live(("decode-0", "decode", "http://10.0.0.2:8200")), "health": {"status": "ok"}}
+    out = pd_day2.status({"plan": P2D2, "probes": probes, "proxy": proxy})
+    problems = "\n".join(out["problems"])
+    assert "decode-0 on h2: KV cache stuck at 0.9 with no request (KV watchdog)" in problems
+    assert "decode-1 on h2: KV cache stuck" not in problems
+    assert "kv-stuck" in next(line for line in out["table"].splitlines() if " decode-0 " in line)
+
+
 def probe_ok(name: str) -> dict[str, Any]:
     return {"name": name, "health": "ok", "models": ["m"], "version": "0.11.0", "state": "RUNNING",
             "pid": 1, "uptime": "0:01:00"}
@@ -140,8 +210,9 @@ def test_status_table_and_problems() -> None:
     proxy["instances"][1]["ejected"] = True
     out = pd_day2.status({"plan": P2D2, "probes": probes, "proxy": proxy})
     table = out["table"]
-    assert table.splitlines()[0].split() == ["HOST", "INSTANCE", "ROLE", "DEVICES", "PORTS", "SERVICE", "HEALTH",
-                                             "MODEL", "VERSION", "STACK", "UPTIME", "PROXY", "VIEW"]
+    assert table.splitlines()[0].split() == ["HOST", "INSTANCE", "ROLE", "DEVICES", "PORTS", "SERVICE", "RESTARTS",
+                                             "LAST", "EXIT", "HEALTH", "MODEL", "VERSION", "STACK", "UPTIME",
+                                             "PROXY", "VIEW"]
     row = next(line for line in table.splitlines() if " prefill-0 " in line)
     assert "0,1" in row and "http:8100" in row and "mooncake-transfer-engine=0.3.13,vllm=0.11.0" in row
     problems = "\n".join(out["problems"])

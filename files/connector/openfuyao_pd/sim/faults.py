@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass, field
 
 FAULT_HELP = ("fail | delay:MS | die-after:N | no-params | error-mid-stream:K | fail-rate:P | "
-              "corrupt-kv | unhealthy | hang")
+              "corrupt-kv | unhealthy | hang | stuck-kv:F")
 
 
 class FaultError(ValueError):
@@ -24,6 +24,8 @@ class Faults:
     corrupt_kv: bool = False  # a prefill serves KV bytes with flipped bits
     unhealthy: bool = False  # /health answers 503
     hang: bool = False  # completions never answer (until the client gives up)
+    # KV blocks leaked: vllm:kv_cache_usage_perc reads at least this (0..1) with no request running
+    stuck_kv: float = 0.0
     specs: list[str] = field(default_factory=list)
 
     def as_json(self) -> dict:
@@ -55,6 +57,10 @@ def parse_faults(specs: list[str]) -> Faults:
                 faults.unhealthy = True
             elif name == "hang":
                 faults.hang = True
+            elif name == "stuck-kv":
+                faults.stuck_kv = float(arg)
+                if not 0.0 < faults.stuck_kv <= 1.0:
+                    raise ValueError("must be above 0 and at most 1")
             else:
                 raise FaultError(f"unknown fault {spec!r}; use {FAULT_HELP}")
         except ValueError as exc:

@@ -200,7 +200,8 @@ class SimEngine:
         reg.gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
                   lambda: self.scheduler.waiting)
         reg.gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
-                  lambda: (self.scheduler.used_blocks + self.scheduler.held_blocks) / self.scheduler.capacity)
+                  lambda: max(self.faults.stuck_kv,
+                              (self.scheduler.used_blocks + self.scheduler.held_blocks) / self.scheduler.capacity))
         reg.counter("vllm:prompt_tokens_total", "Number of prefill tokens processed.")
         reg.counter("vllm:generation_tokens_total", "Number of generation tokens processed.")
         reg.counter("vllm:prompt_tokens_by_source_total", "Number of prompt tokens by source.")

