@@ -1308,7 +1308,7 @@ def build_plan(inventory):
         adxl_base, ab_name = ctx.var(h, "adxl_base_port", DEFAULT_ADXL_BASE)
         release = None
         if connector == "mooncake" and s["platform"] == "ascend":
-            _, release, _ = _mooncake_version(ctx, h)
+            release = _mooncake_version(ctx, h)[1]
         by_version = adxl_ports_per_device(release) if release else ADXL_PORTS_OLD
         adxl_per, ap_name = ctx.var(h, "adxl_ports_per_device", by_version)
         adxl = (

@@ -497,7 +497,6 @@ class DeviceChecker:
         facts["problems"].extend(f"device {dev}: {failure}" for failure in failures)
         return False
 
-
     def _unless_unsupported(self, dev: int, args: list[str]):
         """Run an A3-only query; None where the product answers 'not supported on this product'."""
         result = self.call(dev, args, ok=lambda r: r.rc == 0 or is_not_supported(r.stdout + r.stderr))
