@@ -9,11 +9,13 @@ instances live with zero failed requests; refusals and --check change nothing.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from day2_snapshot import diff, file_snapshot
 from test_day2_support import ROOT, Deployment, free_base, private_dirs, roll_order
 
 pytestmark = pytest.mark.skipif(shutil.which("supervisord") is None, reason="needs supervisord (make system-deps)")
@@ -37,11 +39,10 @@ def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     dep = Deployment(ROOT / "inventories" / "local-sim" / "cluster.ini", work, extra, proxy)
     dep.write_vars()
     try:
-        proc = dep.play("site.yml", check=False, timeout=1200)
-        if proc.returncode != 0:
-            # site.yml ends with the KV hand-over check; the day-2 tests need the services up.
-            assert "openfuyao.pd.proxy : Fail when the decode side recomputed the prompt" in proc.stdout, (
-                proc.stdout[-4000:])
+        # site.yml ends with the verify and its KV check on: the decodes must load the prompt's KV.
+        proc = dep.play("site.yml", timeout=1200)
+        loaded = re.search(r"kv_tokens_loaded_by_decode: (\S+)", proc.stdout)
+        assert loaded and float(loaded.group(1)) > 0, proc.stdout[-3000:]
         dep.wait_routable({"prefill-0", "prefill-1", "decode-0", "decode-1"})
         yield dep
     finally:
@@ -109,6 +110,20 @@ def test_rolling_restart_check_mode_changes_nothing(sim: Deployment) -> None:
     proc = sim.play("rolling_restart.yml", "--check")
     assert "changed=0" in proc.stdout
     assert sim.pids() == before
+
+
+def test_check_mode_on_the_deployment_changes_nothing(sim: Deployment) -> None:
+    """site.yml and the day-2 playbooks in --check: rc 0, no file of the deployment (config, venv
+    markers, supervisor config, state) touched, and every supervised service keeps its pid."""
+    files, pids = file_snapshot(sim.workdir), sim.pids()
+    proc = sim.play("site.yml", "--check", timeout=600)
+    assert "failed=0" in proc.stdout.rsplit("PLAY RECAP", 1)[1]
+    for playbook, args in (("upgrade.yml", ()), ("scale.yml", ("-e", "pd_prefill_instances_per_host=3")),
+                           ("teardown.yml", ())):
+        sim.play(playbook, "--check", *args, timeout=300)
+    assert diff(files, file_snapshot(sim.workdir)) == []
+    assert sim.pids() == pids
+    assert {b["name"] for b in sim.proxy_instances()} == {"prefill-0", "prefill-1", "decode-0", "decode-1"}
 
 
 def test_rolling_restart_of_the_proxy(sim: Deployment) -> None:

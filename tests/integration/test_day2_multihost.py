@@ -37,7 +37,7 @@ def write_inventory(path: Path, work: Path, ports: dict[str, int], decode: list[
                  "pd_model": "builtin:tiny-llama", "pd_max_model_len": 512, "pd_bind_host": "127.0.0.1",
                  "pd_proxy_bind_host": "127.0.0.1", "pd_proxy_port": ports["proxy"], "pd_proxy_health_interval": 1,
                  "pd_prefill_instances_per_host": 2, "pd_decode_instances_per_host": 1,
-                 "pd_data_dir": str(work / "shared"), "vllm_pd_engine": "simulator", "proxy_verify_kv": False},
+                 "pd_data_dir": str(work / "shared"), "vllm_pd_engine": "simulator"},
         "children": {
             "prefill": {"hosts": {"node-p": hv["node-p"]}},
             "proxy": {"hosts": {"node-p": {}}},
