@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import http.client
 import json
 import os
 import re
 import shutil
 import socket
 import subprocess
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -187,6 +189,130 @@ def test_pd_outputs_equal_a_single_instance_and_kv_moved(deployed: dict[str, Any
             os.killpg(proc.pid, 9)
         log.close()
     assert pd_ids == single_ids
+
+
+# ------------------------------------------------------------------ no stranded KV, for real
+ENGINE_GAUGES = ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:kv_cache_usage_perc")
+PROXY_GAUGES = ("pd_proxy_backend_inflight_requests", "pd_proxy_backend_inflight_tokens")
+LEAVERS = 30
+LEAVER_MAX_TOKENS = 120  # ≈350 prompt tokens + 120 stays under the local max-model-len of 512
+
+
+def metric_sums(text: str, names: tuple[str, ...]) -> dict[str, float]:
+    """Each named series summed over its labels; a name the engine does not expose fails loudly."""
+    out = {}
+    for name in names:
+        values = re.findall(rf"(?m)^{re.escape(name)}(?:\{{[^}}]*\}})?\s+(\S+)$", text)
+        assert values, f"{name} is not in /metrics (vLLM renamed it?)"
+        out[name] = sum(float(v) for v in values)
+    return out
+
+
+def counter_sum(text: str, name: str) -> float:
+    return sum(float(v) for v in re.findall(rf"(?m)^{re.escape(name)}(?:\{{[^}}]*\}})?\s+(\S+)$", text))
+
+
+def leave_early(host: str, port: int, body: dict[str, Any], gone: threading.Event) -> None:
+    """Send one completion and hang up: a stream after its first data line, a plain request at `gone`."""
+    conn = http.client.HTTPConnection(host, port, timeout=300)
+    try:
+        conn.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
+        if body["stream"]:
+            resp = conn.getresponse()
+            line = b" "
+            while line and not line.startswith(b"data:"):
+                line = resp.fp.readline()
+        else:
+            gone.wait(300)
+    finally:
+        if conn.sock:
+            with contextlib.suppress(OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+        conn.close()
+
+
+def test_clients_leaving_strand_no_kv_on_real_engines(deployed: dict[str, Any]) -> None:
+    """30 clients hang up after P answered / mid-stream: both engines end idle, KV back to idle."""
+    plan = deployed["plan"]
+    proxy = plan["proxy"]
+    bases = {i["role"]: i["health_url"].rsplit("/health", 1)[0] for i in plan["instances"]}
+    proxy_metrics = f"http://{proxy['address']}:{proxy['port']}/metrics"
+
+    def engines() -> dict[str, dict[str, float]]:
+        return {role: metric_sums(get_text(base + "/metrics"), ENGINE_GAUGES) for role, base in bases.items()}
+
+    def generated() -> float:
+        return counter_sum(get_text(bases["decode"] + "/metrics"), "vllm:generation_tokens_total")
+
+    def proxy_now() -> dict[str, float]:
+        text = get_text(proxy_metrics)
+        return {**metric_sums(text, PROXY_GAUGES),
+                "pd_proxy_kv_released_total": counter_sum(text, "pd_proxy_kv_released_total")}
+
+    before = {"engines": engines(), "proxy": proxy_now()}
+    tokens_before = generated()
+    print(f"\nno-stranded-KV before: {before}")
+    nonce = f"[{time.time_ns()}] "
+    # One prefill at a time: with concurrent prompts vLLM chunks them (max_num_batched_tokens
+    # 512) and ExampleConnector then hands D a partial KV file, which kills D's engine.
+    busy: dict[str, dict[str, float]] = {}
+    clients = []
+    for n in range(LEAVERS):
+        done = counter_sum(get_text(bases["prefill"] + "/metrics"), "vllm:request_success_total")
+        gone = threading.Event()
+        body = {"model": plan["model"]["served_name"], "prompt": f"{nonce}{n} {PROMPTS[0]}",
+                "max_tokens": LEAVER_MAX_TOKENS, "min_tokens": LEAVER_MAX_TOKENS, "temperature": 0,
+                "stream": n % 2 == 0}
+        clients.append(threading.Thread(target=leave_early, daemon=True,
+                                        args=(proxy["address"], proxy["port"], body, gone)))
+        clients[-1].start()
+        deadline = time.monotonic() + 120
+        while clients[-1].is_alive() and time.monotonic() < deadline:
+            text = get_text(bases["prefill"] + "/metrics")
+            if counter_sum(text, "vllm:request_success_total") > done:
+                break
+            time.sleep(0.1)
+        # P has answered: while D runs the request, what P still holds for it (nothing, for
+        # centralized), then the client hangs up (a stream hangs up on its first data line).
+        # Looked for once (a stream may hang up, and D abort, before the first look).
+        while not busy and clients[-1].is_alive() and time.monotonic() < deadline:
+            now = engines()
+            if sum(now["decode"][g] for g in ENGINE_GAUGES[:2]) >= 1:
+                busy = busy or now
+                break
+            time.sleep(0.1)
+        gone.set()
+    for c in clients:
+        c.join(300)
+    print(f"no-stranded-KV once P had answered, D running: {busy}")
+    assert busy, "never saw D running a client's request after P answered: nothing was measured"
+
+    after: dict[str, Any] = {}
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        after = {"engines": engines(), "proxy": proxy_now()}
+        idle = all(after["engines"][r][g] == 0 for r in bases for g in ENGINE_GAUGES[:2])
+        kv_back = all(after["engines"][r][ENGINE_GAUGES[2]] <= before["engines"][r][ENGINE_GAUGES[2]]
+                      for r in bases)
+        if idle and kv_back and all(after["proxy"][g] == 0 for g in PROXY_GAUGES):
+            break
+        time.sleep(1)
+    tokens = generated() - tokens_before
+    print(f"no-stranded-KV after: {after}; decode generated {tokens:.0f} tokens of the "
+          f"{LEAVERS * LEAVER_MAX_TOKENS} the requests asked for")
+    # The decodes were cut, not run to the end (min_tokens = max_tokens): a proxy that did not
+    # abort D when the client left fails here, however long the wait.
+    assert tokens < LEAVERS * LEAVER_MAX_TOKENS
+    for role in bases:
+        for gauge in ENGINE_GAUGES[:2]:
+            assert after["engines"][role][gauge] == 0, f"{role} still has {gauge}: {after}"
+        assert after["engines"][role][ENGINE_GAUGES[2]] <= before["engines"][role][ENGINE_GAUGES[2]], after
+    for gauge in PROXY_GAUGES:
+        assert after["proxy"][gauge] == 0, after
+    # centralized: P keeps nothing for a decode, so the proxy released nothing, and P's own
+    # figures said so while the decode was still running the requests.
+    assert after["proxy"]["pd_proxy_kv_released_total"] == before["proxy"]["pd_proxy_kv_released_total"]
+    assert busy["prefill"][ENGINE_GAUGES[2]] <= before["engines"]["prefill"][ENGINE_GAUGES[2]], busy
 
 
 def _bad_plan(plan: dict[str, Any], name: str, port: int, argv_extra: list[str]) -> Path:
