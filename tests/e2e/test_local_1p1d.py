@@ -100,6 +100,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def single_instance_argv(decode_argv: list[str], port: int) -> list[str]:
+    """The plan's decode command with the vLLM venv's python, another port and no KV connector."""
+    argv, rest = [str(VENV / "bin" / "python")], iter(decode_argv[1:])
+    for arg in rest:
+        if arg == "--kv-transfer-config":
+            next(rest)
+        elif arg == "--port":
+            next(rest)
+            argv += ["--port", str(port)]
+        else:
+            argv.append(arg)
+    assert "--port" in argv and "--max-num-batched-tokens" in argv, argv
+    return argv
+
+
 def greedy(url: str, model: str, prompt: str) -> list[int]:
     out = post(url, {"model": model, "prompt": prompt, "max_tokens": MAX_TOKENS, "temperature": 0,
                      "return_token_ids": True})
@@ -161,12 +176,11 @@ def test_pd_outputs_equal_a_single_instance_and_kv_moved(deployed: dict[str, Any
         pd_ids.append(greedy(url, model["served_name"], prompt))
         assert kv_hits(get_text(decode_base + "/metrics")) > hits, f"decode recomputed: {prompt[:40]}"
 
-    # A single non-disaggregated instance of the same model, same flags minus the connector.
+    # A single non-disaggregated instance: the decode's own argv from the plan minus the connector,
+    # on another port. Greedy ids on a random-weight model are equal only with the same engine
+    # flags (--max-num-batched-tokens included: it shapes the CPU kernels' batches).
     port = free_port()
-    argv = [str(VENV / "bin" / "python"), "-m", "vllm.entrypoints.openai.api_server",
-            "--model", model["path"], "--served-model-name", model["served_name"],
-            "--host", "127.0.0.1", "--port", str(port), "--max-model-len", "512",
-            "--enforce-eager", "--dtype", "bfloat16", "--seed", "1024"]
+    argv = single_instance_argv(decode["argv"], port)
     log = (WORK / "single.log").open("w")
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                             env={**os.environ, **decode["env"]})

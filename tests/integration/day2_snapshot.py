@@ -7,9 +7,10 @@ from pathlib import Path
 
 # What a run may legitimately add or touch without changing the deployment: logs, the shared KV
 # blocks a verify request fills (a cache), the controller-side preflight report (the check's own
-# output) and the per-playbook ansible logs the test helper writes.
+# output) and the per-playbook ansible logs the test helper writes; and what the running KV
+# watchdog rewrites every interval (its state and metrics files), which no playbook writes.
 VOLATILE = ("log", "data/kv")
-VOLATILE_NAMES = ("pd_preflight_report.json",)
+VOLATILE_NAMES = ("pd_preflight_report.json", "watchdog.json", "watchdog.prom")
 
 
 def _volatile(rel: Path) -> bool:
