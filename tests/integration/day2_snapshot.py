@@ -36,7 +36,10 @@ def file_snapshot(root: Path) -> dict[str, tuple[int, int, str]]:
             continue
         st = path.lstat()
         digest = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() and not path.is_symlink() else ""
-        out[rel.as_posix()] = (st.st_mode, st.st_mtime_ns, digest)
+        # A folder's mtime moves with any entry added, removed or renamed in it, the volatile ones
+        # included (the watchdog replaces its files by rename); a real change shows as that entry.
+        mtime = 0 if path.is_dir() and not path.is_symlink() else st.st_mtime_ns
+        out[rel.as_posix()] = (st.st_mode, mtime, digest)
     return out
 
 
