@@ -16,28 +16,15 @@ from pathlib import Path
 
 import pytest
 from day2_snapshot import diff, file_snapshot
-from test_day2_support import ROOT, Deployment, free_base, private_dirs, roll_order
+from test_day2_support import Deployment, local_sim_deployment, roll_order
 
 pytestmark = pytest.mark.skipif(shutil.which("supervisord") is None, reason="needs supervisord (make system-deps)")
 
 
 @pytest.fixture(scope="module")
 def sim(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    work = tmp_path_factory.mktemp("day2-sim")
-    used: set[int] = set()
     # room for 3 instances of each role (scale-out) on consecutive ports
-    prefill, decode, proxy = free_base(3, used), free_base(3, used), free_base(1, used)
-    extra = {
-        **private_dirs(work),
-        "pd_data_dir": str(work / "data"),
-        "pd_prefill_http_port_base": prefill,
-        "pd_decode_http_port_base": decode,
-        "pd_proxy_port": proxy,
-        # the proxy re-probes often so a re-admitted instance is routable quickly
-        "pd_proxy_health_interval": 1,
-    }
-    dep = Deployment(ROOT / "inventories" / "local-sim" / "cluster.ini", work, extra, proxy)
-    dep.write_vars()
+    dep = local_sim_deployment(tmp_path_factory.mktemp("day2-sim"), 3)
     try:
         # site.yml ends with the verify and its KV check on: the decodes must load the prompt's KV.
         proc = dep.play("site.yml", timeout=1200)

@@ -152,6 +152,26 @@ class Deployment:
                 result["error"] = (proc.stderr.read() if proc.stderr else "")[-2000:]
 
 
+def local_sim_deployment(work: Path, per_role: int, **extra: Any) -> Deployment:
+    """A private inventories/local-sim deployment under work: its own directories and free ports
+    with room for per_role instances of each role, the proxy re-probing every second (so a
+    re-admitted instance is routable quickly); extra adds or overrides variables. Vars written."""
+    used: set[int] = set()
+    prefill, decode, proxy = free_base(per_role, used), free_base(per_role, used), free_base(1, used)
+    variables = {
+        **private_dirs(work),
+        "pd_data_dir": str(work / "data"),
+        "pd_prefill_http_port_base": prefill,
+        "pd_decode_http_port_base": decode,
+        "pd_proxy_port": proxy,
+        "pd_proxy_health_interval": 1,
+        **extra,
+    }
+    dep = Deployment(ROOT / "inventories" / "local-sim" / "cluster.ini", work, variables, proxy)
+    dep.write_vars()
+    return dep
+
+
 def roll_order(output: str) -> list[str]:
     """Instance names in the order the playbook announced their batches (`ROLL role: a, b`)."""
     names: list[str] = []

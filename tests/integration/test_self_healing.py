@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from test_day2_support import ROOT, Deployment, free_base, private_dirs
+from test_day2_support import Deployment, local_sim_deployment
 
 pytestmark = pytest.mark.skipif(shutil.which("supervisord") is None, reason="needs supervisord (make system-deps)")
 
@@ -66,30 +66,22 @@ def wait_for(what: str, check, timeout: float) -> float:
 @pytest.fixture(scope="module")
 def heal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
     work = tmp_path_factory.mktemp("heal-sim")
-    used: set[int] = set()
-    prefill, decode, proxy = free_base(2, used), free_base(2, used), free_base(1, used)
-    extra = {
-        **private_dirs(work),
-        "pd_data_dir": str(work / "data"),
-        "pd_prefill_http_port_base": prefill,
-        "pd_decode_http_port_base": decode,
-        "pd_proxy_port": proxy,
-        "pd_proxy_health_interval": 1,
+    dep = local_sim_deployment(
+        work, 2,
         # Short, so the crash loop ends within seconds: 3 starts per 2 minutes, 2 quick retries.
-        "vllm_pd_restart_delay": 2,
-        "vllm_pd_restart_burst": 3,
-        "vllm_pd_restart_window": 120,
-        "vllm_pd_start_seconds": 2,
-        "vllm_pd_start_retries": 2,
+        vllm_pd_restart_delay=2,
+        vllm_pd_restart_burst=3,
+        vllm_pd_restart_window=120,
+        vllm_pd_start_seconds=2,
+        vllm_pd_start_retries=2,
         # The boot hook goes to a private init directory (this machine's /etc/init.d stays untouched).
-        "vllm_pd_boot_hook_dir": str(work / "init.d"),
+        vllm_pd_boot_hook_dir=str(work / "init.d"),
         # The KV watchdog decides within seconds.
-        "vllm_pd_watchdog_threshold": 0.5,
-        "vllm_pd_watchdog_window": 2,
-        "vllm_pd_watchdog_interval": 1,
-    }
-    dep = Deployment(ROOT / "inventories" / "local-sim" / "cluster.ini", work, extra, proxy)
-    dep.write_vars()
+        vllm_pd_watchdog_threshold=0.5,
+        vllm_pd_watchdog_window=2,
+        vllm_pd_watchdog_interval=1,
+    )
+    decode = dep.extra["pd_decode_http_port_base"]
     dep.decode_ports = {"decode-0": decode, "decode-1": decode + 1}  # type: ignore[attr-defined]
     try:
         site(dep)
