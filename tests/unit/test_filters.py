@@ -1,0 +1,163 @@
+"""The collection's filter plugins (plugins/filter): the list building the roles and playbooks used to do
+in Jinja, as pure functions, plus one check that Ansible resolves them by their fully qualified names."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from ansible_collections.openfuyao.pd.plugins.filter.bind_port_probes import bind_port_probes
+from ansible_collections.openfuyao.pd.plugins.filter.docker_run_options import docker_run_options
+from ansible_collections.openfuyao.pd.plugins.filter.instance_files import instance_files
+from ansible_collections.openfuyao.pd.plugins.filter.instance_probes import instance_probes
+from ansible_collections.openfuyao.pd.plugins.filter.instance_services import instance_services
+from ansible_collections.openfuyao.pd.plugins.filter.instance_wait_specs import instance_wait_specs
+from ansible_collections.openfuyao.pd.plugins.filter.ports_out_of_range import ports_out_of_range
+from ansible_collections.openfuyao.pd.plugins.filter.removed_backend_hosts import (
+    host_address,
+    removed_backend_hosts,
+)
+from ansible_collections.openfuyao.pd.plugins.filter.sim_serve_flags import sim_serve_flags
+from ansible_collections.openfuyao.pd.plugins.filter.smallest_max_model_len import smallest_max_model_len
+from ansible_collections.openfuyao.pd.plugins.filter.unwanted_programs import unwanted_programs
+from ansible_collections.openfuyao.pd.plugins.filter.version_changes import version_changes
+
+ROOT = Path(__file__).resolve().parents[2]
+PREFILL = {"name": "prefill-0", "role": "prefill", "address": "10.0.0.1", "health_url": "http://10.0.0.1:8100/health",
+           "ports": [{"start": 8100, "end": 8100, "purpose": "prefill-0 http"},
+                     {"start": 20001, "end": 20003, "purpose": "prefill-0 kv", "kind": "bind"},
+                     {"start": 50088, "end": 50088, "purpose": "mooncake master", "kind": "connect"}]}
+DECODE = {"name": "decode-0", "role": "decode", "address": "10.0.0.1", "health_url": "http://[::1]:8200/health",
+          "ports": [{"start": 8200, "end": 8200, "purpose": "decode-0 http"}],
+          "files": {"/etc/ucm/ucm.yaml": "a: 1\n", "extra.json": "{}"}}
+
+
+@pytest.mark.parametrize(("runtime", "script"), [("host", "run.sh"), ("container", "container.sh")])
+def test_instance_services_one_per_instance(runtime: str, script: str) -> None:
+    assert instance_services([PREFILL, DECODE], "openfuyao-pd-", "/etc/pd", "/var/log/pd", runtime) == [
+        {"name": "openfuyao-pd-prefill-0", "command": f"/etc/pd/instances/prefill-0/{script}",
+         "log": "/var/log/pd/prefill-0.log", "description": "openfuyao.pd prefill instance prefill-0"},
+        {"name": "openfuyao-pd-decode-0", "command": f"/etc/pd/instances/decode-0/{script}",
+         "log": "/var/log/pd/decode-0.log", "description": "openfuyao.pd decode instance decode-0"},
+    ]
+
+
+def test_instance_wait_specs_ask_for_health_and_models_under_one_base() -> None:
+    alive = ["supervisorctl", "-c", "/etc/pd/supervisord.conf", "pid"]
+    specs = instance_wait_specs([PREFILL, DECODE], "openfuyao-pd-", "/var/log/pd", alive)
+    assert specs[1] == {"name": "decode-0", "urls": ["http://[::1]:8200/health", "http://[::1]:8200/v1/models"],
+                        "log": "/var/log/pd/decode-0.log", "alive_cmd": [*alive, "openfuyao-pd-decode-0"]}
+    assert specs[0]["urls"][1] == "http://10.0.0.1:8100/v1/models"
+    assert alive == ["supervisorctl", "-c", "/etc/pd/supervisord.conf", "pid"], "the caller's argv is not changed"
+
+
+def test_instance_files_absolute_keys_are_destinations_relative_ones_land_in_the_instance_dir() -> None:
+    assert instance_files([PREFILL, DECODE], "/etc/pd") == [
+        {"instance": "decode-0", "file": "/etc/ucm/ucm.yaml", "dest": "/etc/ucm/ucm.yaml", "content": "a: 1\n"},
+        {"instance": "decode-0", "file": "extra.json", "dest": "/etc/pd/instances/decode-0/extra.json", "content": "{}"},
+    ]
+    assert instance_files([PREFILL, {**DECODE, "files": None}], "/etc/pd") == []
+
+
+def test_bind_port_probes_expand_bind_ranges_of_instances_not_running() -> None:
+    probes = bind_port_probes([PREFILL, DECODE], ["openfuyao-pd-decode-0"], "openfuyao-pd-")
+    assert [(p["instance"], p["port"], p["purpose"]) for p in probes] == [
+        ("prefill-0", 8100, "prefill-0 http"), ("prefill-0", 20001, "prefill-0 kv"),
+        ("prefill-0", 20002, "prefill-0 kv"), ("prefill-0", 20003, "prefill-0 kv")]
+    assert {p["address"] for p in probes} == {"10.0.0.1"}
+    assert bind_port_probes([PREFILL], ["openfuyao-pd-prefill-0"], "openfuyao-pd-") == []
+
+
+def test_unwanted_programs_keep_wanted_services_only() -> None:
+    files = [{"path": "/etc/pd/programs/openfuyao-pd-prefill-0.conf"}, {"path": "/etc/pd/programs/openfuyao-pd-proxy.conf"},
+             {"path": "/etc/pd/programs/openfuyao-pd-decode-9.conf"}]
+    assert unwanted_programs(files, ["openfuyao-pd-prefill-0", "openfuyao-pd-proxy"]) == [
+        "/etc/pd/programs/openfuyao-pd-decode-9.conf"]
+    assert unwanted_programs([], ["x"]) == []
+
+
+@pytest.mark.parametrize(("port", "bad"), [
+    ({"start": 8000}, False), ({"start": 1, "end": 65535}, False), ({"start": 0}, True),
+    ({"start": 65000, "end": 65536}, True), ({"start": 80, "end": 70}, True), ({"start": 80, "end": "90"}, True),
+    ({"start": "80"}, False),  # a non-numeric start is named by the preflight's own line
+    ({"end": 80}, False),
+])
+def test_ports_out_of_range(port: dict, bad: bool) -> None:
+    assert ports_out_of_range([port]) == ([port] if bad else [])
+
+
+def test_version_changes_sorted_with_missing_sides_as_dash() -> None:
+    before = {"vllm": "0.1", "torch": "2.0", "old": "1"}
+    after = {"vllm": "0.2", "torch": "2.0", "new": "3"}
+    assert version_changes(before, after) == ["new - -> 3", "old 1 -> -", "vllm 0.1 -> 0.2"]
+    assert version_changes(before, before) == []
+
+
+def test_smallest_max_model_len() -> None:
+    assert smallest_max_model_len([{"argv": ["vllm", "serve", "m", "--max-model-len", "4096"]},
+                                   {"argv": ["vllm", "serve", "m", "--max-model-len", "2000"]},
+                                   {"argv": ["vllm", "serve", "m"]}]) == 2000
+    assert smallest_max_model_len([{"argv": ["vllm", "serve", "m"]}]) == 0
+
+
+def test_removed_backend_hosts_match_the_url_host_to_inventory_addresses() -> None:
+    hostvars = {
+        "node1": {"ansible_host": "10.0.0.1", "vllm_pd_conf_dir": "/srv/pd", "_day2_service_manager": "systemd"},
+        "node2": {"ansible_host": "10.0.0.2"},
+        "local": {"ansible_connection": "local"},
+        "named": {"ansible_connection": "local", "pd_address": "10.0.0.9"},
+    }
+    plan_hosts = {"node2": {"address": "localhost"}}
+    removed = [{"name": "decode-1", "url": "http://10.0.0.1:8200"}, {"name": "decode-2", "url": "http://127.0.0.1:8201"}]
+    assert removed_backend_hosts(removed, list(hostvars), hostvars, plan_hosts) == [
+        {"name": "decode-1", "host": "node1", "conf": "/srv/pd/supervisord.conf", "systemd": True},
+        {"name": "decode-2", "host": "node2", "conf": "/etc/openfuyao-pd/supervisord.conf", "systemd": False},
+        {"name": "decode-2", "host": "local", "conf": "/etc/openfuyao-pd/supervisord.conf", "systemd": False},
+    ]
+    assert host_address("named", hostvars["named"], plan_hosts) == "10.0.0.9"
+    assert host_address("other", {}, plan_hosts) == "other"
+
+
+def test_instance_probes() -> None:
+    assert instance_probes([PREFILL], "openfuyao-pd-") == [
+        {"name": "prefill-0", "health_url": "http://10.0.0.1:8100/health", "service": "openfuyao-pd-prefill-0"}]
+
+
+def test_docker_run_options_in_the_seeds_order() -> None:
+    opts = docker_run_options(["/data:/data", "/etc/pd/instances/p:/etc/pd/instances/p:ro"], net="host", shm_size="500g",
+                              privileged=True, workdir="/home", devices=["/dev/davinci_manager", "/dev/hisi_hdc"],
+                              entrypoint="bash", extra=["--ulimit", "memlock=-1"])
+    assert opts == ["--net=host", "--shm-size=500g", "--privileged=true", "-w", "/home",
+                    "--device=/dev/davinci_manager", "--device=/dev/hisi_hdc", "--entrypoint=bash",
+                    "-v", "/data:/data", "-v", "/etc/pd/instances/p:/etc/pd/instances/p:ro", "--ulimit", "memlock=-1"]
+    plain = docker_run_options([], net="bridge", shm_size="1g", privileged=False, workdir="/", devices=[],
+                               entrypoint="sh")
+    assert plain == ["--net=bridge", "--shm-size=1g", "-w", "/", "--entrypoint=sh"]
+
+
+@pytest.mark.parametrize(("argv", "flags"), [
+    (["vllm", "serve", "./m", "--port", "8100"], ["./m", "--port", "8100"]),
+    (["/opt/v/bin/vllm", "serve", "./m"], ["./m"]),
+    (["python3", "-m", "vllm.entrypoints.openai.api_server", "--host", "h", "--model", "./m", "--port", "1"],
+     ["./m", "--host", "h", "--port", "1"]),
+])
+def test_sim_serve_flags(argv: list[str], flags: list[str]) -> None:
+    assert sim_serve_flags(argv) == flags
+
+
+def test_ansible_resolves_the_filters_by_fqcn() -> None:
+    """Through Ansible's own templating: the collection path of ansible.cfg finds every filter."""
+    expr = ("{{ {'a': [[{'start': 0}] | openfuyao.pd.ports_out_of_range, "
+            "{'x': '1'} | openfuyao.pd.version_changes({'x': '2'}), "
+            "[{'argv': ['vllm', 'serve', 'm', '--max-model-len', '7']}] | openfuyao.pd.smallest_max_model_len]} | to_json }}")
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_STDOUT_CALLBACK": "json",
+           "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
+    run = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.debug",
+                          "-a", f"msg={expr}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    msg = json.loads(run.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+    value = json.loads(msg) if isinstance(msg, str) else msg
+    assert value == {"a": [[{"start": 0}], ["x 1 -> 2"], 7]}
