@@ -1,12 +1,26 @@
 # Copyright: openFuyao PD maintainers
 # Apache License 2.0 (see LICENSE)
-"""Plain-text tables for the human side of module and planner results (ad hoc runs print them)."""
+"""Plain-text tables for the human side of module and planner results (ad hoc runs print them).
+
+The collection's one column aligner. Standard library only and free of Ansible imports, so the
+controller-side helpers that run from the collection's tree (playbooks/tasks/day2/files/pd_day2.py
+`status`, files/connector/openfuyao_pd/benchreport.py) load this very file by its path instead
+of keeping copies: module_utils cannot import from files/connector (a package installed on hosts
+without the collection), while both of those run where the collection is.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 
-def align_columns(rows: list[tuple]) -> list[str]:
-    """One line per row, every column padded to its widest cell (first row = header)."""
+
+def align_columns(rows: Sequence[Sequence[object]], rule: bool = False) -> list[str]:
+    """One line per row, every column padded to its widest cell (first row = header).
+
+    With `rule`, a line of dashes as wide as each column follows the header."""
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(r[c]) for r in cells) for c in range(len(cells[0]))]
-    return ["  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip() for r in cells]
+    lines = ["  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip() for r in cells]
+    if rule:
+        lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines

@@ -141,10 +141,11 @@ async def test_models_health_and_metric_names(sim_factory):
                  "vllm:e2e_request_latency_seconds_count", "vllm:kv_cache_usage_perc", "pd_sim_kv_held_blocks",
                  "pd_sim_kv_bytes_sent_total", "pd_sim_kv_bytes_received_total", "vllm:request_success_total"):
         assert f"\n{name}{{" in text, name
-    assert 'vllm:prompt_tokens_total{model_name="served",engine="0"} 20' in text
-    assert 'vllm:generation_tokens_total{model_name="served",engine="0"} 3' in text
-    assert 'vllm:time_to_first_token_seconds_count{model_name="served",engine="0"} 1' in text
-    assert 'vllm:request_success_total{model_name="served",engine="0",finished_reason="length"} 1' in text
+    # prometheus_client's text format, as vLLM exports it: labels sorted by name, values as floats.
+    assert 'vllm:prompt_tokens_total{engine="0",model_name="served"} 20.0' in text
+    assert 'vllm:generation_tokens_total{engine="0",model_name="served"} 3.0' in text
+    assert 'vllm:time_to_first_token_seconds_count{engine="0",model_name="served"} 1.0' in text
+    assert 'vllm:request_success_total{engine="0",finished_reason="length",model_name="served"} 1.0' in text
 
 
 async def test_api_key_guards_v1_only(sim_factory):
@@ -164,4 +165,4 @@ async def test_phase_histograms(sim_factory):
         text = await resp.text()
     for name in ("vllm:request_prefill_time_seconds", "vllm:request_decode_time_seconds",
                  "vllm:request_queue_time_seconds", "vllm:inter_token_latency_seconds"):
-        assert f'{name}_count{{model_name="tiny-llama",engine="0"}}' in text, name
+        assert f'{name}_count{{engine="0",model_name="tiny-llama"}}' in text, name

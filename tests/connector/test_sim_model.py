@@ -62,16 +62,29 @@ def test_kv_size_from_shape():
 
 
 def test_metrics_text_format():
+    """prometheus_client's text format (vLLM's exporter): every series has the engine's labels,
+    unlabelled counters and preset label sets exist from the start, no `_created` series."""
     reg = Registry({"model_name": "m", "engine": "0"})
-    reg.counter("a_total", "doc")
+    reg.counter("a_total", "doc", labels=["reason"])
+    reg.counter("b_total", "doc b")
+    reg.counter("c_total", "doc c", labels=["transport"], preset=[{"transport": "http"}])
+    reg.counter("d_total", "doc d", lambda: 7)
+    reg.gauge("g", "doc g", lambda: 0.25)
     reg.histogram("h_seconds", "doc", (0.1, 1.0))
+    assert 'h_seconds_count' not in reg.render() and 'a_total{' not in reg.render()
     reg.inc("a_total", 2, {"reason": "x"})
     reg.observe("h_seconds", 0.5)
     reg.observe("h_seconds", 5.0)
     text = reg.render()
-    assert '# TYPE a_total counter\na_total{model_name="m",engine="0",reason="x"} 2\n' in text
-    assert 'h_seconds_bucket{model_name="m",engine="0",le="0.1"} 0' in text
-    assert 'h_seconds_bucket{model_name="m",engine="0",le="1.0"} 1' in text
-    assert 'h_seconds_bucket{model_name="m",engine="0",le="+Inf"} 2' in text
-    assert 'h_seconds_count{model_name="m",engine="0"} 2' in text
-    assert 'h_seconds_sum{model_name="m",engine="0"} 5.5' in text
+    assert '# TYPE a_total counter\na_total{engine="0",model_name="m",reason="x"} 2.0\n' in text
+    assert '# HELP b_total doc b\n# TYPE b_total counter\nb_total{engine="0",model_name="m"} 0.0\n' in text
+    assert 'c_total{engine="0",model_name="m",transport="http"} 0.0\n' in text
+    assert '# TYPE d_total counter\nd_total{engine="0",model_name="m"} 7.0\n' in text
+    assert 'g{engine="0",model_name="m"} 0.25\n' in text
+    assert 'h_seconds_bucket{engine="0",le="0.1",model_name="m"} 0.0' in text
+    assert 'h_seconds_bucket{engine="0",le="1.0",model_name="m"} 1.0' in text
+    assert 'h_seconds_bucket{engine="0",le="+Inf",model_name="m"} 2.0' in text
+    assert 'h_seconds_count{engine="0",model_name="m"} 2.0' in text
+    assert 'h_seconds_sum{engine="0",model_name="m"} 5.5' in text
+    assert "_created" not in text
+    assert reg.value("a_total", {"reason": "x"}) == 2 and reg.value("d_total") == 7 and reg.value("b_total") == 0

@@ -207,14 +207,27 @@ def rows(current: Summary, previous: Summary | None = None) -> list[list[str]]:
     return out
 
 
+# The collection's one column aligner. benchreport runs on the controller from the collection's
+# tree (playbooks/bench.yml puts files/connector on PYTHONPATH), so it loads that file by its path;
+# the hosts that install this package never build the report.
+_TEXT_TABLE = Path(__file__).resolve().parents[3] / "plugins" / "module_utils" / "text_table.py"
+
+
+def _align_columns(rows: list[list[str]], rule: bool) -> list[str]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("openfuyao_pd_text_table", _TEXT_TABLE)
+    if spec is None or spec.loader is None or not _TEXT_TABLE.is_file():
+        raise BenchReportError(f"{_TEXT_TABLE} not found: run benchreport from the collection's tree")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.align_columns(rows, rule=rule)
+
+
 def format_table(current: Summary, previous: Summary | None = None) -> str:
     """Plain-text table aligned in columns (what the playbook prints)."""
     header = ["metric", "this run"] + (["previous", "change"] if previous is not None else [])
-    body = rows(current, previous)
-    widths = [max(len(r[i]) for r in [header, *body]) for i in range(len(header))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(r, widths, strict=True)).rstrip() for r in [header, *body]]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return "\n".join(_align_columns([header, *rows(current, previous)], rule=True))
 
 
 class PlotUnavailable(Exception):
@@ -289,12 +302,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             plot_msg = str(exc)
         except OSError as exc:
             plot_msg = f"no plot: cannot write {args.plot} ({exc.strerror})"
+    try:
+        table = format_table(current, previous)
+    except BenchReportError as exc:
+        print(f"benchreport: {exc}", file=sys.stderr)
+        return 2
     if args.json:
         doc = {"current": current.as_dict(), "previous": previous.as_dict() if previous else None,
-               "table": format_table(current, previous), "plot": plot_msg}
+               "table": table, "plot": plot_msg}
         print(json.dumps(doc, indent=2))
     else:
-        print(format_table(current, previous))
+        print(table)
         if plot_msg:
             print(plot_msg)
     return 0

@@ -1,5 +1,6 @@
-"""The simulated engine core: admission (max seqs, KV blocks, priority), prefix cache,
-KV held for remote decode, and the shared-storage KV store."""
+"""The simulated engine: ``SimEngine`` (the state every handler of sim/server.py shares: request
+parsing, KV hold/pull/release across the PD protocols, metrics) and its parts: admission (max
+seqs, KV blocks, priority), prefix cache, KV held for remote decode, the shared-storage KV store."""
 
 from __future__ import annotations
 
@@ -7,14 +8,24 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 import os
 import time
+import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from openfuyao_pd.sim.config import ConfigError
+import aiohttp
+from aiohttp import web
+
+from openfuyao_pd import kvxfer
+from openfuyao_pd.sim import model
+from openfuyao_pd.sim.config import ConfigError, SimConfig
+from openfuyao_pd.sim.faults import FailDice, parse_faults
+from openfuyao_pd.sim.metrics import LATENCY_BUCKETS, TTFT_BUCKETS, Registry
 
 LOG = logging.getLogger("pd-engine-sim")
 
@@ -297,3 +308,435 @@ class SharedKvStore:
             if data != expected[index * block_bytes:(index + 1) * block_bytes]:
                 return index, read, "corrupt"
         return len(hashes), read, "ok"
+
+
+# Fields a decode instance needs before it uses a prefill's KV (pd-proxies.md §0.2, §0.4, §0.5).
+REQUIRED_PARAMS = {
+    "mooncake_v1": ("remote_engine_id", "remote_host", "remote_port", "remote_request_id"),
+    "nixl": ("remote_engine_id", "remote_request_id", "remote_host", "remote_port"),
+    "mooncake": ("remote_engine_id", "remote_bootstrap_addr", "transfer_id"),
+}
+
+
+class ApiError(Exception):
+    """An OpenAI-style error answer."""
+
+    def __init__(self, status: int, message: str, kind: str = "BadRequestError") -> None:
+        super().__init__(message)
+        self.status = status
+        self.kind = kind
+
+
+@dataclass
+class KvLoad:
+    """How a request's prompt KV was obtained."""
+
+    source: str = "local"  # remote | shared | local
+    reason: str = "no-kv-params"
+    tokens: int = 0  # prompt tokens whose KV came from outside
+    release: Callable[[], Any] | None = None  # tell the producer we are done
+
+
+@dataclass
+class Request:
+    kind: str  # completion | chat
+    external_id: str
+    internal_id: str
+    prompt_ids: list[int]
+    max_tokens: int
+    min_tokens: int
+    stream: bool
+    include_usage: bool
+    ignore_eos: bool
+    eos_at: int | None
+    seed: int
+    priority: int
+    return_token_ids: bool
+    ktp: dict[str, Any]
+    echo_model: str
+    base_id: str = ""
+    admitted: float = 0.0
+    first_token: float = 0.0
+    created: int = field(default_factory=lambda: int(time.time()))
+
+
+def _int_field(body: dict, name: str, default: int | None) -> int | None:
+    value = body.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ApiError(400, f"{name} must be an integer, got {value!r}")
+    return value
+
+
+class SimEngine:
+    """One simulated vLLM engine (state shared by all handlers)."""
+
+    def __init__(self, config: SimConfig) -> None:
+        self.config = config
+        self.faults = parse_faults(config.faults)
+        self.dice = FailDice(config.seed)
+        self.scheduler = Scheduler(config.max_num_seqs, config.kv_capacity_blocks, config.scheduling_policy)
+        self.lane = ComputeLane(config.scheduling_policy)
+        self.prefix_cache = PrefixCache(config.kv_capacity_blocks, config.enable_prefix_caching)
+        self.held = HeldStore(self.scheduler, config.kv_hold_timeout_s)
+        self.shared = (SharedKvStore(config.shared_storage_path, config.model_tag, config.is_producer)
+                       if config.protocol == "centralized" and config.shared_storage_path else None)
+        self.requests_seen = 0
+        self.on_die: Callable[[], None] | None = None
+        self.dead = False
+        self.mooncake: kvxfer.MooncakeTcp | None = None
+        self.mooncake_reason: str | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self.ports: dict[str, int] = {}
+        self._sweeper: asyncio.Task | None = None
+        self._background: set[asyncio.Task] = set()
+        self.metrics = self._build_metrics()
+        if config.kv_bytes_per_token > 0:  # build the KV byte pool now, not on the first request
+            model.kv_content([0], config.kv_bytes_per_token, config.model_tag, config.block_size)
+
+    # ----------------------------------------------------------------- lifecycle
+    def setup_mooncake(self) -> None:
+        """Create (or reuse) the process's Mooncake TCP engine according to --sim-mooncake."""
+        mode = self.config.mooncake
+        if mode == "off" or self.config.protocol not in ("mooncake_v1", "nixl", "mooncake"):
+            self.mooncake_reason = "disabled" if mode == "off" else "protocol has no P2P transfer"
+            return
+        reason = kvxfer.unavailable_reason()
+        if reason is None:
+            try:
+                self.mooncake = kvxfer.shared_engine(self.config.advertise_host or "127.0.0.1")
+            except kvxfer.KvTransferError as exc:
+                reason = str(exc)
+        self.mooncake_reason = reason
+        if reason and mode == "on":
+            raise RuntimeError(f"--sim-mooncake on but {reason}")
+        if reason:
+            LOG.info("KV moves over HTTP: %s", reason)
+
+    async def start(self, app: web.Application) -> None:
+        self.session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.config.kv_transfer_timeout_s))
+        self._sweeper = asyncio.create_task(self._sweep())
+
+    async def stop(self, app: web.Application) -> None:
+        if self._sweeper:
+            self._sweeper.cancel()
+        if self.session:
+            await self.session.close()
+        for key in list(self.held.items):
+            self._free_held(key, "rejected")
+
+    async def _sweep(self) -> None:
+        interval = min(1.0, max(0.05, self.config.kv_hold_timeout_s / 4))
+        while True:
+            await asyncio.sleep(interval)
+            for key in self.held.expired():
+                LOG.warning("freeing KV of %s: no decode fetched it within %.0fs", key, self.config.kv_hold_timeout_s)
+                self._free_held(key, "timeout")
+
+    def _free_held(self, key: str, reason: str) -> HeldKv | None:
+        item = self.held.pop(key, reason)
+        if item is not None:
+            if not item.ready.is_set():
+                item.failed = item.failed or reason
+                item.ready.set()
+            if item.region is not None and self.mooncake is not None:
+                self.mooncake.unregister(item.region)
+            self.metrics.inc("pd_sim_kv_held_freed_total", labels={"reason": reason})
+        return item
+
+    def die(self) -> None:
+        self.dead = True
+        LOG.error("simulated engine death (fault)")
+        if not self.config.in_process:
+            os._exit(1)
+        if self.on_die:
+            self.on_die()
+
+    # ----------------------------------------------------------------- metrics
+    def _build_metrics(self) -> Registry:
+        reg = Registry({"model_name": self.config.model_name, "engine": "0"})
+        reg.gauge("vllm:num_requests_running", "Number of requests in model execution batches.",
+                  lambda: self.scheduler.running)
+        reg.gauge("vllm:num_requests_waiting", "Number of requests waiting to be processed.",
+                  lambda: self.scheduler.waiting)
+        reg.gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.",
+                  lambda: max(self.faults.stuck_kv,
+                              (self.scheduler.used_blocks + self.scheduler.held_blocks) / self.scheduler.capacity))
+        reg.counter("vllm:prompt_tokens_total", "Number of prefill tokens processed.")
+        reg.counter("vllm:generation_tokens_total", "Number of generation tokens processed.")
+        reg.counter("vllm:prompt_tokens_by_source_total", "Number of prompt tokens by source.", labels=["source"],
+                    preset=[{"source": s} for s in ("local_compute", "local_cache_hit", "external_kv_transfer")])
+        reg.counter("vllm:prefix_cache_queries_total", "Prefix cache queries, in terms of number of queried tokens.")
+        reg.counter("vllm:prefix_cache_hits_total", "Prefix cache hits, in terms of number of cached tokens.")
+        reg.counter("vllm:external_prefix_cache_queries_total",
+                    "External prefix cache queries from KV connector, in terms of number of queried tokens.")
+        reg.counter("vllm:external_prefix_cache_hits_total",
+                    "External prefix cache hits from KV connector, in terms of number of cached tokens.")
+        reg.counter("vllm:request_success_total", "Count of successfully processed requests.",
+                    labels=["finished_reason"], preset=[{"finished_reason": r} for r in ("stop", "length", "abort")])
+        reg.histogram("vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS)
+        reg.histogram("vllm:inter_token_latency_seconds", "Histogram of inter-token latency in seconds.", TTFT_BUCKETS)
+        reg.histogram("vllm:e2e_request_latency_seconds", "Histogram of e2e request latency in seconds.",
+                      LATENCY_BUCKETS)
+        reg.histogram("vllm:request_prefill_time_seconds", "Histogram of time spent in PREFILL phase for request.",
+                      LATENCY_BUCKETS)
+        reg.histogram("vllm:request_decode_time_seconds", "Histogram of time spent in DECODE phase for request.",
+                      LATENCY_BUCKETS)
+        reg.histogram("vllm:request_queue_time_seconds", "Histogram of time spent in WAITING phase for request.",
+                      LATENCY_BUCKETS)
+        reg.gauge("pd_sim_kv_held_blocks", "KV blocks a prefill holds for decode instances to fetch.",
+                  lambda: self.held.held_blocks)
+        reg.gauge("pd_sim_kv_held_requests", "Finished prefills whose KV is still held.",
+                  lambda: len(self.held.items))
+        transports = [{"transport": t} for t in ("http", "mooncake", "shared")]
+        reg.counter("pd_sim_kv_held_freed_total", "Held KV released, by reason (pulled, timeout, rejected).",
+                    labels=["reason"])
+        reg.counter("pd_sim_kv_bytes_sent_total", "KV bytes served to decode instances, by transport.",
+                    labels=["transport"], preset=transports)
+        reg.counter("pd_sim_kv_bytes_received_total", "KV bytes received from prefill instances, by transport.",
+                    labels=["transport"], preset=transports)
+        reg.counter("pd_sim_kv_loads_total", "How prompts' KV was obtained, by source and reason.",
+                    labels=["reason", "source"])
+        reg.counter("pd_sim_kv_params_returned_total", "Prefill answers carrying kv_transfer_params.")
+        reg.counter("pd_sim_kv_params_withheld_total", "Prefill answers without kv_transfer_params, by reason.",
+                    labels=["reason"])
+        reg.counter("pd_sim_requests_total", "Completion requests received, by endpoint.", labels=["endpoint"])
+        reg.counter("pd_sim_requests_aborted_total", "Requests aborted before they finished (client gone).")
+        reg.counter("pd_sim_faults_injected_total", "Faults injected, by fault.", labels=["fault"])
+        reg.counter("pd_sim_kv_store_errors_total", "Shared-storage KV blocks that could not be written.",
+                    lambda: self.shared.errors if self.shared is not None else 0)
+        reg.gauge("pd_sim_mooncake_enabled", "1 when KV moves through the Mooncake TCP transfer engine.",
+                  lambda: 1 if self.mooncake is not None else 0)
+        return reg
+
+    # ----------------------------------------------------------------- request parsing
+    def parse(self, kind: str, body: Any, headers: Any) -> Request:
+        cfg = self.config
+        if not isinstance(body, dict):
+            raise ApiError(400, "request body must be a JSON object")
+        name = body.get("model")
+        if name is not None and name not in (cfg.model_name, cfg.model):
+            raise ApiError(404, f"The model `{name}` does not exist.", "NotFoundError")
+        if kind == "chat":
+            messages = body.get("messages")
+            if not isinstance(messages, list) or not messages:
+                raise ApiError(400, "messages must be a non-empty list")
+            prompt_ids = model.tokenize(model.render_chat(messages))
+        else:
+            prompt = body.get("prompt")
+            if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+                prompt = prompt[0]
+            if isinstance(prompt, str):
+                prompt_ids = model.tokenize(prompt)
+            elif isinstance(prompt, list) and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt):
+                prompt_ids = list(prompt)
+            else:
+                raise ApiError(400, "prompt must be a string or a list of token ids (one prompt per request)")
+        if not prompt_ids:
+            raise ApiError(400, "The prompt cannot be empty")
+        max_tokens = _int_field(body, "max_tokens", None)
+        if kind == "chat":
+            max_tokens = _int_field(body, "max_completion_tokens", max_tokens)
+        if max_tokens is None:
+            max_tokens = 16 if kind == "completion" else cfg.max_model_len - len(prompt_ids)
+        min_tokens = _int_field(body, "min_tokens", 0) or 0
+        if max_tokens < 1:
+            raise ApiError(400, f"max_tokens must be at least 1, got {max_tokens}.")
+        if len(prompt_ids) + max_tokens > cfg.max_model_len:
+            raise ApiError(400, f"This model's maximum context length is {cfg.max_model_len} tokens. However, you "
+                                f"requested {len(prompt_ids) + max_tokens} tokens ({len(prompt_ids)} in the "
+                                f"messages, {max_tokens} in the completion). Please reduce the length.")
+        if min_tokens > max_tokens:
+            raise ApiError(400, f"min_tokens ({min_tokens}) must be less than or equal to max_tokens ({max_tokens})")
+        priority = _int_field(body, "priority", 0) or 0
+        if priority != 0 and cfg.scheduling_policy != "priority":
+            raise ApiError(400, f"Got priority {priority} but Priority scheduling is not enabled.")
+        ktp = body.get("kv_transfer_params") or {}
+        if not isinstance(ktp, dict):
+            raise ApiError(400, "kv_transfer_params must be an object")
+        base = headers.get("X-Request-Id") or uuid.uuid4().hex
+        external = f"cmpl-{base}-0" if kind == "completion" else f"chatcmpl-{base}"
+        stream_options = body.get("stream_options") or {}
+        seed = _int_field(body, "seed", None)
+        eos_at = _int_field(body, "sim_eos_at", None)
+        return Request(
+            kind=kind, external_id=external, internal_id=f"{external}-{uuid.uuid4().hex[:8]}",
+            prompt_ids=prompt_ids, max_tokens=max_tokens, min_tokens=min_tokens,
+            stream=bool(body.get("stream")), include_usage=bool(stream_options.get("include_usage")),
+            ignore_eos=bool(body.get("ignore_eos")), eos_at=eos_at,
+            seed=cfg.seed if seed is None else seed, priority=priority,
+            return_token_ids=bool(body.get("return_token_ids")), ktp=ktp,
+            echo_model=name or cfg.model_name, base_id=base)
+
+    # ----------------------------------------------------------------- generation
+    def token_at(self, req: Request, digest: bytes, position: int) -> int:
+        """The token at ``position``: EOS where the request or --sim-eos-rate says, else a word."""
+        eos_allowed = not req.ignore_eos and position >= req.min_tokens
+        if eos_allowed and req.eos_at is not None and position >= req.eos_at:
+            return model.EOS_TOKEN_ID
+        token = model.generate_token(digest, req.seed, position)
+        if eos_allowed and self.config.eos_rate > 0:
+            roll = model.generate_token(digest, req.seed ^ 0x5EED, position) / model.VOCAB_SIZE
+            if roll < self.config.eos_rate:
+                return model.EOS_TOKEN_ID
+        return token
+
+    def step_seconds(self) -> float:
+        cfg = self.config
+        return cfg.decode_step_ms / 1000.0 * (1.0 + cfg.decode_step_growth * max(0, self.scheduler.running - 1))
+
+    # ----------------------------------------------------------------- KV: producer side
+    def hold_kv(self, key: str, prompt_ids: list[int], kv: bytes) -> HeldKv:
+        blocks = math.ceil(len(prompt_ids) / self.config.block_size)
+        data = kv
+        if self.faults.corrupt_kv and data:
+            data = bytes([data[0] ^ 0xFF]) + data[1:]
+            self.metrics.inc("pd_sim_faults_injected_total", labels={"fault": "corrupt-kv"})
+        item = HeldKv(key=key, data=data, checksum=model.checksum(data), blocks=blocks,
+                      block_ids=self.held.new_block_ids(blocks),
+                      expires=time.monotonic() + self.config.kv_hold_timeout_s)
+        if self.mooncake is not None and data:
+            item.region = self.mooncake.register(data)
+        self.held.put(item)
+        return item
+
+    def kv_descriptor(self, item: HeldKv) -> dict:
+        return {"engine_id": self.config.engine_id, "length": len(item.data), "checksum": item.checksum,
+                "num_blocks": item.blocks, "segment": self.mooncake.segment if self.mooncake else None,
+                "address": item.region.address if item.region is not None else None}
+
+    # ----------------------------------------------------------------- KV: consumer side
+    def _peer_url(self, host: str, port: Any) -> str:
+        host = str(host)
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{port}"
+
+    async def _receive(self, desc: dict, fetch_http: Callable[[], Any]) -> tuple[bytes, str]:
+        """Pull bytes described by a producer descriptor: Mooncake when both sides have it, else HTTP."""
+        length = int(desc.get("length") or 0)
+        if self.mooncake is not None and desc.get("segment") and desc.get("address") is not None and length:
+            region = self.mooncake.register(length)
+            try:
+                await asyncio.get_running_loop().run_in_executor(
+                    None, self.mooncake.read, desc["segment"], region, int(desc["address"]), length)
+                return self.mooncake.read_region(region), "mooncake"
+            finally:
+                self.mooncake.unregister(region)
+        return await fetch_http(), "http"
+
+    async def load_remote(self, req: Request, expected: bytes) -> KvLoad:
+        """Decode side of the P2P protocols: fetch the prefill's KV and check it."""
+        ktp = req.ktp
+        protocol = self.config.protocol
+        if not ktp.get("do_remote_prefill"):
+            return KvLoad(reason="no-kv-params")
+        missing = [name for name in REQUIRED_PARAMS.get(protocol, ()) if ktp.get(name) in (None, "")]
+        if protocol in ("mooncake_v1", "nixl") and not ktp.get("remote_block_ids"):
+            missing.append("remote_block_ids")
+        if missing:
+            LOG.warning("%s: kv_transfer_params lack %s; recomputing the prompt", req.internal_id, ", ".join(missing))
+            return KvLoad(reason="incomplete-params")
+        try:
+            if protocol == "mooncake":
+                data, transport = await self._pull_pushed(req)
+            else:
+                data, transport = await self._pull(req)
+        except asyncio.CancelledError:
+            raise
+        except KvMiss as exc:
+            return KvLoad(reason=str(exc))
+        except Exception as exc:  # network errors, Mooncake errors, timeouts
+            LOG.warning("%s: KV fetch failed (%s: %s); recomputing", req.internal_id, type(exc).__name__, exc)
+            return KvLoad(reason="fetch-failed")
+        self.metrics.inc("pd_sim_kv_bytes_received_total", len(data), labels={"transport": transport})
+        if data != expected:
+            LOG.warning("%s: received KV does not match the prompt (checksum %s); recomputing",
+                        req.internal_id, model.checksum(data)[:12])
+            return KvLoad(reason="corrupt")
+        return KvLoad(source="remote", reason="ok", tokens=len(req.prompt_ids))
+
+    async def _pull(self, req: Request) -> tuple[bytes, str]:
+        """mooncake_v1 / nixl: ask P's side channel for the blocks, read them, tell P we are done."""
+        ktp = req.ktp
+        assert self.session is not None
+        base = self._peer_url(ktp["remote_host"], ktp["remote_port"])
+        key = str(ktp["remote_request_id"])
+        async with self.session.get(f"{base}/sim/kv/{key}") as resp:
+            if resp.status == 404:
+                raise KvMiss("not-found")
+            resp.raise_for_status()
+            desc = await resp.json()
+        if str(desc.get("engine_id")) != str(ktp["remote_engine_id"]):
+            raise KvMiss("engine-mismatch")
+        if len(ktp.get("remote_block_ids") or []) != desc.get("num_blocks"):
+            raise KvMiss("block-mismatch")
+
+        async def fetch_http() -> bytes:
+            async with self.session.get(f"{base}/sim/kv/{key}/data") as data_resp:  # type: ignore[union-attr]
+                data_resp.raise_for_status()
+                return await data_resp.read()
+
+        try:
+            return await self._receive(desc, fetch_http)
+        finally:
+            await self._notify_done(base, key)
+
+    async def _notify_done(self, base: str, key: str) -> None:
+        try:  # short: a rejected request must not wait for an unreachable prefill
+            async with self.session.post(f"{base}/sim/kv/{key}/done",  # type: ignore[union-attr]
+                                         timeout=aiohttp.ClientTimeout(total=2.0)) as resp:
+                await resp.read()
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+            LOG.warning("could not tell %s that KV %s was consumed: %s", base, key, exc or type(exc).__name__)
+
+    async def _pull_pushed(self, req: Request) -> tuple[bytes, str]:
+        """Upstream mooncake: check the bootstrap server, then let P push into our buffer."""
+        ktp = req.ktp
+        assert self.session is not None
+        base = str(ktp["remote_bootstrap_addr"]).rstrip("/")
+        async with self.session.get(f"{base}/query") as resp:
+            resp.raise_for_status()
+            ranks = await resp.json()
+        engine_ids = {str(v.get("engine_id")) for v in ranks.values() if isinstance(v, dict)}
+        if str(ktp["remote_engine_id"]) not in engine_ids:
+            raise KvMiss("engine-mismatch")
+        expected_len = len(req.prompt_ids) * self.config.kv_bytes_per_token
+        region = self.mooncake.register(expected_len) if self.mooncake is not None and expected_len else None
+        try:
+            payload = {"engine_id": self.config.engine_id, "length": expected_len,
+                       "segment": self.mooncake.segment if region is not None else None,
+                       "address": region.address if region is not None else None}
+            async with self.session.post(f"{base}/sim/xfer/{ktp['transfer_id']}", json=payload) as resp:
+                if resp.status in (404, 410):
+                    raise KvMiss((await resp.json()).get("reason", "unprocessed"))
+                resp.raise_for_status()
+                if region is not None and resp.content_type == "application/json":  # P wrote into our buffer
+                    info = await resp.json()
+                    data = self.mooncake.read_region(region)[: int(info["length"])]  # type: ignore[union-attr]
+                    return data, "mooncake"
+                return await resp.read(), "http"
+        finally:
+            if region is not None:
+                self.mooncake.unregister(region)  # type: ignore[union-attr]
+
+    def forget_remote(self, ktp: dict[str, Any]) -> None:
+        """An aborted remote-prefill request: release P's blocks in the background."""
+        if self.session is None or self.session.closed:
+            return
+        task = asyncio.get_running_loop().create_task(self.release_remote(ktp))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def release_remote(self, ktp: dict[str, Any]) -> None:
+        """A remote-prefill request rejected before admission: let P free its blocks (§0.2)."""
+        if (self.config.protocol in ("mooncake_v1", "nixl") and self.config.is_consumer
+                and isinstance(ktp, dict) and ktp.get("do_remote_prefill")
+                and ktp.get("remote_host") and ktp.get("remote_port") and ktp.get("remote_request_id")):
+            await self._notify_done(self._peer_url(ktp["remote_host"], ktp["remote_port"]),
+                                    str(ktp["remote_request_id"]))
+
+
+class KvMiss(Exception):
+    """The producer had no (usable) KV for this request; the message is the reason."""

@@ -1,97 +1,103 @@
-"""A tiny Prometheus text-format registry (counters, gauges, histograms with labels)."""
+"""The simulator's /metrics on prometheus_client, the exporter vLLM itself uses.
+
+Each engine has its own CollectorRegistry, so several simulated engines in one process (the
+connector tests) keep separate series. Every series carries vLLM's `model_name` and `engine`
+labels; a metric that is counted by a further label (reason, transport, ...) declares its
+names up front, and, where vLLM does the same, the values it pre-creates at zero.
+"""
 
 from __future__ import annotations
 
-import bisect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 
-from openfuyao_pd.common.prom import escape_label, format_value
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily
+from prometheus_client.registry import Collector
 
-Labels = tuple[tuple[str, str], ...]
+# vLLM exports no `<name>_created` series; without this prometheus_client adds one per counter
+# and histogram (a process-wide switch: the simulator's process exports nothing else).
+prometheus_client.disable_created_metrics()
 
 TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
 LATENCY_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 
+_Metric = Counter | Gauge | Histogram
 
-def _fmt_labels(labels: Labels) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels)
-    return "{" + inner + "}"
+
+class _CountedElsewhere(Collector):
+    """A counter whose count another object keeps (read at scrape time)."""
+
+    def __init__(self, name: str, doc: str, labels: Mapping[str, str], fn: Callable[[], float]) -> None:
+        self._name, self._doc, self._labels, self._fn = name, doc, labels, fn
+
+    def collect(self):
+        family = CounterMetricFamily(self._name, self._doc, labels=list(self._labels))
+        family.add_metric(list(self._labels.values()), float(self._fn()))
+        yield family
 
 
 class Registry:
-    def __init__(self, base_labels: dict[str, str]) -> None:
-        self._base: Labels = tuple(base_labels.items())
-        self._meta: dict[str, tuple[str, str]] = {}
-        self._values: dict[str, dict[Labels, float]] = {}
-        self._hist: dict[str, tuple[tuple[float, ...], dict[Labels, list[float]]]] = {}
-        self._gauge_fns: dict[str, Callable[[], float]] = {}
+    """Named metrics of one engine; call sites name a metric and its extra labels as a dict."""
 
-    def _labels(self, labels: dict[str, str] | None) -> Labels:
-        if not labels:  # the common case on the hot path
-            return self._base
-        return self._base + tuple(sorted(labels.items()))
+    def __init__(self, base_labels: Mapping[str, str]) -> None:
+        self._base_names = tuple(base_labels)
+        self._base_values = tuple(base_labels.values())
+        self._registry = CollectorRegistry(auto_describe=False)
+        self._metrics: dict[str, _Metric] = {}
+        self._extra: dict[str, tuple[str, ...]] = {}
+        self._fns: dict[str, Callable[[], float]] = {}
 
-    def counter(self, name: str, doc: str, fn: Callable[[], float] | None = None) -> None:
-        self._meta[name] = ("counter", doc)
-        self._values.setdefault(name, {})
+    def _add(self, cls: type[_Metric], name: str, doc: str, labels: Sequence[str], **kw: object) -> _Metric:
+        metric = cls(name, doc, [*self._base_names, *labels], registry=self._registry, **kw)
+        self._metrics[name] = metric
+        self._extra[name] = tuple(labels)
+        return metric
+
+    def counter(self, name: str, doc: str, fn: Callable[[], float] | None = None, *,
+                labels: Sequence[str] = (), preset: Sequence[Mapping[str, str]] = ()) -> None:
+        """A counter; `fn` makes it read a count kept elsewhere at scrape time. Without extra labels
+        its one series is exported from the start (at 0), with them each `preset` label set is."""
         if fn is not None:
-            self._gauge_fns[name] = fn
+            self._fns[name] = fn
+            self._registry.register(_CountedElsewhere(name, doc, dict(zip(self._base_names, self._base_values,
+                                                                              strict=True)), fn))
+            return
+        metric = self._add(Counter, name, doc, labels)
+        for extra in preset if labels else ({},):
+            self._child(metric, name, extra)
 
     def gauge(self, name: str, doc: str, fn: Callable[[], float] | None = None) -> None:
-        self._meta[name] = ("gauge", doc)
-        self._values.setdefault(name, {})
+        metric = self._add(Gauge, name, doc, ())
+        child = metric.labels(*self._base_values)
         if fn is not None:
-            self._gauge_fns[name] = fn
+            self._fns[name] = fn
+            child.set_function(fn)
 
     def histogram(self, name: str, doc: str, buckets: tuple[float, ...]) -> None:
-        self._meta[name] = ("histogram", doc)
-        self._hist[name] = (buckets, {})
+        """A histogram; its series appears with the first observation, as the hand-counted one did."""
+        self._add(Histogram, name, doc, (), buckets=buckets)
+
+    def _child(self, metric: _Metric, name: str, labels: Mapping[str, str] | None):
+        if not labels:
+            return metric.labels(*self._base_values)
+        return metric.labels(*self._base_values, *(labels[k] for k in self._extra[name]))
 
     def inc(self, name: str, amount: float = 1.0, labels: dict[str, str] | None = None) -> None:
-        series = self._values[name]
-        key = self._labels(labels)
-        series[key] = series.get(key, 0.0) + amount
+        self._child(self._metrics[name], name, labels).inc(amount)
 
     def set(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
-        self._values[name][self._labels(labels)] = value
+        self._child(self._metrics[name], name, labels).set(value)
 
     def observe(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
-        buckets, series = self._hist[name]
-        key = self._labels(labels)
-        counts = series.setdefault(key, [0.0] * (len(buckets) + 2))  # buckets..., +Inf, sum
-        counts[bisect.bisect_left(buckets, value)] += 1
-        counts[-1] += value
+        self._child(self._metrics[name], name, labels).observe(value)
 
     def value(self, name: str, labels: dict[str, str] | None = None) -> float:
-        if name in self._gauge_fns:
-            return float(self._gauge_fns[name]())
-        return self._values[name].get(self._labels(labels), 0.0)
+        if name in self._fns:
+            return float(self._fns[name]())
+        sample = self._registry.get_sample_value(name, {**dict(zip(self._base_names, self._base_values, strict=True)),
+                                                        **(labels or {})})
+        return sample or 0.0
 
     def render(self) -> str:
-        lines: list[str] = []
-        for name, (kind, doc) in self._meta.items():
-            lines.append(f"# HELP {name} {doc}")
-            lines.append(f"# TYPE {name} {kind}")
-            if kind == "histogram":
-                buckets, series = self._hist[name]
-                for key, counts in series.items():
-                    running = 0.0
-                    for bound, count in zip(buckets, counts[:len(buckets)], strict=True):
-                        running += count
-                        lines.append(f"{name}_bucket{_fmt_labels((*key, ('le', repr(bound))))} {format_value(running)}")
-                    running += counts[len(buckets)]
-                    lines.append(f"{name}_bucket{_fmt_labels((*key, ('le', '+Inf')))} {format_value(running)}")
-                    lines.append(f"{name}_count{_fmt_labels(key)} {format_value(running)}")
-                    lines.append(f"{name}_sum{_fmt_labels(key)} {format_value(counts[-1])}")
-                continue
-            if name in self._gauge_fns:
-                lines.append(f"{name}{_fmt_labels(self._base)} {format_value(self._gauge_fns[name]())}")
-                continue
-            series = self._values[name]
-            if not series and kind == "counter" and not name.endswith("_by_source_total"):
-                lines.append(f"{name}{_fmt_labels(self._base)} 0")
-            for key, value in series.items():
-                lines.append(f"{name}{_fmt_labels(key)} {format_value(value)}")
-        return "\n".join(lines) + "\n"
+        return prometheus_client.generate_latest(self._registry).decode()

@@ -229,10 +229,16 @@ def probe(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    # zip without strict=: hosts may run Python < 3.10 (rows and header have equal lengths)
-    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()  # noqa: B905
-            for r in [header, *rows]]
+    """The collection's column aligner (plugins/module_utils/text_table.py), loaded by its path:
+    `status` runs on the controller, inside the collection's tree, with no collection on sys.path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[4] / "plugins" / "module_utils" / "text_table.py"
+    spec = importlib.util.spec_from_file_location("openfuyao_pd_text_table", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.align_columns([header, *rows])
 
 
 def _endpoint(address: str, port: int) -> str:
