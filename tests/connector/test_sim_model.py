@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from openfuyao_pd.sim import model
@@ -88,3 +89,7 @@ def test_metrics_text_format():
     assert 'h_seconds_sum{engine="0",model_name="m"} 5.5' in text
     assert "_created" not in text
     assert reg.value("a_total", {"reason": "x"}) == 2 and reg.value("d_total") == 7 and reg.value("b_total") == 0
+    with pytest.raises(ValueError, match="b_total: labels"):
+        reg.inc("b_total", labels={"reason": "x"})
+    with pytest.raises(ValueError, match="a_total: labels"):
+        reg.inc("a_total")

@@ -79,9 +79,13 @@ class Registry:
         self._add(Histogram, name, doc, (), buckets=buckets)
 
     def _child(self, metric: _Metric, name: str, labels: Mapping[str, str] | None):
-        if not labels:
+        extra = self._extra[name]
+        if not labels and not extra:
             return metric.labels(*self._base_values)
-        return metric.labels(*self._base_values, *(labels[k] for k in self._extra[name]))
+        if len(labels or ()) != len(extra) or any(k not in extra for k in labels or ()):
+            # A label the metric does not declare would otherwise be dropped without a word.
+            raise ValueError(f"metric {name}: labels {sorted(labels or ())} but it declares {list(extra)}")
+        return metric.labels(*self._base_values, *(labels[k] for k in extra))
 
     def inc(self, name: str, amount: float = 1.0, labels: dict[str, str] | None = None) -> None:
         self._child(self._metrics[name], name, labels).inc(amount)
