@@ -1628,8 +1628,6 @@ def _family_plan(ctx, connector, instances, settings, pd_hosts, master):
     ports = family.lookup_rpc_ports(instances)
     for inst in instances:
         inst["lookup_rpc_port"] = ports[inst["name"]]
-    for why in family.lookup_rpc_clashes(instances, lambda h: machine_key(settings[h]["address"])):
-        ctx.error(why)
     for inst in instances:
         h = inst["host"]
         segment, svar = ctx.var(h, "mooncake_global_segment_size", family.DEFAULT_SEGMENT)

@@ -95,24 +95,6 @@ def lookup_rpc_ports(instances):
     return {inst["name"]: n for n, inst in enumerate(instances)}
 
 
-def lookup_rpc_clashes(instances, machine_of):
-    """Instances of one machine with the same lookup_rpc_port (an override gone wrong)."""
-    seen, problems = {}, []
-    for inst in instances:
-        port = inst.get("lookup_rpc_port")
-        if port is None:
-            continue
-        key = (machine_of(inst["host"]), port)
-        if key in seen:
-            problems.append(
-                f"host {inst['host']}: lookup_rpc_port {port} is used by {seen[key]} and {inst['name']} on one "
-                "machine: they would share the pool's IPC socket; give each instance its own"
-            )
-        else:
-            seen[key] = inst["name"]
-    return problems
-
-
 def hash_seed_problem(seeds, var="pd_python_hash_seed"):
     """seeds: {host: seed text}. The KV pool (and UCM) find blocks by prefix hash: one seed everywhere."""
     if len(set(seeds.values())) <= 1:
