@@ -1773,6 +1773,23 @@ def _proxy_section(ctx, host, settings, port, connector, platforms, model, insta
     }
 
 
+def _fmt_devices(devices):
+    """0,1,2,3,8 -> 0-3,8: an A3 host's 16 dies fit a table row (plan.yml prints it one line a row)."""
+    parts, run = [], []
+    for d in sorted(devices):
+        if run and d != run[-1] + 1:
+            parts.append(_fmt_run(run))
+            run = []
+        run.append(d)
+    if run:
+        parts.append(_fmt_run(run))
+    return ",".join(parts) or "-"
+
+
+def _fmt_run(run):
+    return f"{run[0]}-{run[-1]}" if len(run) >= 3 else ",".join(str(d) for d in run)
+
+
 def render_table(plan):
     """Human-readable lines: host, instance, role, devices, ports, engine id."""
     rows = [("HOST", "INSTANCE", "ROLE", "DEVICES", "PORTS", "ENGINE")]
@@ -1796,7 +1813,7 @@ def render_table(plan):
                 i["host"],
                 i["name"],
                 i["role"],
-                ",".join(str(d) for d in i["devices"]) or "-",
+                _fmt_devices(i["devices"]),
                 " ".join(binds),
                 i["engine_id"],
             )
