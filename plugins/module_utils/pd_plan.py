@@ -1542,7 +1542,8 @@ def build_plan(inventory):
         "instances": out_instances,
         "proxy": proxy,
         "hosts": hosts,
-        "mooncake": {"hosts": sorted(set(mooncake_hosts)), "master": master},
+        # A master-only host needs the wheel too: mooncake_master ships in it.
+        "mooncake": {"hosts": sorted(set(mooncake_hosts) | ({master["host"]} if master else set())), "master": master},
         "storage": storage,
         "timeouts": timeouts,
         "warnings": collapse(ctx.warnings),
@@ -1670,7 +1671,7 @@ def _master_lease(ctx, connector, instances, master, timeouts):
             )
         ttl = ttl or family.DEFAULT_LEASE_TTL_MS
     master["lease_ttl_ms"] = ttl
-    master["args"] = family.master_args(ttl)
+    master["args"] = family.master_args(ttl, master["address"], master["metrics_port"])
     return [*timeouts, {"name": "mooncake_master default_kv_lease_ttl", "value": ttl, "unit": "ms",
                         "source": source, "applies_to": ["mooncake_master"]}]
 

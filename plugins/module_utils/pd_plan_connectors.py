@@ -137,9 +137,13 @@ def default_lease_ttl_ms(pulls):
     return max(DEFAULT_LEASE_TTL_MS, (math.floor(floor / 1000) + 1) * 1000)
 
 
-def master_args(lease_ttl_ms):
-    """mooncake_master flags of kv_pool.md Step 2.2.2 (the port comes from the plan's master.port)."""
+def master_args(lease_ttl_ms, address, metrics_port):
+    """mooncake_master flags of kv_pool.md Step 2.2.2 (the port comes from the plan's master.port),
+    listening on the master host's address, not on every interface (its default 0.0.0.0)."""
     return [
+        f"--rpc_address={address}",
+        f"--metrics_host={address}",
+        f"--metrics_port={metrics_port}",
         "--eviction_high_watermark_ratio=0.9",
         "--eviction_ratio=0.1",
         f"--default_kv_lease_ttl={lease_ttl_ms}",

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import json
+import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,8 @@ PROMPT = " ".join(f"word{i}" for i in range(120))
 PROMPT2 = " ".join(f"other{i}" for i in range(90))
 KV_PER_TOKEN = 1024
 MOONCAKE = ["off"] + (["on"] if kvxfer.unavailable_reason() is None else [])
+MASTER_BIN = Path(sys.executable).parent / "mooncake_master"  # shipped in the Mooncake wheel
+POOLS = ["directory"] + (["mooncake-store"] if kvxfer.unavailable_reason() is None and MASTER_BIN.exists() else [])
 
 
 @pytest.fixture(scope="module")
@@ -152,7 +156,34 @@ async def test_layerwise_prefill_failure_answers_the_decode_502_and_it_recompute
     assert unknown == 404
 
 
-async def test_kv_pool_flow_moves_kv_to_the_decode_and_serves_the_other_prefill_from_the_pool(plans, tmp_path):
+@contextlib.contextmanager
+def _master(plan: dict[str, Any], tmp_path: Path):
+    """The plan's mooncake_master (its flags, on loopback and free ports) and a mooncake.json naming it."""
+    port, metrics = free_port(), free_port()
+    flags = [a for a in plan["mooncake"]["master"]["args"] if not a.startswith(("--rpc_address", "--metrics_"))]
+    log = (tmp_path / "master.log").open("wb")
+    proc = subprocess.Popen([str(MASTER_BIN), f"--rpc_port={port}", "--rpc_address=127.0.0.1",
+                             "--metrics_host=127.0.0.1", f"--metrics_port={metrics}", *flags],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while b"Master service started" not in (tmp_path / "master.log").read_bytes():
+            assert proc.poll() is None and time.monotonic() < deadline, (tmp_path / "master.log").read_text()[-2000:]
+            time.sleep(0.05)
+        inst = next(i for i in plan["instances"] if i["name"] == "prefill-0")
+        doc = json.loads(inst["files"][inst["env"]["MOONCAKE_CONFIG_PATH"]])
+        doc.update(master_server_address=f"127.0.0.1:{port}", protocol="tcp")  # no NPU here
+        path = tmp_path / "mooncake.json"
+        path.write_text(json.dumps(doc))
+        yield str(path)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        log.close()
+
+
+@pytest.mark.parametrize("pool", POOLS)
+async def test_kv_pool_flow_moves_kv_to_the_decode_and_serves_the_other_prefill_from_the_pool(plans, tmp_path, pool):
     plan = plans["ascend-store"]
     assert plan["proxy"]["protocol"] == "mooncake_v1"
     # Two prefills (the inventory's prefill-0 config twice, engine ids apart) and its decode.
@@ -160,8 +191,18 @@ async def test_kv_pool_flow_moves_kv_to_the_decode_and_serves_the_other_prefill_
     extra = next(i for i in second["instances"] if i["name"] == "prefill-0")
     extra = {**extra, "name": "prefill-1"}
     second["instances"].append(extra)
-    async with _cluster(second, ["prefill-0", "prefill-1", "decode-0"], "off",
-                        kv_pool_path=str(tmp_path / "pool")) as (session, url, sims, _proxy):
+    with contextlib.ExitStack() as stack:
+        if pool == "mooncake-store":
+            knobs = {"mooncake_config_path": stack.enter_context(_master(plan, tmp_path))}
+        else:
+            knobs = {"kv_pool_path": str(tmp_path / "pool")}
+        await _pool_flow(second, knobs, pool)
+
+
+async def _pool_flow(second: dict[str, Any], knobs: dict[str, Any], pool: str) -> None:
+    async with _cluster(second, ["prefill-0", "prefill-1", "decode-0"], "off", **knobs) as (session, url, sims, _proxy):
+        async with session.get(sims["prefill-1"].url + "/sim/state") as resp:
+            assert (await resp.json())["kv_pool"] == pool
         first_status, first = await _complete(session, url)
         second_status, again = await _complete(session, url)  # round robin: the other prefill
         p0 = await _metrics(session, sims["prefill-0"].url)

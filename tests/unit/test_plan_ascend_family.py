@@ -147,7 +147,9 @@ def test_store_master_is_planned_with_the_guides_flags(store):
     # S line 121 runs --default_kv_lease_ttl 11000, and S line 128 says to keep it above
     # ASCEND_CONNECT_TIMEOUT and ASCEND_TRANSFER_TIMEOUT; with the defaults vllm-ascend derives a
     # 33064 ms transfer timeout, so the plan raises the TTL to the next second above it.
-    assert master["args"] == ["--eviction_high_watermark_ratio=0.9", "--eviction_ratio=0.1",
+    # Beyond the guide: the master listens on its host's address (its default is every interface).
+    assert master["args"] == ["--rpc_address=192.0.2.11", "--metrics_host=192.0.2.11", "--metrics_port=9003",
+                              "--eviction_high_watermark_ratio=0.9", "--eviction_ratio=0.1",
                               "--default_kv_lease_ttl=34000"]
     row = next(r for r in store["timeouts"] if r["name"] == "mooncake_master default_kv_lease_ttl")
     assert (row["value"], row["source"]) == (34000, "derived from ASCEND_*_TIMEOUT")
@@ -261,3 +263,15 @@ def test_generation_comes_from_npu_topology_facts():
     inv["facts"] = {h: {"product": "A3"} for h in ("a2-p1", "a2-d1")}
     env = by_name(build_plan(inv))["decode-0"]["env"]
     assert env["ASCEND_ENABLE_USE_FABRIC_MEM"] == "1"
+
+
+def test_store_master_on_its_own_host_gets_mooncake(store_inventory):
+    """A [mooncake_master] host without engines is in mooncake.hosts: the role installs the wheel
+    (mooncake_master ships in it) and starts the master there."""
+    inv = copy.deepcopy(store_inventory)
+    inv["groups"]["mooncake_master"] = ["pd-proxy"]
+    plan = build_plan(inv)
+    assert plan["mooncake"]["master"]["host"] == "pd-proxy"
+    assert plan["mooncake"]["hosts"] == ["a2-d1", "a2-p1", "pd-proxy"]
+    assert json.loads(by_name(plan)["prefill-0"]["files"][by_name(plan)["prefill-0"]["env"]["MOONCAKE_CONFIG_PATH"]])[
+        "master_server_address"] == "192.0.2.30:50088"

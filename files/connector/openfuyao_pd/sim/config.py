@@ -58,6 +58,8 @@ class SimConfig:
     bootstrap_port: int | None = None  # upstream mooncake bootstrap server (producers)
     shared_storage_path: str | None = None  # centralized protocol
     kv_pool_path: str | None = None  # AscendStoreConnector: a directory stands for the Mooncake store
+    mooncake_config_path: str | None = None  # AscendStoreConnector: mooncake.json (default $MOONCAKE_CONFIG_PATH)
+    kv_pool_master: str | None = None  # its master_server_address: the pool is the real Mooncake store
     kv_pool: bool = False  # a MultiConnector with AscendStoreConnector (set from kv_transfer_config)
     prefill_ms_per_token: float = 0.0
     decode_step_ms: float = 0.0
@@ -138,9 +140,17 @@ class SimConfig:
         p2p = next((c for c in children if isinstance(c, dict) and c.get("kv_connector") in CONNECTOR_PROTOCOLS), None)
         if "AscendStoreConnector" in names:
             self.kv_pool = True
-            if not self.kv_pool_path:
-                raise ConfigError("AscendStoreConnector needs its store: pass --sim-kv-pool DIR "
-                                  "(a directory shared by the instances stands for the Mooncake store)")
+            config_path = self.mooncake_config_path or os.environ.get("MOONCAKE_CONFIG_PATH")
+            if not self.kv_pool_path and config_path:
+                from openfuyao_pd.sim.kvpool import PoolError, master_address
+
+                try:
+                    self.kv_pool_master = master_address(config_path)
+                except PoolError as exc:
+                    raise ConfigError(str(exc)) from exc
+            if not self.kv_pool_path and not self.kv_pool_master:
+                raise ConfigError("AscendStoreConnector needs its store: set MOONCAKE_CONFIG_PATH (mooncake.json with "
+                                  "master_server_address) or pass --sim-kv-pool DIR (a shared directory stands for it)")
         if p2p is None:
             raise ConfigError(f"MultiConnector children {names} have no simulated P2P connector; "
                               f"use one of {', '.join(sorted(CONNECTOR_PROTOCOLS))} beside AscendStoreConnector")

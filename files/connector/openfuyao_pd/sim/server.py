@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from openfuyao_pd import kvxfer
-from openfuyao_pd.sim import layerwise, model
+from openfuyao_pd.sim import kvpool, layerwise, model
 from openfuyao_pd.sim.config import SimConfig
 from openfuyao_pd.sim.engine import (
     CapacityError,
@@ -121,7 +121,12 @@ class SimEngine:
         self.held = HeldStore(self.scheduler, config.kv_hold_timeout_s)
         self.shared = (SharedKvStore(config.shared_storage_path, config.model_tag, config.is_producer)
                        if config.protocol == "centralized" and config.shared_storage_path else None)
-        self.pool = SharedKvStore(config.kv_pool_path, config.model_tag, True) if config.kv_pool else None
+        self.pool: Any = None
+        if config.kv_pool and config.kv_pool_master and not config.kv_pool_path:
+            self.pool = kvpool.MooncakePool(config.kv_pool_master, config.advertise_host or "127.0.0.1",
+                                            config.model_tag)
+        elif config.kv_pool:
+            self.pool = SharedKvStore(config.kv_pool_path, config.model_tag, True)
         self.landings: dict[str, layerwise.Landing] = {}  # layerwise decode: blocks waiting for a push
         self.requests_seen = 0
         self.on_die: Callable[[], None] | None = None
@@ -166,6 +171,8 @@ class SimEngine:
             await self.session.close()
         for key in list(self.held.items):
             self._free_held(key, "rejected")
+        if isinstance(self.pool, kvpool.MooncakePool):
+            self.pool.close()
 
     async def _sweep(self) -> None:
         interval = min(1.0, max(0.05, self.config.kv_hold_timeout_s / 4))
@@ -900,6 +907,8 @@ async def sim_state(request: web.Request) -> web.Response:
     cfg = engine.config
     return web.json_response({
         "engine_id": cfg.engine_id, "protocol": cfg.protocol, "kv_role": cfg.kv_role, "ports": engine.ports,
+        "kv_pool": ("mooncake-store" if isinstance(engine.pool, kvpool.MooncakePool)
+                    else "directory" if engine.pool is not None else None),
         "mooncake": engine.mooncake.segment if engine.mooncake else None, "mooncake_reason": engine.mooncake_reason,
         "running": engine.scheduler.running, "waiting": engine.scheduler.waiting,
         "prefill_busy": engine.lane.busy, "prefill_waiting": engine.lane.waiting,
