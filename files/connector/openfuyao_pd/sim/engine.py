@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from openfuyao_pd import kvxfer
-from openfuyao_pd.sim import model
+from openfuyao_pd.sim import kvpool, layerwise, model
 from openfuyao_pd.sim.config import ConfigError, SimConfig
 from openfuyao_pd.sim.faults import FailDice, parse_faults
 from openfuyao_pd.sim.metrics import LATENCY_BUCKETS, TTFT_BUCKETS, Registry
@@ -382,6 +382,13 @@ class SimEngine:
         self.held = HeldStore(self.scheduler, config.kv_hold_timeout_s)
         self.shared = (SharedKvStore(config.shared_storage_path, config.model_tag, config.is_producer)
                        if config.protocol == "centralized" and config.shared_storage_path else None)
+        self.pool: Any = None
+        if config.kv_pool and config.kv_pool_master and not config.kv_pool_path:
+            self.pool = kvpool.MooncakePool(config.kv_pool_master, config.advertise_host or "127.0.0.1",
+                                            config.model_tag)
+        elif config.kv_pool:
+            self.pool = SharedKvStore(config.kv_pool_path, config.model_tag, True)
+        self.landings: dict[str, layerwise.Landing] = {}  # layerwise decode: blocks waiting for a push
         self.requests_seen = 0
         self.on_die: Callable[[], None] | None = None
         self.dead = False
@@ -399,7 +406,7 @@ class SimEngine:
     def setup_mooncake(self) -> None:
         """Create (or reuse) the process's Mooncake TCP engine according to --sim-mooncake."""
         mode = self.config.mooncake
-        if mode == "off" or self.config.protocol not in ("mooncake_v1", "nixl", "mooncake"):
+        if mode == "off" or self.config.protocol not in ("mooncake_v1", "nixl", "mooncake", "mooncake_layerwise"):
             self.mooncake_reason = "disabled" if mode == "off" else "protocol has no P2P transfer"
             return
         reason = kvxfer.unavailable_reason()
@@ -425,6 +432,8 @@ class SimEngine:
             await self.session.close()
         for key in list(self.held.items):
             self._free_held(key, "rejected")
+        if isinstance(self.pool, kvpool.MooncakePool):
+            self.pool.close()
 
     async def _sweep(self) -> None:
         interval = min(1.0, max(0.05, self.config.kv_hold_timeout_s / 4))
@@ -500,6 +509,8 @@ class SimEngine:
                     labels=["reason", "source"])
         reg.counter("pd_sim_kv_params_returned_total", "Prefill answers carrying kv_transfer_params.")
         reg.counter("pd_sim_kv_params_withheld_total", "Prefill answers without kv_transfer_params, by reason.",
+                    labels=["reason"])
+        reg.counter("pd_sim_kv_pushes_total", "Layerwise prefills' pushes into a decode's blocks, by outcome.",
                     labels=["reason"])
         reg.counter("pd_sim_requests_total", "Completion requests received, by endpoint.", labels=["endpoint"])
         reg.counter("pd_sim_requests_aborted_total", "Requests aborted before they finished (client gone).")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import socket
 import time
@@ -18,7 +19,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from openfuyao_pd.sim import model
+from openfuyao_pd.sim import kvpool, layerwise, model
 from openfuyao_pd.sim.config import SimConfig
 from openfuyao_pd.sim.engine import (
     ApiError,
@@ -31,6 +32,8 @@ from openfuyao_pd.sim.engine import (
 from openfuyao_pd.sim.faults import FaultError, parse_faults
 
 __all__ = ["ENGINE_KEY", "SimConfig", "SimEngine", "SimRunner", "build_app"]
+
+LOG = logging.getLogger("pd-engine-sim")
 
 
 class Died(Exception):
@@ -150,6 +153,10 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
         load = KvLoad(reason="no-kv-params")
         if cfg.protocol in ("mooncake_v1", "nixl", "mooncake") and cfg.is_consumer:
             load = await engine.load_remote(req, expected)
+        elif cfg.protocol == "mooncake_layerwise" and cfg.is_consumer and need_kv:
+            load = await _load_layerwise(engine, req, expected)
+        elif engine.pool is not None and cfg.is_producer and need_kv:
+            load = await _load_pool(engine, hashes, expected)
         elif cfg.protocol == "centralized" and cfg.is_consumer and engine.shared is not None and need_kv:
             block_bytes = cfg.block_size * cfg.kv_bytes_per_token
             loaded, nbytes, reason = await asyncio.get_running_loop().run_in_executor(
@@ -169,6 +176,13 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
                 tokens = min(chunk, computed - start)
                 await engine.lane.run(tokens * cfg.prefill_ms_per_token / 1000.0, req.priority)
         engine.prefix_cache.insert(hashes)
+        if engine.pool is not None and cfg.is_producer and need_kv:
+            written = await asyncio.get_running_loop().run_in_executor(
+                None, engine.pool.save, hashes, expected, cfg.block_size * cfg.kv_bytes_per_token)
+            engine.metrics.inc("pd_sim_kv_bytes_sent_total", written, labels={"transport": "pool"})
+        if cfg.protocol == "mooncake_layerwise" and cfg.is_producer and need_kv and req.ktp.get("do_remote_decode"):
+            pushed = await layerwise.push(engine, req, expected)
+            engine.metrics.inc("pd_sim_kv_pushes_total", labels={"reason": pushed})
         if cfg.protocol == "centralized" and cfg.is_producer and engine.shared is not None and need_kv:
             written = await asyncio.get_running_loop().run_in_executor(
                 None, engine.shared.save, hashes, expected, cfg.block_size * cfg.kv_bytes_per_token)
@@ -190,6 +204,31 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
             engine.forget_remote(req.ktp)
         if not finished:
             engine.metrics.inc("pd_sim_requests_aborted_total")
+
+
+async def _load_layerwise(engine: SimEngine, req: Request, expected: bytes) -> KvLoad:
+    """Layerwise decode: post our blocks to the proxy's metaserver, check what the prefill pushed."""
+    try:
+        data, _transport, reason = await layerwise.receive(engine, req, expected)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        LOG.warning("%s: metaserver unreachable (%s); recomputing", req.internal_id, type(exc).__name__)
+        return KvLoad(reason="metaserver-unreachable")
+    if data is None:
+        return KvLoad(reason=reason)
+    if data != expected:
+        LOG.warning("%s: pushed KV does not match the prompt; recomputing", req.internal_id)
+        return KvLoad(reason="corrupt")
+    return KvLoad(source="remote", reason="ok", tokens=len(req.prompt_ids))
+
+
+async def _load_pool(engine: SimEngine, hashes: list[bytes], expected: bytes) -> KvLoad:
+    """AscendStoreConnector on a prefill: leading blocks another instance put into the pool."""
+    cfg = engine.config
+    assert engine.pool is not None
+    loaded, nbytes, reason = await asyncio.get_running_loop().run_in_executor(
+        None, engine.pool.load, hashes, expected, cfg.block_size * cfg.kv_bytes_per_token)
+    engine.metrics.inc("pd_sim_kv_bytes_received_total", nbytes, labels={"transport": "pool"})
+    return KvLoad(source="pool" if loaded else "local", reason=reason, tokens=loaded * cfg.block_size)
 
 
 def _count_prompt(engine: SimEngine, prompt_len: int, local_hits: int, external: int, load: KvLoad) -> None:
@@ -430,6 +469,8 @@ async def sim_state(request: web.Request) -> web.Response:
     cfg = engine.config
     return web.json_response({
         "engine_id": cfg.engine_id, "protocol": cfg.protocol, "kv_role": cfg.kv_role, "ports": engine.ports,
+        "kv_pool": ("mooncake-store" if isinstance(engine.pool, kvpool.MooncakePool)
+                    else "directory" if engine.pool is not None else None),
         "mooncake": engine.mooncake.segment if engine.mooncake else None, "mooncake_reason": engine.mooncake_reason,
         "running": engine.scheduler.running, "waiting": engine.scheduler.waiting,
         "prefill_busy": engine.lane.busy, "prefill_waiting": engine.lane.waiting,
@@ -544,6 +585,7 @@ def build_app(config: SimConfig) -> web.Application:
     app.router.add_post("/sim/kv/{key}/done", kv_done)
     app.router.add_get("/query", bootstrap_query)
     app.router.add_post("/sim/xfer/{transfer_id}", xfer_push)
+    app.router.add_put("/sim/layerwise/{key}/{layer}", layerwise.landing_put)
     app.on_startup.append(engine.start)
     app.on_cleanup.append(engine.stop)
     return app
