@@ -295,8 +295,10 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
             if n_d == 1:
                 row.append(Target(f"direct (client → decode, no PD), {topo}", f"http://127.0.0.1:{d_ports[0]}",
                                   "one hop, baseline", "/v1/models", kind="direct"))
-            url = our_proxy(procs, p_ports, d_ports, {}, logs / f"pd-proxy-{topo}.log", args.py_spy)
-            row.append(Target(f"pd-proxy (ours), {topo}", url, "nixl, least_load", kind="ours"))
+            ours_opts = {"workers": args.proxy_workers} if args.proxy_workers > 1 else {}
+            url = our_proxy(procs, p_ports, d_ports, ours_opts, logs / f"pd-proxy-{topo}.log", args.py_spy)
+            note = "nixl, least_load" + (f", {args.proxy_workers} workers" if args.proxy_workers > 1 else "")
+            row.append(Target(f"pd-proxy (ours), {topo}", url, note, kind="ours"))
             if n_d == 1 and args.local_route:
                 url = our_proxy(procs, p_ports, d_ports, {"local_prefill_max_tokens": 1000000},
                                 logs / f"pd-proxy-local-{topo}.log", None)
@@ -504,6 +506,8 @@ def main() -> int:
     parser.add_argument("--no-local-route", dest="local_route", action="store_false",
                         help="overhead: leave out our proxy's local-route row")
     parser.add_argument("--py-spy", help="overhead: path to py-spy; our P->D proxies run under `py-spy record`")
+    parser.add_argument("--proxy-workers", type=int, default=1,
+                        help="overhead: our proxy's `workers` option (worker processes on the port)")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--goodput-requests", type=int, default=300)

@@ -79,7 +79,8 @@ async def wait_until(check: Any, timeout: float, what: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def master(tmp_path: Path, options: dict[str, Any] | None = None) -> AsyncIterator[tuple[Master, list[SimRunner]]]:
+async def master(tmp_path: Path, options: dict[str, Any] | None = None,
+                 n_decode: int = 1) -> AsyncIterator[tuple[Master, list[SimRunner]]]:
     storage = str(tmp_path / "kv")
     sims = [await SimRunner(sim_config("nixl", "prefill", 0, storage)).start(),
             await SimRunner(sim_config("nixl", "decode", 0, storage, decode_step_ms=15.0)).start(),
@@ -87,7 +88,7 @@ async def master(tmp_path: Path, options: dict[str, Any] | None = None) -> Async
     port = free_port()
     plan = {"address": "127.0.0.1", "port": port, "protocol": "nixl", "model": "tiny-llama",
             "prefill": [backend_entry(sims[0], "prefill", 0, "nixl")],
-            "decode": [backend_entry(sims[1], "decode", 0, "nixl")],
+            "decode": [backend_entry(sims[1 + i], "decode", i, "nixl") for i in range(n_decode)],
             "options": {"health_interval": 0.5, "drain_timeout": 20.0, **(options or {})}}
     config = tmp_path / "proxy.json"
     config.write_text(json.dumps(plan))
