@@ -147,6 +147,8 @@ class Proxy:
         for spec in [*cfg.prefill, *cfg.decode]:
             self._add_backend(spec)
         self.counter = itertools.count()
+        # Request ids: a random prefix per process and a counter (unique, and cheaper than a uuid4 each).
+        self._id_prefix, self._ids = uuid.uuid4().hex[:16], itertools.count()
         self.session: aiohttp.ClientSession | None = None
         # P's and D's POSTs go through the lean client (relay.py); probes and admin calls use aiohttp.
         self.pool = relay.Pool(self.opts["connect_timeout"])
@@ -518,7 +520,7 @@ class Proxy:
     async def _generate(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
         start = time.monotonic()
         body = request[limits.BODY_KEY]  # read, parsed and type-checked by limits.middleware
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        request_id = request.headers.get("X-Request-Id") or f"{self._id_prefix}{next(self._ids):08x}"
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         auth = request.headers.get("Authorization")
         if auth is not None:
