@@ -237,3 +237,17 @@ async def test_master_killed_leaves_no_worker(tmp_path):
         m.proc.kill()
         m.proc.wait(10)
         await wait_until(lambda: _all_gone({worker}), 30, f"worker {worker} to exit")
+
+
+async def test_a_dead_worker_is_replaced_and_its_port_never_refuses(tmp_path):
+    """SIGKILL of a worker: the master starts another on the socket it keeps, so connections made
+    meanwhile wait in its queue instead of being refused."""
+    async with master(tmp_path) as (m, _sims), aiohttp.ClientSession() as session:
+        worker = (await health(session, m.url))["pid"]
+        os.kill(worker, signal.SIGKILL)
+        answer = await health(session, m.url)  # connects while no worker listens yet
+        assert answer["pid"] != worker and answer["generation"] == 0
+        assert [e["pid"] for e in m.log_events("worker_died")] == [worker]
+        body = {"model": "tiny-llama", "prompt": PROMPT, "max_tokens": 4}
+        async with session.post(m.url + "/v1/completions", json=body) as resp:
+            assert resp.status == 200
