@@ -127,7 +127,8 @@ async def test_two_workers_share_counts_instances_and_metrics(tmp_path):
 
         await wait_until(everywhere, 15, "decode-1 routable on every worker")
 
-        # A reload keeps the counters (the old workers' values stay in the sums) and the instance changes.
+        # A reload keeps the counters (the old workers' values stay in the sums); the instance list
+        # is the config file's again (decode-1 was deleted and added back; a deleted one would return).
         async with session.get(m.url + "/metrics", headers=CLOSE) as r:
             total = metric(await r.text(), "pd_proxy_requests_total")
         m.proc.send_signal(signal.SIGHUP)
@@ -140,6 +141,16 @@ async def test_two_workers_share_counts_instances_and_metrics(tmp_path):
         async with session.get(m.url + "/metrics", headers=CLOSE) as r:
             assert metric(await r.text(), "pd_proxy_requests_total") >= total
         assert set(await instances(session, m.url)) == {"prefill-0", "decode-0", "decode-1"}
+        async with session.post(m.url + "/v1/instances/decode-1/drain", headers=admin) as r:
+            assert r.status == 200
+        m.proc.send_signal(signal.SIGHUP)
+
+        async def generation_three() -> bool:
+            return {(await health(session, m.url))["generation"] for _ in range(10)} == {3}
+
+        await wait_until(generation_three, 30, "generation 3")
+        for _ in range(10):
+            assert (await instances(session, m.url))["decode-1"]["draining"] is False
         m.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(m.proc.wait, 30) == 0
         assert json.loads(m.config.read_text())["options"]["workers"] == 2

@@ -56,7 +56,7 @@ async def _serve(cfg: Any, args: argparse.Namespace) -> None:
 
     sock = socket.socket(fileno=args.worker_fd)
     generation = args.worker_generation or 0
-    state = shared.State(args.worker_state, args.worker_row) if args.worker_state else None
+    state = shared.State(args.worker_state, args.worker_row, generation) if args.worker_state else None
     runner, proxy, port = await start(cfg, sock=sock, generation=generation, shared=state)
     logging.getLogger("openfuyao_pd.proxy").warning(
         '{"event": "listening", "host": "%s", "port": %d, "protocol": "%s", "prefill": %d, "decode": %d, '

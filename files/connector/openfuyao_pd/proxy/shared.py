@@ -11,10 +11,11 @@ One directory per master (under /dev/shm when it exists), removed when the maste
   - Per row: the worker's pid (0 = free), the instance-change version it has applied and the
     metrics epoch it has published.
   - A column is claimed for a backend name once, under a lock, and keeps that name.
-- `instances.json`: the instance API's changes (added specs, draining and deleted names) on top
-  of the config file, with their version in `state`. A worker that takes a change writes it,
-  bumps the version and waits until every live worker has applied it, so a `drain` that
-  returns means that no worker routes to the instance any more.
+- `instances-<generation>.json`: the instance API's changes (added specs, draining and deleted
+  names) on top of the config file, with their version in `state`. A worker that takes a change
+  writes it, bumps the version and waits until every live worker has applied it, so a `drain`
+  that returns means that no worker routes to the instance any more. Each reload starts from
+  the config file alone (a new generation, a new file), as a restart did.
 - `metrics/<pid>.json`: each worker's metric values, published when a scrape asks (the metrics
   epoch) and when the worker exits. `/metrics` adds them up: counters and histograms of workers
   that have exited stay in the sums (no reset at a reload), their gauges do not.
@@ -57,9 +58,10 @@ def base_dir() -> str | None:
 class State:
     """The mapped `state` file of one master's directory."""
 
-    def __init__(self, directory: str | Path, row: int | None = None) -> None:
+    def __init__(self, directory: str | Path, row: int | None = None, generation: int = 0) -> None:
         self.dir = Path(directory)
         self.row = row
+        self.changes_path = self.dir / f"instances-{generation}.json"
         self.fd = os.open(self.dir / "state", os.O_RDWR)
         self.map = mmap.mmap(self.fd, SIZE)
         self.cells = memoryview(self.map).cast("q")
@@ -76,6 +78,7 @@ class State:
             out.truncate(SIZE)
         state = cls.__new__(cls)
         state.dir, state.row = Path(directory), None
+        state.changes_path = state.dir / "instances-0.json"
         state.fd = os.open(state.dir / "state", os.O_RDWR)
         state.map = mmap.mmap(state.fd, SIZE)
         state.cells = memoryview(state.map).cast("q")
@@ -199,7 +202,7 @@ class State:
     # ------------------------------------------------------------------------------ instance changes
     def read_changes(self) -> dict[str, Any]:
         try:
-            data = json.loads((self.dir / "instances.json").read_text())
+            data = json.loads(self.changes_path.read_text())
         except (OSError, ValueError):
             data = {}
         return {"added": list(data.get("added", [])), "draining": list(data.get("draining", [])),
@@ -224,7 +227,7 @@ class State:
             elif kind == "undrain":
                 draining.discard(name)
             draining, deleted = sorted(draining), sorted(deleted)
-            _write_atomic(self.dir / "instances.json",
+            _write_atomic(self.changes_path,
                           json.dumps({"added": added, "draining": draining, "deleted": deleted}).encode())
             self.cells[H_VERSION] += 1
             return self.cells[H_VERSION]
