@@ -154,3 +154,32 @@ async def test_two_workers_share_counts_instances_and_metrics(tmp_path):
         m.proc.send_signal(signal.SIGTERM)
         assert await asyncio.to_thread(m.proc.wait, 30) == 0
         assert json.loads(m.config.read_text())["options"]["workers"] == 2
+
+
+def test_registry_adds_up_other_workers_snapshots():
+    from openfuyao_pd.common import prom
+
+    def registry() -> tuple[prom.Registry, Any, Any, Any, Any]:
+        reg = prom.Registry()
+        return (reg, reg.counter("c_total", "c", ("k",)), reg.histogram("h_seconds", "h", (), buckets=(0.1, 1.0)),
+                reg.gauge("g_merged", "g", (), merge=True), reg.gauge("g_own", "g", ()))
+
+    mine, c, h, g, own = registry()
+    other, c2, h2, g2, own2 = registry()
+    c.inc("a", amount=2)
+    c2.inc("a", amount=3)
+    c2.inc("b")
+    h.observe(value=0.05)
+    h2.observe(value=0.5)
+    g.set(value=4)
+    g2.set(value=6)
+    own.set(value=1)
+    own2.set(value=100)
+    snap = json.loads(json.dumps(other.snapshot()))  # what goes through the file
+    text = mine.render([(True, snap)])
+    assert 'c_total{k="a"} 5' in text and 'c_total{k="b"} 1' in text
+    assert 'h_seconds_bucket{le="0.1"} 1' in text and 'h_seconds_bucket{le="1"} 2' in text and "h_seconds_count 2" in text
+    assert "g_merged 10" in text and "g_own 1" in text  # a gauge of this worker's own view is not added
+    gone = mine.render([(False, snap)])  # an exited worker: its counts stay, its gauges do not
+    assert 'c_total{k="a"} 5' in gone and "g_merged 4" in gone
+    assert mine.render() == mine.render([])

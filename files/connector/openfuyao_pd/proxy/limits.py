@@ -147,7 +147,7 @@ class ConnectionGuard:
         self.draining = False  # set by drain(): every response from then on closes its connection
         self._sweeper: asyncio.Task[None] | None = None
         limits.registry.gauge("pd_proxy_client_connections", "Open client connections (max_connections caps them).",
-                              (), collect=lambda: [((), len(self.connections))])
+                              (), collect=lambda: [((), len(self.connections))], merge=True)
 
     def count(self, reason: str) -> None:
         self.limits.rejected.inc(reason)

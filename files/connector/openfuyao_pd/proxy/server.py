@@ -791,7 +791,8 @@ class Proxy:
     # -------------------------------------------------------------------------------- instance API
     async def handle_list_instances(self, _request: web.Request) -> web.Response:
         if self.shared is not None:
-            self.available("decode")  # applies pending shared changes
+            if self.shared.version != self._seen_version:
+                self.sync_instances()
             self.refresh_all()
         return web.json_response({"instances": [b.describe() for b in self.backends.values()]})
 
