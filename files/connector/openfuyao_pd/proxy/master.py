@@ -105,6 +105,7 @@ class Master:
         self.crashes: list[float] = []
         self.signals: list[int] = []
         self.exit_code = 0
+        self.gone: list[tuple[Worker, int]] = []  # workers that exited while a reload waited
         from openfuyao_pd.proxy import shared
 
         self.state = shared.State.create()  # in-flight counts, instance changes, metrics of all workers
@@ -201,7 +202,9 @@ class Master:
             if any(s in (signal.SIGTERM, signal.SIGINT) for s in self.signals):
                 why = "stopped while starting"
                 break
-            failed = [(w, code) for w, code in self.reap() if w in fresh]
+            gone = self.reap()
+            self.gone.extend((w, code) for w, code in gone if w not in fresh)  # for the main loop
+            failed = [(w, code) for w, code in gone if w in fresh]
             if failed:
                 worker, code = failed[0]
                 why = f"a worker of generation {generation} exited with status {code} before listening"
@@ -270,6 +273,8 @@ class Master:
         try:
             ok, why = self.start_generation(0)
             if not ok:
+                if why == "stopped while starting":
+                    return 0
                 print(f"pd-proxy: {why} (its error is above)", file=sys.stderr)
                 return 1
             _event("master_ready", pid=os.getpid(), generation=0, workers=[w.proc.pid for w in self.current()])
@@ -293,7 +298,8 @@ class Master:
                 _event("reload", generation=self.generation + 1)
                 self.reload()
                 continue  # signals that came during the reload are handled next
-            for worker, code in self.reap():
+            gone, self.gone = [*self.gone, *self.reap()], []
+            for worker, code in gone:
                 if stopping or worker.stopping_since is not None:
                     continue
                 _event("worker_died", pid=worker.proc.pid, generation=worker.generation, status=code)
