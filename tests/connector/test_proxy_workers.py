@@ -183,3 +183,13 @@ def test_registry_adds_up_other_workers_snapshots():
     gone = mine.render([(False, snap)])  # an exited worker: its counts stay, its gauges do not
     assert 'c_total{k="a"} 5' in gone and "g_merged 4" in gone
     assert mine.render() == mine.render([])
+
+
+def test_layerwise_refuses_several_workers():
+    import pytest
+    from openfuyao_pd.proxy.config import ConfigError, build_config
+
+    plan = {"protocol": "mooncake_layerwise", "decode": [{"address": "127.0.0.1", "port": 9}], "options": {"workers": 2}}
+    with pytest.raises(ConfigError, match=r"options\.workers must be 1 with protocol mooncake_layerwise"):
+        build_config(plan)
+    assert build_config({**plan, "options": {"workers": 1}}).options["workers"] == 1
