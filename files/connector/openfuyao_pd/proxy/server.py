@@ -7,6 +7,8 @@ import contextlib
 import itertools
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -151,6 +153,7 @@ class Proxy:
         self.client_limits = limits.ClientLimits(self.registry)
         self.guard = limits.ConnectionGuard(self.opts, self.client_limits)
         self.kv = kvrelease.KvReleaser(self.opts, self.registry)
+        self.generation = 0  # the master's reload count (master.py); /health shows it with the pid
 
     # -------------------------------------------------------------------------------- backends
     def _add_backend(self, spec: BackendSpec) -> Backend:
@@ -202,6 +205,8 @@ class Proxy:
         app = web.Application(client_max_size=self.opts["max_body_bytes"],
                               middlewares=[limits.middleware(self.opts, self.guard),
                                            admin.middleware(self.cfg.admin_token_file)])
+        app[limits.GUARD_KEY] = self.guard
+        app.on_response_prepare.append(limits.ConnectionGuard.on_prepare)
         app.router.add_post("/v1/completions", self.handle_completions)
         app.router.add_post("/v1/chat/completions", self.handle_chat)
         app.router.add_get("/v1/models", self.handle_models)
@@ -672,7 +677,7 @@ class Proxy:
         prefill = len(self.available("prefill"))
         decode = len(self.available("decode"))
         state: dict[str, Any] = {"prefill_available": prefill, "decode_available": decode,
-                                 "protocol": self.protocol}
+                                 "protocol": self.protocol, "generation": self.generation, "pid": os.getpid()}
         if decode == 0:
             return 503, {**state, "status": "unavailable", "reason": "no healthy decode instance"}
         if prefill == 0:
@@ -757,14 +762,28 @@ class Proxy:
         return web.json_response({**backend.describe(), "removed": True, "drained": drained})
 
 
-async def start(cfg: ProxyConfig, host: str | None = None, port: int | None = None) -> tuple[web.AppRunner, Proxy, int]:
-    """Start the proxy on (host, port); return the runner, the proxy and the bound port (port 0 = any)."""
+async def start(cfg: ProxyConfig, host: str | None = None, port: int | None = None,
+                sock: socket.socket | None = None, generation: int = 0) -> tuple[web.AppRunner, Proxy, int]:
+    """Start the proxy on (host, port), or on a listening socket handed down by the master;
+    return the runner, the proxy and the bound port (port 0 = any)."""
     proxy = Proxy(cfg)
+    proxy.generation = generation
     runner = web.AppRunner(proxy.app(), handler_cancellation=True, access_log=None,
                            keepalive_timeout=cfg.options["keepalive_timeout"],
+                           shutdown_timeout=1.0,  # after drain(): only what outlived the drain timeout is left
                            lingering_time=1.0)  # unread body after a 408/413: read at most 1 s of it, then close
     await runner.setup()
     site = limits.GuardedSite(runner, proxy.guard, host if host is not None else cfg.listen_host,
-                              cfg.port if port is None else port, backlog=1024)
+                              cfg.port if port is None else port, backlog=1024, sock=sock)
     await site.start()
     return runner, proxy, site.bound_port
+
+
+async def stop(runner: web.AppRunner, proxy: Proxy) -> bool:
+    """Graceful stop: close the listener, let requests in progress (streams too) finish within the
+    drain_timeout option, then clean up. True when nothing was cut."""
+    for site in list(runner.sites):
+        await site.stop()
+    drained = await proxy.guard.drain(proxy.opts["drain_timeout"])
+    await runner.cleanup()
+    return drained
