@@ -14,7 +14,7 @@ from typing import Any
 
 from openfuyao_pd.proxy import options as options_table
 
-PROTOCOLS = ("mooncake_v1", "nixl", "mooncake", "centralized")
+PROTOCOLS = ("mooncake_v1", "nixl", "mooncake", "centralized", "mooncake_layerwise")
 ROUTING = options_table.ROUTING
 ROLES = ("prefill", "decode")
 
@@ -56,6 +56,7 @@ class ProxyConfig:
     decode: list[BackendSpec]
     options: dict[str, Any]
     admin_token_file: str = ""  # bearer token of the mutating instance API (docs/proxy.md, "Admin API")
+    advertise_host: str = ""  # the address engines reach the proxy at (layerwise decodes post to /v1/metaserver)
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -269,4 +270,5 @@ def build_config(data: dict[str, Any], flags: dict[str, Any] | None = None) -> P
         raise ConfigError(f"admin_token_file must be a file path, got {token_file!r:.60}")
     return ProxyConfig(listen_host=listen_host, port=port, protocol=protocol, model=model,
                        prefill=backends["prefill"], decode=backends["decode"], options=options,
-                       admin_token_file=token_file)
+                       admin_token_file=token_file,
+                       advertise_host=str(data.get("address") or "").strip("[]"))

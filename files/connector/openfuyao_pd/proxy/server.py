@@ -18,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from openfuyao_pd.common import prom
-from openfuyao_pd.proxy import admin, codec, kvrelease, limits, protocols, relay
+from openfuyao_pd.proxy import admin, codec, kvrelease, layerwise, limits, protocols, relay
 from openfuyao_pd.proxy.config import ROLES, BackendSpec, ConfigError, ProxyConfig, parse_backend
 from openfuyao_pd.proxy.routing import (
     Backend,
@@ -154,6 +154,8 @@ class Proxy:
         self.guard = limits.ConnectionGuard(self.opts, self.client_limits)
         self.kv = kvrelease.KvReleaser(self.opts, self.registry)
         self.generation = 0  # the master's reload count (master.py); /health shows it with the pid
+        self.metaserver = layerwise.Metaserver()
+        self.metaserver_url = ""  # set by start() once the port is bound
 
     # -------------------------------------------------------------------------------- backends
     def _add_backend(self, spec: BackendSpec) -> Backend:
@@ -210,6 +212,8 @@ class Proxy:
         app.router.add_post("/v1/completions", self.handle_completions)
         app.router.add_post("/v1/chat/completions", self.handle_chat)
         app.router.add_get("/v1/models", self.handle_models)
+        if self.protocol == "mooncake_layerwise":
+            app.router.add_post("/v1/metaserver", self.handle_metaserver)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_get("/v1/instances", self.handle_list_instances)
@@ -537,6 +541,8 @@ class Proxy:
                 p_held = ctx.hold(prefill, max(1, tokens - p_match * opts["block_tokens"]))
                 if self.protocol == "mooncake":
                     return await self._run_mooncake(request, path, body, prefill, decode, ctx, tokens, p_held)
+                if self.protocol == "mooncake_layerwise":
+                    return await self._run_layerwise(request, path, body, prefill, decode, ctx, tokens, p_held)
                 p_body = protocols.prefill_body(body, self.protocol)
                 if opts["batch_priority"] and "priority" not in body:
                     p_body["priority"] = priority_for(tokens, opts["priority_buckets"])
@@ -658,6 +664,38 @@ class Proxy:
                 elif not task.cancelled():
                     task.exception()  # mark retrieved
 
+    async def _run_layerwise(self, request: web.Request, path: str, body: dict[str, Any], prefill: Backend,
+                             decode: Backend, ctx: RequestCtx, tokens: int, p_held: _Hold) -> web.StreamResponse:
+        """MooncakeLayerwiseConnector: D first; P is sent when D posts its blocks (layerwise.py)."""
+        children = protocols.child_request_ids(path, ctx.request_id, body)
+
+        async def send_prefill(posted: dict[str, dict[str, Any]]) -> None:
+            p_body = protocols.layerwise_prefill_body(body, posted, children)
+            if self.opts["batch_priority"] and "priority" not in body:
+                p_body["priority"] = priority_for(tokens, self.opts["priority_buckets"])
+            await self._run_prefill(path, prefill, p_body, ctx, p_held)
+            ctx.handoff_start = time.monotonic()  # P has pushed the last layer: D decodes from here
+
+        pending = self.metaserver.register(children, send_prefill)
+        try:
+            d_body = protocols.layerwise_decode_body(body, self.metaserver_url)
+            return await self._run_decode(request, path, decode, d_body, ctx)
+        finally:
+            if pending.task is None:
+                ctx.release(p_held)  # D never asked for the prefill
+            await self.metaserver.forget(pending)
+
+    async def handle_metaserver(self, request: web.Request) -> web.Response:
+        """A layerwise decode posts where its blocks are; answered once the prefill pushed them."""
+        try:
+            params = await request.json()
+        except ValueError:
+            params = None
+        status, answer = await self.metaserver.post(params)
+        if status != 200:
+            self.m_backend_errors.inc("metaserver", str(status))
+        return web.json_response(answer, status=status)
+
     # -------------------------------------------------------------------------------- other endpoints
     async def handle_models(self, _request: web.Request) -> web.Response:
         assert self.session is not None
@@ -776,6 +814,10 @@ async def start(cfg: ProxyConfig, host: str | None = None, port: int | None = No
     site = limits.GuardedSite(runner, proxy.guard, host if host is not None else cfg.listen_host,
                               cfg.port if port is None else port, backlog=1024, sock=sock)
     await site.start()
+    advertise = cfg.advertise_host or cfg.listen_host
+    if advertise in ("0.0.0.0", "::", ""):
+        advertise = "127.0.0.1"
+    proxy.metaserver_url = f"http://{url_host(advertise)}:{site.bound_port}/v1/metaserver"
     return runner, proxy, site.bound_port
 
 
