@@ -79,7 +79,8 @@ async def wait_until(check: Any, timeout: float, what: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def master(tmp_path: Path, options: dict[str, Any] | None = None) -> AsyncIterator[tuple[Master, list[SimRunner]]]:
+async def master(tmp_path: Path, options: dict[str, Any] | None = None,
+                 n_decode: int = 1) -> AsyncIterator[tuple[Master, list[SimRunner]]]:
     storage = str(tmp_path / "kv")
     sims = [await SimRunner(sim_config("nixl", "prefill", 0, storage)).start(),
             await SimRunner(sim_config("nixl", "decode", 0, storage, decode_step_ms=15.0)).start(),
@@ -87,7 +88,7 @@ async def master(tmp_path: Path, options: dict[str, Any] | None = None) -> Async
     port = free_port()
     plan = {"address": "127.0.0.1", "port": port, "protocol": "nixl", "model": "tiny-llama",
             "prefill": [backend_entry(sims[0], "prefill", 0, "nixl")],
-            "decode": [backend_entry(sims[1], "decode", 0, "nixl")],
+            "decode": [backend_entry(sims[1 + i], "decode", i, "nixl") for i in range(n_decode)],
             "options": {"health_interval": 0.5, "drain_timeout": 20.0, **(options or {})}}
     config = tmp_path / "proxy.json"
     config.write_text(json.dumps(plan))
@@ -236,3 +237,17 @@ async def test_master_killed_leaves_no_worker(tmp_path):
         m.proc.kill()
         m.proc.wait(10)
         await wait_until(lambda: _all_gone({worker}), 30, f"worker {worker} to exit")
+
+
+async def test_a_dead_worker_is_replaced_and_its_port_never_refuses(tmp_path):
+    """SIGKILL of a worker: the master starts another on the socket it keeps, so connections made
+    meanwhile wait in its queue instead of being refused."""
+    async with master(tmp_path) as (m, _sims), aiohttp.ClientSession() as session:
+        worker = (await health(session, m.url))["pid"]
+        os.kill(worker, signal.SIGKILL)
+        answer = await health(session, m.url)  # connects while no worker listens yet
+        assert answer["pid"] != worker and answer["generation"] == 0
+        assert [e["pid"] for e in m.log_events("worker_died")] == [worker]
+        body = {"model": "tiny-llama", "prompt": PROMPT, "max_tokens": 4}
+        async with session.post(m.url + "/v1/completions", json=body) as resp:
+            assert resp.status == 200

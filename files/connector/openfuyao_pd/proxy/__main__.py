@@ -33,8 +33,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--admin-token-file", help="file (mode 0600) holding the bearer token of the instance API's "
                         "add/drain/undrain/delete; without it those calls are refused")
     parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
-    for name in ("fd", "ready-fd", "lifeline-fd", "generation", "slot"):  # set by the master only
+    for name in ("fd", "ready-fd", "lifeline-fd", "generation", "slot", "row"):  # set by the master only
         parser.add_argument(f"--worker-{name}", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-state", help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -49,13 +50,14 @@ def load(args: argparse.Namespace) -> ProxyConfig:
 
 async def _serve(cfg: Any, args: argparse.Namespace) -> None:
     """A worker: serve the master's listening socket until SIGTERM or the master is gone, then drain."""
-    from openfuyao_pd.proxy import codec, eventloop, master
+    from openfuyao_pd.proxy import codec, eventloop, master, shared
     from openfuyao_pd.proxy.server import start
     from openfuyao_pd.proxy.server import stop as stop_proxy
 
     sock = socket.socket(fileno=args.worker_fd)
     generation = args.worker_generation or 0
-    runner, proxy, port = await start(cfg, sock=sock, generation=generation)
+    state = shared.State(args.worker_state, args.worker_row, generation) if args.worker_state else None
+    runner, proxy, port = await start(cfg, sock=sock, generation=generation, shared=state)
     logging.getLogger("openfuyao_pd.proxy").warning(
         '{"event": "listening", "host": "%s", "port": %d, "protocol": "%s", "prefill": %d, "decode": %d, '
         '"loop": "%s", "json": "%s", "pid": %d, "generation": %d, "slot": %d}',

@@ -247,6 +247,11 @@ def build_config(data: dict[str, Any], flags: dict[str, Any] | None = None) -> P
         hint = options_table.did_you_mean(str(protocol), PROTOCOLS)
         raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r:.60}{hint}")
     options = normalize_options(data.get("options"))
+    if protocol == "mooncake_layerwise" and options["workers"] > 1:
+        # The decode posts back to /v1/metaserver, and that state lives in the worker that took
+        # the request: another worker behind the same port would not know it.
+        raise ConfigError(f"options.workers must be 1 with protocol mooncake_layerwise (its metaserver "
+                          f"state is per process), got {options['workers']}")
     listen_host = _listen_host(flags, data)
     port = _int(flags.get("port") if flags.get("port") is not None else data.get("port", 8000), "port", 0, 65535)
     backends: dict[str, list[BackendSpec]] = {}

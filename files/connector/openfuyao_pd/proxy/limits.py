@@ -147,7 +147,7 @@ class ConnectionGuard:
         self.draining = False  # set by drain(): every response from then on closes its connection
         self._sweeper: asyncio.Task[None] | None = None
         limits.registry.gauge("pd_proxy_client_connections", "Open client connections (max_connections caps them).",
-                              (), collect=lambda: [((), len(self.connections))])
+                              (), collect=lambda: [((), len(self.connections))], merge=True)
 
     def count(self, reason: str) -> None:
         self.limits.rejected.inc(reason)
@@ -363,7 +363,10 @@ def middleware(opts: dict[str, Any], guard: ConnectionGuard) -> Callable[..., Aw
                     resp.force_close()
                     return resp
                 try:
-                    raw = await asyncio.wait_for(request.read(), body_timeout)
+                    # A body that has fully arrived (most: they fit in one segment) is read without a
+                    # timer task; only one still on its way needs the timeout.
+                    content = request.content
+                    raw = await (request.read() if content.is_eof() else asyncio.wait_for(request.read(), body_timeout))
                 except TimeoutError:
                     guard.count("body_timeout")
                     resp = _json_error(408, f"request body not received within {body_timeout:g}s")

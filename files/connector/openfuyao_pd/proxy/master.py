@@ -49,6 +49,7 @@ class Worker:
     slot: int
     ready_fd: int      # read end: the worker writes one byte once it listens
     lifeline_fd: int   # write end: the worker stops when it reads end of file
+    row: int           # its own row of the shared state (shared.py)
     ready: bool = False
     stopping_since: float | None = None
 
@@ -104,26 +105,35 @@ class Master:
         self.crashes: list[float] = []
         self.signals: list[int] = []
         self.exit_code = 0
+        self.gone: list[tuple[Worker, int]] = []  # workers that exited while a reload waited
+        from openfuyao_pd.proxy import shared
+
+        self.state = shared.State.create()  # in-flight counts, instance changes, metrics of all workers
 
     # ------------------------------------------------------------------------------ workers
     def spawn(self, slot: int, generation: int) -> Worker:
         ready_r, ready_w = os.pipe()
         life_r, life_w = os.pipe()
         sock = self.listen.sockets[slot]
+        row = self.state.claim_row(-1)
         argv = [sys.executable, "-m", "openfuyao_pd.proxy", *self.argv,
                 "--worker-fd", str(sock.fileno()), "--worker-ready-fd", str(ready_w),
                 "--worker-lifeline-fd", str(life_r), "--worker-generation", str(generation),
-                "--worker-slot", str(slot)]
+                "--worker-slot", str(slot), "--worker-row", str(row), "--worker-state", str(self.state.dir)]
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])  # the tree this package was imported from
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
         try:
             proc = subprocess.Popen(argv, env=env, pass_fds=(sock.fileno(), ready_w, life_r))
+        except OSError:
+            self.state.free_row(row)
+            raise
         finally:
             os.close(ready_w)
             os.close(life_r)
+        self.state.set_row_pid(row, proc.pid)
         os.set_blocking(ready_r, False)
-        worker = Worker(proc, generation, slot, ready_r, life_w)
+        worker = Worker(proc, generation, slot, ready_r, life_w, row)
         self.workers[proc.pid] = worker
         return worker
 
@@ -155,6 +165,7 @@ class Master:
                 del self.workers[pid]
                 self._check_ready(worker)
                 self._close_fds(worker)
+                self.state.free_row(worker.row)  # its requests are over, finished or not
                 gone.append((worker, code))
         now = time.monotonic()
         for worker in self.workers.values():  # past the drain timeout and a margin: no longer waited for
@@ -191,7 +202,9 @@ class Master:
             if any(s in (signal.SIGTERM, signal.SIGINT) for s in self.signals):
                 why = "stopped while starting"
                 break
-            failed = [(w, code) for w, code in self.reap() if w in fresh]
+            gone = self.reap()
+            self.gone.extend((w, code) for w, code in gone if w not in fresh)  # for the main loop
+            failed = [(w, code) for w, code in gone if w in fresh]
             if failed:
                 worker, code = failed[0]
                 why = f"a worker of generation {generation} exited with status {code} before listening"
@@ -257,12 +270,20 @@ class Master:
         signal.set_wakeup_fd(wake_w)
         for sig in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
             signal.signal(sig, self._on_signal)
-        ok, why = self.start_generation(0)
-        if not ok:
-            print(f"pd-proxy: {why} (its error is above)", file=sys.stderr)
-            return 1
-        _event("master_ready", pid=os.getpid(), generation=0, workers=[w.proc.pid for w in self.current()])
-        return self._loop()
+        try:
+            ok, why = self.start_generation(0)
+            if not ok:
+                if why == "stopped while starting":
+                    return 0
+                print(f"pd-proxy: {why} (its error is above)", file=sys.stderr)
+                return 1
+            _event("master_ready", pid=os.getpid(), generation=0, workers=[w.proc.pid for w in self.current()])
+            return self._loop()
+        finally:
+            for worker in list(self.workers.values()):  # only on an error of the master's own
+                with contextlib.suppress(ProcessLookupError):
+                    worker.proc.kill()
+            self.state.remove()
 
     def _loop(self) -> int:
         stopping = False
@@ -277,7 +298,8 @@ class Master:
                 _event("reload", generation=self.generation + 1)
                 self.reload()
                 continue  # signals that came during the reload are handled next
-            for worker, code in self.reap():
+            gone, self.gone = [*self.gone, *self.reap()], []
+            for worker, code in gone:
                 if stopping or worker.stopping_since is not None:
                     continue
                 _event("worker_died", pid=worker.proc.pid, generation=worker.generation, status=code)

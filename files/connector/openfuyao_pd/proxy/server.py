@@ -137,14 +137,18 @@ def rewrite_sse(block: bytes, cached: int) -> bytes:
 
 
 class Proxy:
-    def __init__(self, cfg: ProxyConfig) -> None:
+    def __init__(self, cfg: ProxyConfig, shared: Any = None) -> None:
         self.cfg = cfg
+        self.shared = shared  # shared.State when the master runs several workers, else None
+        self._seen_version = 0
         self.opts = cfg.options
         self.protocol = cfg.protocol
         self.backends: dict[str, Backend] = {}
         for spec in [*cfg.prefill, *cfg.decode]:
             self._add_backend(spec)
         self.counter = itertools.count()
+        # Request ids: a random prefix per process and a counter (unique, and cheaper than a uuid4 each).
+        self._id_prefix, self._ids = uuid.uuid4().hex[:16], itertools.count()
         self.session: aiohttp.ClientSession | None = None
         # P's and D's POSTs go through the lean client (relay.py); probes and admin calls use aiohttp.
         self.pool = relay.Pool(self.opts["connect_timeout"])
@@ -153,9 +157,13 @@ class Proxy:
         self.client_limits = limits.ClientLimits(self.registry)
         self.guard = limits.ConnectionGuard(self.opts, self.client_limits)
         self.kv = kvrelease.KvReleaser(self.opts, self.registry)
-        self.generation = 0  # the master's reload count (master.py); /health shows it with the pid
         self.metaserver = layerwise.Metaserver()
         self.metaserver_url = ""  # set by start() once the port is bound
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.generation = 0  # the master's reload count (master.py); /health shows it with the pid
+        self._sync_task: asyncio.Task[None] | None = None
+        if shared is not None:
+            self.sync_instances()
 
     # -------------------------------------------------------------------------------- backends
     def _add_backend(self, spec: BackendSpec) -> Backend:
@@ -163,11 +171,81 @@ class Proxy:
                           options=spec.options, prefix=PrefixIndex(self.opts["prefix_cache_blocks"]))
         if spec.options.get("engine_id") is not None:
             backend.engine_id = str(spec.options["engine_id"])
+        if self.shared is not None:
+            backend.col = self.shared.column(spec.name)
+            if backend.col >= 0:  # a full name table leaves this one counted per worker
+                backend.cells = self.shared
         self.backends[spec.name] = backend
         return backend
 
     def available(self, role: str, exclude: set[Backend] | frozenset[Backend] = frozenset()) -> list[Backend]:
-        return [b for b in self.backends.values() if b.role == role and b.available and b not in exclude]
+        if self.shared is None:
+            return [b for b in self.backends.values() if b.role == role and b.available and b not in exclude]
+        if self.shared.version != self._seen_version:
+            self.sync_instances()
+        out = [b for b in self.backends.values() if b.role == role and b.available and b not in exclude]
+        for backend in out:
+            backend.refresh()
+        return out
+
+    # -------------------------------------------------------------------------------- several workers
+    def sync_instances(self) -> None:
+        """Apply the instance API changes the workers share (shared.py) on top of the config."""
+        version = self.shared.version
+        changes = self.shared.read_changes()
+        for name in changes["deleted"]:
+            gone = self.backends.pop(name, None)
+            if gone is not None:
+                gone.removed = True
+        for data in changes["added"]:
+            if data.get("name") in self.backends or data.get("role") not in ROLES:
+                continue
+            try:
+                spec = parse_backend(data, data["role"], len(self.backends), "instance")
+            except ConfigError:
+                continue
+            backend = self._add_backend(spec)
+            backend.ejected = True  # until this worker's own probe succeeds, as after an add
+            if self.session is not None:
+                self._spawn(self.probe(backend))
+        draining = set(changes["draining"])
+        for backend in self.backends.values():
+            backend.draining = backend.name in draining
+        self._seen_version = version
+        self.shared.ack_version(version)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _share(self, kind: str, name: str, spec: dict[str, Any] | None = None) -> None:
+        """Record an instance API change for every worker and wait (2 s at most) until all applied it."""
+        if self.shared is None:
+            return
+        version = self.shared.change(kind, name, spec)
+        self.sync_instances()
+        deadline = time.monotonic() + 2.0
+        while self.shared.pending_version(version) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def _sync_loop(self) -> None:
+        """Several workers: apply shared instance changes, publish metrics when a scrape asks."""
+        assert self.shared is not None
+        published = 0
+        while True:
+            await asyncio.sleep(0.02)
+            if self.shared.version != self._seen_version:
+                self.sync_instances()
+            epoch = self.shared.epoch
+            if epoch != published:
+                self.shared.publish(os.getpid(), self.registry.snapshot())
+                self.shared.ack_epoch(epoch)
+                published = epoch
+
+    def refresh_all(self) -> None:
+        for backend in self.backends.values():
+            backend.refresh()
 
     # -------------------------------------------------------------------------------- metrics
     def _setup_metrics(self) -> None:
@@ -194,13 +272,17 @@ class Proxy:
         self.m_stream_errors = reg.counter("pd_proxy_stream_errors_total",
                                            "Streams ended with an error event after the first byte.", ("backend",))
         reg.gauge("pd_proxy_backend_inflight_requests", "In-flight requests per backend.", ("backend", "role"),
-                  collect=lambda: [((b.name, b.role), b.inflight_requests) for b in self.backends.values()])
+                  collect=lambda: [((b.name, b.role), b.inflight_requests) for b in self._refreshed()])
         reg.gauge("pd_proxy_backend_inflight_tokens", "In-flight estimated tokens per backend.", ("backend", "role"),
-                  collect=lambda: [((b.name, b.role), b.inflight_tokens) for b in self.backends.values()])
+                  collect=lambda: [((b.name, b.role), b.inflight_tokens) for b in self._refreshed()])
         reg.gauge("pd_proxy_backend_healthy", "1 when the backend is routable (healthy, not ejected/draining).",
                   ("backend", "role"),
                   collect=lambda: [((b.name, b.role), 1 if b.available and b.healthy else 0)
                                    for b in self.backends.values()])
+
+    def _refreshed(self) -> list[Backend]:
+        self.refresh_all()
+        return list(self.backends.values())
 
     # -------------------------------------------------------------------------------- lifecycle
     def app(self) -> web.Application:
@@ -229,12 +311,17 @@ class Proxy:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self._health_task = asyncio.create_task(self._health_loop())
+        if self.shared is not None:
+            self._sync_task = asyncio.create_task(self._sync_loop())
 
     async def _on_cleanup(self, _app: web.Application) -> None:
-        if self._health_task:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        for task in (self._health_task, self._sync_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.shared is not None:  # this worker's last values stay in the sums
+            self.shared.publish(os.getpid(), self.registry.snapshot())
         await self.kv.close()
         self.pool.close()
         if self.session:
@@ -437,7 +524,7 @@ class Proxy:
     async def _generate(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
         start = time.monotonic()
         body = request[limits.BODY_KEY]  # read, parsed and type-checked by limits.middleware
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        request_id = request.headers.get("X-Request-Id") or f"{self._id_prefix}{next(self._ids):08x}"
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         auth = request.headers.get("Authorization")
         if auth is not None:
@@ -730,10 +817,21 @@ class Proxy:
         return web.json_response(body, status=status)
 
     async def handle_metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self.registry.render().encode(), headers={"Content-Type": prom.CONTENT_TYPE})
+        others: list[tuple[bool, dict[str, Any]]] = []
+        if self.shared is not None:  # the sum over every worker: ask the others for fresh values
+            epoch = self.shared.bump_epoch()
+            deadline = time.monotonic() + 1.0
+            while self.shared.pending_epoch(epoch) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            others = self.shared.snapshots(os.getpid())
+        return web.Response(body=self.registry.render(others).encode(), headers={"Content-Type": prom.CONTENT_TYPE})
 
     # -------------------------------------------------------------------------------- instance API
     async def handle_list_instances(self, _request: web.Request) -> web.Response:
+        if self.shared is not None:
+            if self.shared.version != self._seen_version:
+                self.sync_instances()
+            self.refresh_all()
         return web.json_response({"instances": [b.describe() for b in self.backends.values()]})
 
     async def handle_add_instance(self, request: web.Request) -> web.Response:
@@ -756,6 +854,7 @@ class Proxy:
         if not await self.probe(backend):
             # Not serving yet (still loading the model?): keep it out until a probe succeeds.
             backend.ejected = True
+        await self._share("add", spec.name, {**data, "role": role, "name": spec.name})
         LOG.warning(json.dumps({"event": "instance_added", "backend": backend.name, "role": role}))
         return web.json_response(backend.describe(), status=201)
 
@@ -770,9 +869,12 @@ class Proxy:
 
     async def _drain(self, backend: Backend, timeout: float) -> bool:
         backend.draining = True
+        await self._share("drain", backend.name)
         deadline = time.monotonic() + timeout
+        backend.refresh()
         while backend.inflight_requests > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+            backend.refresh()
         return backend.inflight_requests == 0
 
     async def handle_drain(self, request: web.Request) -> web.Response:
@@ -787,6 +889,7 @@ class Proxy:
         if backend is None:
             return web.json_response({"error": f"no instance {request.match_info['name']}"}, status=404)
         backend.draining = False
+        await self._share("undrain", backend.name)
         return web.json_response(backend.describe())
 
     async def handle_delete(self, request: web.Request) -> web.Response:
@@ -796,15 +899,17 @@ class Proxy:
         drained = await self._drain(backend, self._timeout_param(request))
         backend.removed = True
         self.backends.pop(backend.name, None)
+        await self._share("delete", backend.name)
         LOG.warning(json.dumps({"event": "instance_removed", "backend": backend.name, "drained": drained}))
         return web.json_response({**backend.describe(), "removed": True, "drained": drained})
 
 
 async def start(cfg: ProxyConfig, host: str | None = None, port: int | None = None,
-                sock: socket.socket | None = None, generation: int = 0) -> tuple[web.AppRunner, Proxy, int]:
-    """Start the proxy on (host, port), or on a listening socket handed down by the master;
-    return the runner, the proxy and the bound port (port 0 = any)."""
-    proxy = Proxy(cfg)
+                sock: socket.socket | None = None, generation: int = 0,
+                shared: Any = None) -> tuple[web.AppRunner, Proxy, int]:
+    """Start the proxy on (host, port), or on a listening socket handed down by the master (with
+    the state its workers share); return the runner, the proxy and the bound port (port 0 = any)."""
+    proxy = Proxy(cfg, shared)
     proxy.generation = generation
     runner = web.AppRunner(proxy.app(), handler_cancellation=True, access_log=None,
                            keepalive_timeout=cfg.options["keepalive_timeout"],
