@@ -1079,6 +1079,19 @@ def group_problems(inventory):
     return [_empty_group_line(g, known, has_hosts) for g in ("prefill", "decode", "proxy") if not groups.get(g)]
 
 
+def instance_identity(host: str, role: str, index_on_host: int) -> tuple[str, int]:
+    """(engine_id, kv_rank) of the index_on_host-th `role` instance on `host`.
+
+    A function of these three only: adding or removing instances of another role or on another
+    host never changes them, so scale.yml leaves the running instances' kv_transfer_config (and
+    with it the process) alone. The connectors key their peers on the engine id (a string in
+    vLLM), which must be unique over the cluster: host names are, and so is (role, index) on a
+    host. kv_rank is vLLM's documented role rank (0 producer/prefill, 1 consumer/decode), which
+    the seed's 1P1D uses too; ascend MooncakeConnectorV1 passes it through, no peer keys on it.
+    """
+    return f"{role}-{host}-{index_on_host}", 0 if role == "prefill" else 1
+
+
 def build_plan(inventory):
     """Validate the inventory and return the plan; raise PlanError listing every problem."""
     ctx = _Ctx(inventory)
@@ -1134,7 +1147,9 @@ def build_plan(inventory):
         for h in ctx.groups[role]:
             layouts[(h, role)] = _role_layout(ctx, h, role, settings[h])
 
-    # Names, engine ids and kv_ranks over the whole cluster: prefill 0..P-1, decode P..P+D-1.
+    # Names over the whole cluster (prefill-0.., decode-0..); engine ids and kv_ranks per instance
+    # from its host, role and index on the host only (instance_identity), so that scaling one role
+    # or host never changes a running instance's connector identity.
     instances = []
     counters = {"prefill": 0, "decode": 0}
     for role in ROLES:
@@ -1162,10 +1177,8 @@ def build_plan(inventory):
                     }
                 )
                 counters[role] += 1
-    counters["prefill"]
-    for i, inst in enumerate(instances):
-        inst["engine_id"] = str(i)
-        inst["kv_rank"] = i
+    for inst in instances:
+        inst["engine_id"], inst["kv_rank"] = instance_identity(inst["host"], inst["role"], inst["_index_on_host"])
     _family_settings(ctx, connector, instances, settings)
     # Explicit engine ids (pd_<role>_engine_ids: one per instance on that host) win.
     for inst in instances:

@@ -24,6 +24,11 @@ def processes_under(root: Path) -> list[str]:
     return [line for line in out.splitlines() if str(root) in line and "ps -eo" not in line]
 
 
+def words(text: str) -> str:
+    """The output with ansible's line wrapping of long messages undone."""
+    return " ".join(text.split())
+
+
 def test_check_mode_on_a_fresh_host_changes_nothing(tmp_path: Path) -> None:
     work = tmp_path / "work"
     deploy = tmp_path / "deploy"  # every directory of the deployment lives here
@@ -45,6 +50,19 @@ def test_check_mode_on_a_fresh_host_changes_nothing(tmp_path: Path) -> None:
 
     for playbook in ("rolling_restart.yml", "upgrade.yml", "teardown.yml"):
         dep.play(playbook, "--check", timeout=300)
+    # scale.yml reports the whole plan as what it would add (nothing runs yet), not a raw
+    # "Connection refused"; bench.yml says why a real run would stop.
+    proc = dep.play("scale.yml", "--check", timeout=300)
+    assert "nothing is deployed, so every planned instance would be added" in words(proc.stdout)
+    for name in ("prefill-0", "prefill-1", "decode-0", "decode-1"):
+        assert f"+ {name}" in proc.stdout
+    assert "Connection refused" not in proc.stdout.split("Show the difference")[1]
+    proc = dep.play("bench.yml", "--check", timeout=300)
+    out = words(proc.stdout)
+    assert "check mode: a real run would stop:" in out and "does not answer /health" in out
+    # a real scale.yml run stops with the fix, before anything changes
+    proc = dep.play("scale.yml", check=False, timeout=300)
+    assert proc.returncode != 0 and "deploy it first with playbooks/site.yml" in words(proc.stdout)
 
     assert file_snapshot(deploy) == {}, diff({}, file_snapshot(deploy))
     assert not deploy.exists()

@@ -85,6 +85,26 @@ def test_diff_added_removed_kept_by_endpoint() -> None:
     assert out["lines"][0].startswith("+ decode-1") and out["lines"][1].startswith("- decode-9")
 
 
+def test_diff_says_which_kept_instances_restart_and_why() -> None:
+    running = live(("prefill-0", "prefill", "http://10.0.0.1:8100"), ("decode-0", "decode", "http://10.0.0.1:8200"),
+                   ("decode-1", "decode", "http://10.0.0.2:8200"))
+    new = plan(inst("prefill-0", "prefill", 8100), inst("prefill-1", "prefill", 8101),
+               inst("decode-0", "decode", 8200), inst("decode-1", "decode", 8200, "h2", "10.0.0.2"))
+    # The deploy role's check-mode answer: prefill-1 is new, decode-0's env changes (same host
+    # as the added prefill), decode-1's files differ but its host gains nothing.
+    changed = {"prefill-1": ["env", "run.sh"], "decode-0": ["env"], "decode-1": ["kv_transfer.json"]}
+    out = pd_day2.diff({"plan": new, "live": running, "would_change": changed})
+    assert out["restarts"] == ["decode-0"] and out["changed"]
+    lines = {line.split()[1]: line for line in out["lines"]}
+    assert lines["prefill-1"].startswith("+ ") and lines["prefill-1"].endswith("starts (new)")
+    assert lines["decode-0"].startswith("~ ") and lines["decode-0"].endswith("restarts: its env change")
+    assert lines["prefill-0"].startswith("= ") and lines["prefill-0"].endswith("untouched: its files are unchanged")
+    assert lines["decode-1"].startswith("= ") and "its host gains no instance" in lines["decode-1"]
+    # Nothing would change: no restart.
+    out = pd_day2.diff({"plan": new, "live": running, "would_change": {"prefill-1": ["env"]}})
+    assert out["restarts"] == [] and all(not line.startswith("~") for line in out["lines"])
+
+
 def test_diff_refuses_renames_and_empty_roles() -> None:
     running = live(("decode-1", "decode", "http://10.0.0.2:8200"), ("prefill-0", "prefill", "http://10.0.0.1:8100"))
     new = plan(inst("prefill-0", "prefill", 8100), inst("decode-0", "decode", 8200, "h2", "10.0.0.2"))

@@ -106,20 +106,23 @@ def test_check_mode_on_the_deployment_changes_nothing(sim: Deployment) -> None:
     proc = sim.play("site.yml", "--check", timeout=600)
     assert "failed=0" in proc.stdout.rsplit("PLAY RECAP", 1)[1]
     for playbook, args in (("upgrade.yml", ()), ("scale.yml", ("-e", "pd_prefill_instances_per_host=3")),
-                           ("teardown.yml", ())):
-        sim.play(playbook, "--check", *args, timeout=300)
+                           ("teardown.yml", ()), ("bench.yml", ())):
+        proc = sim.play(playbook, "--check", *args, timeout=300)
+        if playbook == "bench.yml":
+            assert "check mode: would run vllm bench serve from localhost against" in " ".join(proc.stdout.split())
     assert diff(files, file_snapshot(sim.workdir)) == []
     assert sim.pids() == pids
     assert {b["name"] for b in sim.proxy_instances()} == {"prefill-0", "prefill-1", "decode-0", "decode-1"}
 
 
 def test_rolling_restart_of_the_proxy(sim: Deployment) -> None:
-    before = sim.pids()
+    before, generation = sim.pids(), sim.health()["generation"]
     proc = sim.play("rolling_restart.yml", "-e", '{"day2_roll_roles": ["proxy"]}')
     assert roll_order(proc.stdout) == ["openfuyao-pd-proxy"]
-    after = sim.pids()
-    assert after["proxy"] != before["proxy"]
-    assert {k: v for k, v in after.items() if k != "proxy"} == {k: v for k, v in before.items() if k != "proxy"}
+    # A reload: the supervised master (and every engine) keeps its pid, the workers are new.
+    assert sim.pids() == before
+    assert sim.health()["generation"] == generation + 1
+    assert f"generation {generation} -> {generation + 1}" in proc.stdout
     sim.wait_routable({"prefill-0", "prefill-1", "decode-0", "decode-1"})
 
 
@@ -151,6 +154,35 @@ def test_scale_check_mode_shows_the_difference_only(sim: Deployment) -> None:
     assert "= decode-0" in proc.stdout and "= prefill-1" in proc.stdout
     assert {b["name"] for b in sim.proxy_instances()} == {"prefill-0", "prefill-1", "decode-0", "decode-1"}
     assert "decode-2" not in sim.pids()
+
+
+def test_scale_adding_a_prefill_under_load_restarts_no_decode(sim: Deployment) -> None:
+    """Stable identities: one more prefill on the host the decodes share keeps every running
+    instance's engine id and files, so none restarts; the difference says so."""
+    before = sim.pids()
+    with sim.load("add-prefill", stream=True) as load:
+        proc = sim.play("scale.yml", "-e", "pd_prefill_instances_per_host=3")
+    print(f"scale.yml adding prefill-2 under load: {load.get('sent')} requests sent, "
+          f"{load.get('failed')} failed; pids before {before}, after {sim.pids()}")
+    assert load.get("failed") == 0 and load.get("sent", 0) > 0, load
+    diff_lines = proc.stdout.split("Show the difference")[1].split("TASK")[0].split("msg: |-")[1]
+    assert "+ prefill-2" in diff_lines and not re.search(r"^\s*~ ", diff_lines, re.M), diff_lines
+    for name in ("prefill-0", "prefill-1", "decode-0", "decode-1"):
+        assert re.search(rf"= {name} .*untouched: its files are unchanged", diff_lines), diff_lines
+    after = sim.pids()
+    assert after["prefill-2"]
+    # No decode (nor prefill, nor the proxy) restarted; the host's KV watchdog re-reads its
+    # instance list (one more prefill), it is no engine.
+    engines = [n for n in before if n != "watchdog"]
+    assert {n: after[n] for n in engines} == {n: before[n] for n in engines}
+    conf = json.loads((Path(sim.extra["vllm_pd_conf_dir"]) / "proxy.json").read_text())
+    ids = {b["name"]: b["engine_id"] for role in ("prefill", "decode") for b in conf[role]}
+    assert ids["decode-0"] == "decode-localhost-0" and ids["prefill-2"] == "prefill-localhost-2"
+
+    # back to 2P2D for the tests below: prefill-2 drains and stops, nothing else moves
+    proc = sim.play("scale.yml")
+    assert "- prefill-2" in proc.stdout
+    assert {n: sim.pids()[n] for n in engines} == {n: before[n] for n in engines}
 
 
 def test_scale_out_and_in_under_load_with_zero_failed_requests(sim: Deployment) -> None:

@@ -110,6 +110,11 @@ class Deployment:
         with urllib.request.urlopen(self.proxy_url + "/v1/instances", timeout=10) as resp:
             return json.loads(resp.read())["instances"]
 
+    def health(self) -> dict[str, Any]:
+        """The proxy's /health answer (its worker generation and pid among others)."""
+        with urllib.request.urlopen(self.proxy_url + "/health", timeout=10) as resp:
+            return json.loads(resp.read())
+
     def wait_routable(self, names: set[str], timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -125,13 +130,13 @@ class Deployment:
             self.supervisor("shutdown")
 
     @contextmanager
-    def load(self, name: str, rate: float = 8.0, duration: float = 600.0, stream: bool = False):
+    def load(self, name: str, rate: float = 8.0, duration: float = 600.0, stream: bool = False, max_tokens: int = 16):
         """Steady client load through the proxy while the body runs; yields a dict filled on exit."""
         stop = self.workdir / f"{name}.stop"
         report = self.workdir / f"{name}.load.json"
         stop.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "openfuyao_pd.loadgen", "--url", self.proxy_url, "--requests", "100000",
-               "--rate", str(rate), "--duration", str(duration), "--timeout", "60", "--max-tokens", "16",
+               "--rate", str(rate), "--duration", str(duration), "--timeout", "60", "--max-tokens", str(max_tokens),
                "--stop-file", str(stop), "--report", str(report)] + (["--stream"] if stream else [])
         env = dict(os.environ, PYTHONPATH=str(CONNECTOR))
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -42,7 +42,18 @@ def test_ascend_1p1d_reproduces_seed_scripts(ascend_1p1d, instance, script):
     env, argv = parse_script(script)
     inst = by_name(ascend_1p1d)[instance]
     assert inst["env"] == env
-    assert flags(inst["argv"]) == flags(argv)
+    assert flags(inst["argv"]) == seed_flags_with_stable_engine_id(flags(argv), inst)
+
+
+def seed_flags_with_stable_engine_id(seed, inst):
+    # Deliberate deviation: the seed numbers its two engines by hand ("0" prefill, "1" decode);
+    # the plan's engine id is a function of (host, role, index on host) so that scaling never
+    # changes a running instance's kv_transfer_config (pd_<role>_engine_ids still pins any id).
+    # Every other kv-transfer field, kv_rank included, is the seed's.
+    ktc = dict(seed["--kv-transfer-config"])
+    assert ktc["engine_id"] == {"prefill": "0", "decode": "1"}[inst["role"]]
+    ktc["engine_id"] = "{}-{}-0".format(inst["role"], inst["host"])
+    return {**seed, "--kv-transfer-config": ktc}
     assert inst["argv"][:2] == ["vllm", "serve"]
 
 
@@ -52,14 +63,14 @@ def test_ascend_1p1d_layout_matches_seed(ascend_1p1d):
         [0, 1],
         8107,
         20001,
-        "0",
+        "prefill-npu-node1-0",
         0,
     )
     assert (d["devices"], d["http_port"], d["kv_port"], d["engine_id"], d["kv_rank"]) == (
         [2, 3],
         8207,
         20002,
-        "1",
+        "decode-npu-node1-0",
         1,
     )
     assert p["kv_role"] == "kv_producer" and d["kv_role"] == "kv_consumer"
@@ -90,7 +101,7 @@ def test_batch_integration_adds_seed_follow_up_on_prefill_only():
     p, d = by_name(plan)["prefill-0"], by_name(plan)["decode-0"]
     env, argv = parse_script("mooncake_run_prefill.sh")
     assert p["env"] == {**env, "BATCH_BY_REQUEST_LENGTH": "true"}
-    assert flags(p["argv"]) == {**flags(argv), "--scheduling-policy": "priority"}
+    assert flags(p["argv"]) == {**seed_flags_with_stable_engine_id(flags(argv), p), "--scheduling-policy": "priority"}
     assert p["scheduling_policy"] == "priority" and d["scheduling_policy"] is None
     assert "BATCH_BY_REQUEST_LENGTH" not in d["env"] and "--scheduling-policy" not in d["argv"]
     assert plan["proxy"]["options"]["batch_priority"] is True

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import copy
 
-from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import PlanError, build_plan
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import (
+    PlanError,
+    build_plan,
+    instance_identity,
+)
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -63,13 +67,16 @@ def binds(plan, host):
 def test_invariants(inv):
     plan = build_plan(inv)
     instances = plan["instances"]
-    # Unique names and engine ids; prefill engine ids first.
+    # Unique names and engine ids; prefill instances first; ids from (host, role, index on host).
     assert len({i["name"] for i in instances}) == len(instances)
     ids = [i["engine_id"] for i in instances]
     assert len(set(ids)) == len(ids)
     roles = [i["role"] for i in instances]
     assert roles == sorted(roles, key=lambda r: r != "prefill")
-    assert ids == [str(n) for n in range(len(ids))]
+    seen = {}
+    for i in instances:
+        k = seen[(i["host"], i["role"])] = seen.get((i["host"], i["role"]), -1) + 1
+        assert (i["engine_id"], i["kv_rank"]) == instance_identity(i["host"], i["role"], k)
     for host in plan["hosts"]:
         mine = [i for i in instances if i["host"] == host]
         devs = [d for i in mine for d in i["devices"]]
@@ -164,7 +171,9 @@ def _port_clash(inv, data):
 
 def _duplicate_engine(inv, data):
     h = data.draw(st.sampled_from(inv["groups"]["decode"]))
-    inv["hostvars"][h]["pd_decode_engine_ids"] = ["0"] * 3
+    inv["hostvars"][h]["pd_decode_engine_ids"] = ["0"] * 16
+    p = data.draw(st.sampled_from(inv["groups"]["prefill"]))
+    inv["hostvars"][p]["pd_prefill_engine_ids"] = ["0"] * 16
 
 
 def _empty_group(inv, data):

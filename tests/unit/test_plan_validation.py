@@ -103,7 +103,10 @@ def test_two_proxies():
             "device 1 is given to both prefill-0 and decode-0",
         ),
         ({"pd_prefill_instances_per_host": 4}, "needs 2 free devices but only 0 are left"),
-        ({"pd_decode_engine_ids": ["0"]}, "duplicate engine id '0' on prefill-0 and decode-0"),
+        (
+            {"pd_prefill_engine_ids": ["0"], "pd_decode_engine_ids": ["0"]},
+            "duplicate engine id '0' on prefill-0 and decode-0",
+        ),
         ({"pd_decode_engine_ids": "x"}, "pd_decode_engine_ids must list one engine id per decode instance"),
         ({"pd_gpu_memory_utilization": 1.5}, "pd_gpu_memory_utilization=1.5 must be a number in (0, 1]"),
         ({"pd_trust_remote_code": "maybe"}, "pd_trust_remote_code='maybe' must be true or false"),

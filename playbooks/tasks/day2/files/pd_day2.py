@@ -403,6 +403,34 @@ def _url(inst: dict[str, Any]) -> str:
     return "http://" + _endpoint(inst["address"], inst["http_port"])
 
 
+def restart_reasons(kept: list[dict[str, Any]], added: list[dict[str, Any]],
+                    would_change: dict[str, list[str]] | list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """({name: why it restarts}, {name: why it is left alone}) for the kept instances.
+
+    scale.yml runs the deploy role only on hosts that gain an instance, and the role restarts
+    exactly the instances whose rendered files change; `would_change` is that role's answer in
+    check mode ({instance name: files that would change}, or scale.yml's "name:file" list).
+    """
+    gaining = {i["host"] for i in added}
+    if isinstance(would_change, list):  # scale.yml's "name:file" entries
+        by_name: dict[str, list[str]] = {}
+        for entry in would_change:
+            name, _, what = str(entry).partition(":")
+            by_name.setdefault(name, []).append(what)
+        would_change = by_name
+    restarts, keeps = {}, {}
+    for i in kept:
+        files = sorted(would_change.get(i["name"]) or [])
+        if files and i["host"] in gaining:
+            restarts[i["name"]] = "its " + ", ".join(files) + " change"
+        elif files:
+            keeps[i["name"]] = ("its host gains no instance, so it is not redeployed, though its "
+                                + ", ".join(files) + " differ from the plan (rolling_restart.yml after site.yml applies them)")
+        else:
+            keeps[i["name"]] = "its files are unchanged"
+    return restarts, keeps
+
+
 def diff(doc: dict[str, Any]) -> dict[str, Any]:
     """Plan vs the proxy's live backends, matched by role and endpoint (address:port)."""
     plan = doc["plan"]
@@ -417,9 +445,13 @@ def diff(doc: dict[str, Any]) -> dict[str, Any]:
         old = live_by_key[(i["role"], _url(i))]["name"]
         if old != i["name"]:
             renamed.append(f"{old} -> {i['name']}")
-    lines = [f"+ {i['name']:<12} {i['role']:<8} {i['host']} {_url(i)}" for i in added]
-    lines += [f"- {b['name']:<12} {b.get('role', '?'):<8} {b.get('url')}" for b in removed]
-    lines += [f"= {i['name']:<12} {i['role']:<8} {i['host']} {_url(i)}" for i in kept]
+    restarts, keeps = restart_reasons(kept, added, doc.get("would_change") or {})
+    lines = [f"+ {i['name']:<12} {i['role']:<8} {i['host']} {_url(i)}  starts (new)" for i in added]
+    lines += [f"- {b['name']:<12} {b.get('role', '?'):<8} {b.get('url')}  drained, then stopped" for b in removed]
+    lines += [f"~ {i['name']:<12} {i['role']:<8} {i['host']} {_url(i)}  restarts: {restarts[i['name']]}"
+              for i in kept if i["name"] in restarts]
+    lines += [f"= {i['name']:<12} {i['role']:<8} {i['host']} {_url(i)}  untouched: {keeps[i['name']]}"
+              for i in kept if i["name"] in keeps]
     errors = []
     if renamed:
         errors.append("the new plan renames running instances (" + ", ".join(renamed) + "): instance names "
@@ -428,8 +460,8 @@ def diff(doc: dict[str, Any]) -> dict[str, Any]:
     for role in ROLES:
         if not any(i["role"] == role for i in plan.get("instances", [])):
             errors.append(f"the new plan has no {role} instance; keep at least one in [{role}]")
-    return {"added": added, "removed": removed, "kept": [i["name"] for i in kept],
-            "lines": lines or ["(no change)"], "changed": bool(added or removed),
+    return {"added": added, "removed": removed, "kept": [i["name"] for i in kept], "restarts": sorted(restarts),
+            "lines": lines or ["(no change)"], "changed": bool(added or removed or restarts),
             "error": "\n".join(errors) or None}
 
 
