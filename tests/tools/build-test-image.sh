@@ -21,7 +21,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 REPO="${PD_TEST_IMAGE_REPO:-openfuyao-pd-test}"
 SUITE=bookworm
-PACKAGES=python3,python3-venv,python3-yaml,libibverbs1,librdmacm1,libnuma1,libcurl4,iproute2,iputils-ping,ca-certificates,supervisor,procps
+PACKAGES=python3,python3-venv,python3-yaml,libibverbs1,librdmacm1,libnuma1,libcurl4,iproute2,iputils-ping,ca-certificates,supervisor,procps,keepalived
 RECIPE=1
 
 log() { echo "build-test-image: $*" >&2; }
