@@ -7,7 +7,8 @@
 # the venv module, PyYAML for the system python3, the Debian libraries Mooncake's transfer
 # engine links against (libibverbs1 librdmacm1 libnuma1, and libcurl4 for its metadata client), iproute2 and
 # iputils-ping (device IPs and the ping mesh), procps, supervisor (the process supervisor
-# the roles use where systemd does not run) and ca-certificates.
+# the roles use where systemd does not run), keepalived (the proxies' virtual IP, as the proxy role
+# would install it from Debian) and ca-certificates.
 #
 # The tag is a hash of the recipe (suite, packages, RECIPE), so a rerun reuses the image (or
 # the cached root file system tarball under .cache/ when the image was removed) and a change
