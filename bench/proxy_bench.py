@@ -261,11 +261,12 @@ def summarise(target: Target, stream: bool, topo: str, samples: list[Sample], wa
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Ours against each peer in the same topology and mode: throughput ratio and p50/p99 ratios."""
     out = []
-    for ours in (r for r in rows if r["kind"] == "ours"):
+    for ours in (r for r in rows if r["kind"] in ("ours", "ours-1w")):
         for peer in rows:
-            if peer["kind"] in ("vllm-router", "mooncake") and (peer["topology"], peer["stream"]) == (
+            if peer["kind"] in ("vllm-router", "mooncake", "direct") and (peer["topology"], peer["stream"]) == (
                     ours["topology"], ours["stream"]) and peer["rps"] and peer["p50_ms"]:
-                out.append({"topology": ours["topology"], "stream": ours["stream"], "peer": peer["kind"],
+                out.append({"topology": ours["topology"], "stream": ours["stream"], "ours": ours["target"],
+                            "peer": peer["kind"],
                             "rps_ratio": round(ours["rps"] / peer["rps"], 2),
                             "p50_ratio": round(ours["p50_ms"] / peer["p50_ms"], 2),
                             "p99_ratio": round(ours["p99_ms"] / peer["p99_ms"], 2)})
@@ -278,7 +279,8 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
     logs.mkdir(parents=True, exist_ok=True)
     topologies = [t.strip().lower() for t in args.topologies.split(",") if t.strip()]
     results: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("requests", "concurrency", "prompt_tokens",
-                                                                          "max_tokens", "rounds", "engine")},
+                                                                          "max_tokens", "rounds", "engine",
+                                                                          "proxy_workers")},
                                "rows": [], "skipped": [], "topologies": topologies}
     with processes() as procs:
         targets: dict[str, list[Target]] = {}
@@ -295,8 +297,13 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
             if n_d == 1:
                 row.append(Target(f"direct (client → decode, no PD), {topo}", f"http://127.0.0.1:{d_ports[0]}",
                                   "one hop, baseline", "/v1/models", kind="direct"))
-            url = our_proxy(procs, p_ports, d_ports, {}, logs / f"pd-proxy-{topo}.log", args.py_spy)
-            row.append(Target(f"pd-proxy (ours), {topo}", url, "nixl, least_load", kind="ours"))
+            ours_opts = {"workers": args.proxy_workers} if args.proxy_workers > 1 else {}
+            url = our_proxy(procs, p_ports, d_ports, ours_opts, logs / f"pd-proxy-{topo}.log", args.py_spy)
+            workers = f", {args.proxy_workers} workers" if args.proxy_workers > 1 else ""
+            row.append(Target(f"pd-proxy (ours{workers}), {topo}", url, "nixl, least_load" + workers, kind="ours"))
+            if args.proxy_workers > 1:  # the one-process proxy too, in the same run
+                url = our_proxy(procs, p_ports, d_ports, {}, logs / f"pd-proxy-1w-{topo}.log", None)
+                row.append(Target(f"pd-proxy (ours, 1 worker), {topo}", url, "nixl, least_load", kind="ours-1w"))
             if n_d == 1 and args.local_route:
                 url = our_proxy(procs, p_ports, d_ports, {"local_prefill_max_tokens": 1000000},
                                 logs / f"pd-proxy-local-{topo}.log", None)
@@ -464,10 +471,11 @@ def markdown(over: dict[str, Any] | None, good: dict[str, Any] | None) -> str:
                        f"{r['p99_ms']} | {r.get('added_p50_ms', '')} | {r.get('added_p99_ms', '')} | {r['errors']} |")
         if over.get("ratios"):
             out.append("\n**Ours / peer, same run** (throughput: higher is better; latency: lower is better)\n")
-            out.append("| topology | mode | peer | req/s ratio | p50 ratio | p99 ratio |")
-            out.append("|---|---|---|---|---|---|")
+            out.append("| ours | topology | mode | peer | req/s ratio | p50 ratio | p99 ratio |")
+            out.append("|---|---|---|---|---|---|---|")
             for r in over["ratios"]:
-                out.append(f"| {r['topology']} | {'stream' if r['stream'] else 'non-stream'} | {r['peer']} | "
+                ours = r.get("ours", "pd-proxy (ours)").rsplit(",", 1)[0]
+                out.append(f"| {ours} | {r['topology']} | {'stream' if r['stream'] else 'non-stream'} | {r['peer']} | "
                            f"{r['rps_ratio']}x | {r['p50_ratio']}x | {r['p99_ratio']}x |")
         out.append(f"\nHost load average (1 min) at start / end: {over['loadavg_start'][0]:.1f} / "
                    f"{over['loadavg_end'][0]:.1f} on {os.cpu_count()} CPUs.")
@@ -504,6 +512,8 @@ def main() -> int:
     parser.add_argument("--no-local-route", dest="local_route", action="store_false",
                         help="overhead: leave out our proxy's local-route row")
     parser.add_argument("--py-spy", help="overhead: path to py-spy; our P->D proxies run under `py-spy record`")
+    parser.add_argument("--proxy-workers", type=int, default=1,
+                        help="overhead: our proxy's `workers` option (worker processes on the port)")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--goodput-requests", type=int, default=300)

@@ -24,7 +24,9 @@ import math
 import re
 import shlex
 
+from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_ascend_env as ascend_env
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_budget as budget
+from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_connectors as family
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_ha as ha
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import (
     CONTROL,
@@ -562,8 +564,8 @@ def _binds_kv(connector, platform, kv_role):
     sockets and bind nothing there (docs/plan.md, "Ports"). NIXL listens on both sides.
     Upstream (CUDA) Mooncake: the prefill binds its bootstrap HTTP port only.
     """
-    if connector == "mooncake":
-        return kv_role in ("kv_producer", "kv_both")
+    if family.is_mooncake(connector):
+        return kv_role in ("kv_producer", "kv_both") or family.decode_binds_kv(connector)
     return connector == "nixl"
 
 
@@ -695,7 +697,7 @@ def _kv_transfer_config(ctx, inst, settings, side_sizes, shared_path):
     extra_cfg = _as_dict(ctx, host, ename, extra_cfg)
     module_path = ctx.var(host, "kv_connector_module_path", None)[0]
     cfg = {}
-    if connector == "mooncake" and platform == "ascend":
+    if family.is_mooncake(connector) and platform == "ascend":
         buf = ctx.var(host, "kv_buffer_device", "npu")[0]
         cfg = {
             "kv_connector": "MooncakeConnectorV1",
@@ -712,6 +714,7 @@ def _kv_transfer_config(ctx, inst, settings, side_sizes, shared_path):
         extra = {"prefill": dict(side_sizes["prefill"]), "decode": dict(side_sizes["decode"])}
         extra.update(extra_cfg)
         cfg["kv_connector_extra_config"] = extra
+        cfg = family.kv_transfer_config(connector, cfg, inst.get("lookup_rpc_port"))
     elif connector == "mooncake":
         cfg = {
             "kv_connector": "MooncakeConnector",
@@ -792,7 +795,7 @@ def _argv(ctx, inst, model, settings, opts):
         argv.append("--enforce-eager")
     # The Mooncake connector reads dp from the engine, and the seed spells it out; other
     # connectors only need the data-parallel flags when dp > 1.
-    if inst["connector"] == "mooncake" or inst["data_parallel_size"] > 1:
+    if family.is_mooncake(inst["connector"]) or inst["data_parallel_size"] > 1:
         argv += [
             "--data-parallel-size",
             str(inst["data_parallel_size"]),
@@ -824,12 +827,14 @@ def _env(ctx, inst, settings, opts):
     if platform == "ascend":
         # HCCL defaults only where P and D talk over HCCL/ADXL (Mooncake); pd_hccl_env always applies.
         defaults = {}
-        if inst["connector"] == "mooncake":
+        if family.is_mooncake(inst["connector"]):
             defaults = {
                 "HCCL_EXEC_TIMEOUT": "204",
                 "HCCL_CONNECT_TIMEOUT": "120",
                 "HCCL_IF_IP": inst["address"],
             }
+            # vllm-ascend's PD guides, per role and generation (pd_plan_ascend_env: sources there).
+            defaults.update(ascend_env.role_defaults(inst["connector"], role, inst["_generation"], inst["_env_profile"]))
         nic, nic_var = ctx.var(host, "nic_name", None)
         if nic and not (isinstance(nic, str) and NIC.match(nic)):
             ctx.error(f"host {host}: {nic_var}={brief(nic)} is not a network interface name (e.g. eth0)")
@@ -853,13 +858,17 @@ def _env(ctx, inst, settings, opts):
             owned["VLLM_CPU_KVCACHE_SPACE"] = "pd_cpu_kvcache_space"
     if inst["visible_devices_env"]:
         env[inst["visible_devices_env"]] = ",".join(str(d) for d in inst["devices"])
-    if inst["connector"] == "ucm":
-        # UCM finds the prefill's blocks by prefix hash: every instance must hash alike.
-        seed, seed_name = ctx.var(host, "python_hash_seed", "123456")
+    if inst["connector"] in family.HASH_SEED_CONNECTORS:
+        # UCM and the KV pool find the prefill's blocks by prefix hash: every instance must hash alike
+        # (the plan checks the seed is one value over the cluster: _family_checks).
+        seed, seed_name = ctx.var(host, "python_hash_seed", family.DEFAULT_HASH_SEED[inst["connector"]])
         # Python accepts 0..4294967295; "random" would break the shared prefix hashes.
         _as_int(ctx, host, seed_name, seed, 0, 4294967295)
         env["PYTHONHASHSEED"] = seed
         owned["PYTHONHASHSEED"] = "pd_python_hash_seed"
+    if inst.get("_mooncake_json"):
+        env["MOONCAKE_CONFIG_PATH"] = inst["_mooncake_json"]
+        owned["MOONCAKE_CONFIG_PATH"] = "the plan (mooncake.json of pd_mooncake_global_segment_size and [mooncake_master])"
     if inst["connector"] == "nixl":
         env["VLLM_NIXL_SIDE_CHANNEL_HOST"] = inst["address"]
         env["VLLM_NIXL_SIDE_CHANNEL_PORT"] = inst["kv_port"]
@@ -930,7 +939,7 @@ def _instance_ports(inst, settings, adxl):
         else:
             end = kv + _kv_footprint(inst) - 1
             ports.append({"start": kv, "end": end, "purpose": "kv side channel", "kind": "bind"})
-    if inst["connector"] == "mooncake" or (
+    if family.is_mooncake(inst["connector"]) or (
         inst["connector"] == "ucm" and "Mooncake" in inst.get("_pipeline", "")
     ):
         ports.append(
@@ -941,7 +950,7 @@ def _instance_ports(inst, settings, adxl):
                 "kind": "pool",
             }
         )
-    if inst["connector"] == "mooncake" and inst["platform"] == "ascend":
+    if family.is_mooncake(inst["connector"]) and inst["platform"] == "ascend":
         base, per = adxl
         facts = settings["facts"] or {}
         for d in inst["devices"]:
@@ -1153,6 +1162,7 @@ def build_plan(inventory):
     for i, inst in enumerate(instances):
         inst["engine_id"] = str(i)
         inst["kv_rank"] = i
+    _family_settings(ctx, connector, instances, settings)
     # Explicit engine ids (pd_<role>_engine_ids: one per instance on that host) win.
     for inst in instances:
         ids, ids_name = ctx.var(inst["host"], "engine_ids", None, inst["role"])
@@ -1269,7 +1279,7 @@ def build_plan(inventory):
         }
         tp, dp = sorted(layouts_r)[0] if layouts_r else (1, 1)
         side_sizes[role] = {"dp_size": dp, "tp_size": tp}
-        if connector == "mooncake" and len(layouts_r) > 1:
+        if family.is_mooncake(connector) and len(layouts_r) > 1:
             ctx.error(
                 "{r} instances use different tp/dp ({sizes}) but MooncakeConnectorV1 describes one {r} layout: "
                 "set one pd_{r}_tp/pd_{r}_dp for all {r} hosts".format(
@@ -1305,7 +1315,7 @@ def build_plan(inventory):
         mine = [i for i in instances if i["host"] == h]
         adxl_base, ab_name = ctx.var(h, "adxl_base_port", DEFAULT_ADXL_BASE)
         release = None
-        if connector == "mooncake" and s["platform"] == "ascend":
+        if family.is_mooncake(connector) and s["platform"] == "ascend":
             release = _mooncake_version(ctx, h)[1]
         by_version = adxl_ports_per_device(release) if release else ADXL_PORTS_OLD
         adxl_per, ap_name = ctx.var(h, "adxl_ports_per_device", by_version)
@@ -1415,6 +1425,7 @@ def build_plan(inventory):
                 inst["_ucm_path"] = path
             files_by_host[inst["host"]][path] = text
             inst["files"] = {path: text}
+    _family_plan(ctx, connector, instances, settings, pd_hosts, master)
 
     if ctx.problems:
         raise PlanError(ctx.problems, ctx.warnings)
@@ -1425,12 +1436,15 @@ def build_plan(inventory):
         inst["kv_transfer_config"] = _kv_transfer_config(
             ctx, inst, settings[inst["host"]], side_sizes, shared_path
         )
+        if inst.get("_failure_policy"):
+            inst["kv_transfer_config"]["kv_load_failure_policy"] = inst["_failure_policy"]
         inst["env"] = _env(ctx, inst, settings[inst["host"]], o)
         inst["argv"] = _argv(ctx, inst, model, settings[inst["host"]], o)
         inst["health_url"] = "http://{}:{}/health".format(_url_host(inst["address"]), inst["http_port"])
         inst["dtype"] = o["dtype"]
         inst["block_size"] = o["block_size"]
     timeouts = _timeout_budget(ctx, instances, proxy_host, _proxy_options(ctx, proxy_host))
+    timeouts = _master_lease(ctx, connector, instances, master, timeouts)
     for h in proxy_hosts:
         _as_address(ctx, h, *ctx.var(h, "proxy_bind_host", None))
     vip = ha.parse_vip(
@@ -1462,6 +1476,7 @@ def build_plan(inventory):
         "ports",
         "engine_id",
         "kv_rank",
+        "lookup_rpc_port",
         "kv_transfer_config",
         "files",
         "env",
@@ -1471,7 +1486,7 @@ def build_plan(inventory):
         "dtype",
         "block_size",
     )
-    out_instances = [{k: copy.deepcopy(inst[k]) for k in public_keys} for inst in instances]
+    out_instances = [{k: copy.deepcopy(inst[k]) for k in public_keys if k in inst} for inst in instances]
 
     proxies = [
         _proxy_section(ctx, h, settings[h], proxy_ports[h][0], connector, platforms, model, out_instances)
@@ -1500,6 +1515,9 @@ def build_plan(inventory):
             "devices": sorted(d for i in mine for d in i["devices"]),
             "ping_targets": [],
         }
+        pages = next((i["_hugepages"] for i in instances if i["host"] == h and i.get("_hugepages")), None)
+        if pages:
+            hosts[h]["hugepages"] = pages
     # Ascend P2P: each NPU host pings the device IPs of the other NPU hosts it exchanges KV with.
     ips = {
         h: sorted(
@@ -1511,13 +1529,13 @@ def build_plan(inventory):
         )
         for h in pd_hosts
     }
-    if connector == "mooncake":
+    if family.is_mooncake(connector):
         for h in pd_hosts:
             if settings[h]["platform"] == "ascend":
                 hosts[h]["ping_targets"] = sorted({ip for o in pd_hosts if o != h for ip in ips[o]})
     # Hosts that need the Mooncake transfer engine: P2P Mooncake, or a UCM Mooncake pipeline.
     mooncake_hosts = sorted(
-        i["host"] for i in instances if i["connector"] == "mooncake" or "Mooncake" in i.get("_pipeline", "")
+        i["host"] for i in instances if family.is_mooncake(i["connector"]) or "Mooncake" in i.get("_pipeline", "")
     )
     storage = None
     if connector in ("ucm", "shared_storage"):
@@ -1540,7 +1558,8 @@ def build_plan(inventory):
         "endpoint": ha.endpoint(vip, proxy),
         "proxy_risk": ha.risk(len(proxies), vip),
         "hosts": hosts,
-        "mooncake": {"hosts": sorted(set(mooncake_hosts)), "master": master},
+        # A master-only host needs the wheel too: mooncake_master ships in it.
+        "mooncake": {"hosts": sorted(set(mooncake_hosts) | ({master["host"]} if master else set())), "master": master},
         "storage": storage,
         "timeouts": timeouts,
         "warnings": collapse(ctx.warnings),
@@ -1559,7 +1578,7 @@ def _env_source(ctx, inst, key):
 
 def _timeout_budget(ctx, instances, proxy_host, proxy_options):
     """The vllm-ascend Mooncake timeout budget (pd_plan_budget), checked; None for other stacks."""
-    mine = [i for i in instances if i["connector"] == "mooncake" and i["platform"] == "ascend"]
+    mine = [i for i in instances if family.is_mooncake(i["connector"]) and i["platform"] == "ascend"]
     if not mine:
         return None
     values = []
@@ -1583,6 +1602,94 @@ def _timeout_budget(ctx, instances, proxy_host, proxy_options):
         for why in budget.check(values, roles["prefill"], roles["decode"], decode_timeout, host_of):
             ctx.error(why)
     return budget.rows(values)
+
+
+def _family_settings(ctx, connector, instances, settings):
+    """Per-instance Ascend generation and env profile (pd_plan_ascend_env), checked once a host."""
+    done = set()
+    for inst in instances:
+        h = inst["host"]
+        profile, pvar = ctx.var(h, "ascend_env_profile", "guide")
+        facts = ctx.facts.get(h) if isinstance(ctx.facts.get(h), dict) else {}
+        gen_value, gvar = ctx.var(h, "ascend_generation", None)
+        gen = ascend_env.generation(gen_value, facts.get("product"), settings[h]["device_count"])
+        if h not in done and inst["platform"] == "ascend":
+            for why in ascend_env.problems(profile, pvar, gen, gvar):
+                ctx.error(f"host {h}: {why}")
+        done.add(h)
+        inst["_generation"], inst["_env_profile"] = gen, profile
+        inst["_hugepages"] = ascend_env.hugepages(connector, gen, profile) if inst["platform"] == "ascend" else None
+
+
+def _family_plan(ctx, connector, instances, settings, pd_hosts, master):
+    """kv_load_failure_policy, one hash seed, and the KV pool's lookup_rpc_port / master / mooncake.json."""
+    for inst in instances:
+        policy, var = ctx.var(inst["host"], "kv_load_failure_policy", None, inst["role"])
+        why = family.failure_policy_problem(policy, var)
+        if why:
+            ctx.error(f"host {inst['host']}: {why}")
+        inst["_failure_policy"] = None if why else policy
+    if connector in family.HASH_SEED_CONNECTORS:
+        seeds = {h: str(ctx.var(h, "python_hash_seed", family.DEFAULT_HASH_SEED[connector])[0]) for h in pd_hosts}
+        why = family.hash_seed_problem(seeds)
+        if why:
+            ctx.error(why)
+    if connector != "ascend_store":
+        return
+    if master is None:
+        ctx.error(
+            "connector ascend_store needs a Mooncake master: list one host under [mooncake_master] "
+            "(the KV pool's mooncake_master runs there)"
+        )
+        return
+    ports = family.lookup_rpc_ports(instances)
+    for inst in instances:
+        inst["lookup_rpc_port"] = ports[inst["name"]]
+    for inst in instances:
+        h = inst["host"]
+        segment, svar = ctx.var(h, "mooncake_global_segment_size", family.DEFAULT_SEGMENT)
+        why = family.segment_problem(segment, svar)
+        if why:
+            ctx.error(f"host {h}: {why}")
+            continue
+        data_dir = str(ctx.var(h, "data_dir", DEFAULT_DATA_DIR)[0]).rstrip("/")
+        path = f"{data_dir}/mooncake/{inst['name']}.json"
+        inst["files"] = {**inst["files"], path: family.mooncake_json(master["address"], master["port"], segment)}
+        inst["_mooncake_json"] = path
+
+
+def _master_lease(ctx, connector, instances, master, timeouts):
+    """The KV pool's lease TTL joins the budget: above every ASCEND_*_TIMEOUT an instance runs with."""
+    if connector != "ascend_store" or master is None or timeouts is None:
+        return timeouts
+    pulls, worst = [], None
+    for inst in instances:
+        row = {r["name"]: r for r in timeouts if inst["name"] in r["applies_to"]}
+        if "ASCEND_CONNECT_TIMEOUT" in row and "ASCEND_TRANSFER_TIMEOUT" in row:
+            pair = (row["ASCEND_CONNECT_TIMEOUT"]["value"], row["ASCEND_TRANSFER_TIMEOUT"]["value"])
+            pulls.append(pair)
+            if worst is None or max(pair) > max(worst[1]):
+                worst = (inst["name"], pair, row)
+    value, var = ctx.var(master["host"], "mooncake_master_lease_ttl", None)
+    if value is None:
+        ttl, source = family.default_lease_ttl_ms(pulls), "derived from ASCEND_*_TIMEOUT"
+    else:
+        ttl = _as_int(ctx, master["host"], var, value)
+        source = var
+        floor = family.lease_ttl_floor_ms(pulls)
+        if ttl is not None and worst is not None and ttl <= floor:
+            name, (c, t), row = worst
+            ctx.error(
+                f"host {master['host']}: {var}={ttl} ms is not above ASCEND_CONNECT_TIMEOUT={c} ms "
+                f"({row['ASCEND_CONNECT_TIMEOUT']['source']}) and ASCEND_TRANSFER_TIMEOUT={t} ms "
+                f"({row['ASCEND_TRANSFER_TIMEOUT']['source']}) of {name}: the pool may drop KV a transfer still "
+                f"reads; set {var}={family.default_lease_ttl_ms(pulls)} or lower the ASCEND_*_TIMEOUT"
+            )
+        ttl = ttl or family.DEFAULT_LEASE_TTL_MS
+    master["lease_ttl_ms"] = ttl
+    master["args"] = family.master_args(ttl, master["address"], master["metrics_port"])
+    return [*timeouts, {"name": "mooncake_master default_kv_lease_ttl", "value": ttl, "unit": "ms",
+                        "source": source, "applies_to": ["mooncake_master"]}]
 
 
 def _url_host(address):
@@ -1646,8 +1753,8 @@ def _proxy_bind(ctx, host, settings):
 
 
 def _proxy_section(ctx, host, settings, port, connector, platforms, model, instances):
-    if connector == "mooncake":
-        protocol = "mooncake_v1" if platforms == ["ascend"] else "mooncake"
+    if family.is_mooncake(connector):
+        protocol = family.proxy_protocol(connector, platforms)
     elif connector == "nixl":
         protocol = "nixl"
     else:
@@ -1687,6 +1794,23 @@ def _proxy_section(ctx, host, settings, port, connector, platforms, model, insta
     }
 
 
+def _fmt_devices(devices):
+    """0,1,2,3,8 -> 0-3,8: an A3 host's 16 dies fit a table row (plan.yml prints it one line a row)."""
+    parts, run = [], []
+    for d in sorted(devices):
+        if run and d != run[-1] + 1:
+            parts.append(_fmt_run(run))
+            run = []
+        run.append(d)
+    if run:
+        parts.append(_fmt_run(run))
+    return ",".join(parts) or "-"
+
+
+def _fmt_run(run):
+    return f"{run[0]}-{run[-1]}" if len(run) >= 3 else ",".join(str(d) for d in run)
+
+
 def render_table(plan):
     """Human-readable lines: host, instance, role, devices, ports, engine id."""
     rows = [("HOST", "INSTANCE", "ROLE", "DEVICES", "PORTS", "ENGINE")]
@@ -1710,7 +1834,7 @@ def render_table(plan):
                 i["host"],
                 i["name"],
                 i["role"],
-                ",".join(str(d) for d in i["devices"]) or "-",
+                _fmt_devices(i["devices"]),
                 " ".join(binds),
                 i["engine_id"],
             )

@@ -14,17 +14,17 @@ import sys
 from pathlib import Path
 
 PLATFORMS = ("ascend", "cuda", "cpu")
-CONNECTORS = ("mooncake", "ucm", "shared_storage", "nixl")
+CONNECTORS = ("mooncake", "mooncake_layerwise", "ascend_store", "ucm", "shared_storage", "nixl")
 RUNTIMES = ("host", "container")
 ROLES = ("prefill", "decode")
 # Connectors where P and D talk to each other directly (engine ids, side-channel ports,
 # matching tp layouts); the others go through shared storage and may mix platforms.
-P2P_CONNECTORS = ("mooncake", "nixl")
+P2P_CONNECTORS = ("mooncake", "mooncake_layerwise", "ascend_store", "nixl")
 BUILTIN_MODELS = ("tiny-llama",)
 
 # Which connector runs on which platform; anything else is rejected at plan time.
 SUPPORTED = {
-    "ascend": ("mooncake", "ucm", "shared_storage"),
+    "ascend": ("mooncake", "mooncake_layerwise", "ascend_store", "ucm", "shared_storage"),
     "cuda": ("mooncake", "nixl", "ucm", "shared_storage"),
     "cpu": ("shared_storage",),
 }
@@ -105,6 +105,11 @@ HOST_VARS = (
     "proxy_vrrp_unicast",
     "mooncake_master_port",
     "mooncake_master_metrics_port",
+    "mooncake_master_lease_ttl",
+    "mooncake_global_segment_size",
+    "kv_load_failure_policy",
+    "ascend_env_profile",
+    "ascend_generation",
 )
 
 # Proxy knobs: pd_proxy_<name> lands in plan.proxy.options[<name>] when set; unset ones take

@@ -11,7 +11,10 @@ from openfuyao_pd.sim.__main__ import config_from_args, main, parse_args
 
 ROOT = Path(__file__).resolve().parents[2]
 EXPECTED_PROTOCOL = {"MooncakeConnectorV1": "mooncake_v1", "MooncakeConnector": "mooncake",
-                     "NixlConnector": "nixl", "UCMConnector": "centralized", "ExampleConnector": "centralized"}
+                     "NixlConnector": "nixl", "UCMConnector": "centralized", "ExampleConnector": "centralized",
+                     "MooncakeLayerwiseConnector": "mooncake_layerwise",
+                     # vllm-ascend's KV pool: MooncakeConnectorV1 moves KV P->D, AscendStoreConnector is the pool
+                     "MultiConnector": "mooncake_v1"}
 
 
 def _config(*argv: str):
@@ -128,7 +131,11 @@ def test_the_plans_argv_starts_the_simulator(tmp_path):
                 if extra.get("UCM_CONFIG_FILE") == name:
                     extra["UCM_CONFIG_FILE"] = str(local)
             argv[ktc_at] = json.dumps(ktc)
+            pooled = any(c.get("kv_connector") == "AscendStoreConnector" for c in extra.get("connectors", []))
+            if pooled:  # the simulator's stand-in for the Mooncake store is a directory
+                argv += ["--sim-kv-pool", str(tmp_path / inventory / "pool")]
             config, _ = _config(*argv)
+            assert config.kv_pool == pooled, f"{inventory}/{inst['name']}"
             where = f"{inventory}/{inst['name']}"
             assert config.protocol == EXPECTED_PROTOCOL[ktc["kv_connector"]], where
             assert config.kv_role == inst["kv_role"], where

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-INVENTORIES = ["local", "ascend-1p1d", "ascend-2p2d", "ascend-8p8d", "ucm-xpyd", "hetero-ucm"]
+INVENTORIES = ["local", "ascend-1p1d", "ascend-2p2d", "ascend-8p8d", "ucm-xpyd", "hetero-ucm", "ascend-layerwise", "ascend-store"]
 INSTANCE_KEYS = {
     "name",
     "host",

@@ -214,7 +214,7 @@ test_empty_group = broken("is empty", _empty_group)
 test_mixed_dtype = broken("pd_dtype differs", _mixed_dtype)
 test_mixed_block_size = broken("pd_block_size differs", _mixed_block)
 test_heterogeneous_p2p = broken("mixed with the P2P connector", _hetero_p2p)
-test_unknown_connector = broken("is not one of mooncake, ucm, shared_storage, nixl", _unknown_connector)
+test_unknown_connector = broken("is not one of mooncake, mooncake_layerwise, ascend_store, ucm, shared_storage, nixl", _unknown_connector)
 test_unknown_platform = broken("is not one of ascend, cuda, cpu", _unknown_platform)
 
 

@@ -1,7 +1,10 @@
 """A tiny Prometheus text-format (0.0.4) writer: counters, gauges and histograms with labels.
 
-The proxy is a single asyncio process, so no locking is needed; keeping this in-tree avoids a
-runtime dependency on prometheus_client (aiohttp stays the only one).
+Each proxy worker is a single asyncio process, so no locking is needed; keeping this in-tree
+avoids a runtime dependency on prometheus_client (aiohttp stays the only one). Several workers
+add up their values: `Registry.snapshot()` is one worker's values as JSON-ready data, and
+`Registry.render(others)` adds the other workers' snapshots to this one's (counters and
+histograms of every worker, gauges marked `merge` of the live ones only).
 """
 
 from __future__ import annotations
@@ -9,8 +12,10 @@ from __future__ import annotations
 import bisect
 import math
 from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 LabelValues = tuple[str, ...]
+Snapshot = dict[str, Any]  # metric name -> [[labels, value...], ...]
 
 DEFAULT_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
@@ -47,7 +52,7 @@ class _Metric:
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.doc}", f"# TYPE {self.name} {self.kind}"]
 
-    def samples(self) -> Iterable[str]:  # pragma: no cover - overridden
+    def samples(self, others: Sequence[list[list[Any]]] = ()) -> Iterable[str]:  # pragma: no cover - overridden
         return ()
 
 
@@ -67,8 +72,19 @@ class Counter(_Metric):
     def total(self) -> float:
         return sum(self.values.values())
 
-    def samples(self) -> Iterable[str]:
-        for labels, value in sorted(self.values.items()):
+    def items(self) -> list[tuple[LabelValues, float]]:
+        return list(self.values.items())
+
+    def snapshot(self) -> list[list[Any]]:
+        return [[list(labels), value] for labels, value in self.items()]
+
+    def samples(self, others: Sequence[list[list[Any]]] = ()) -> Iterable[str]:
+        values = dict(self.items())
+        for other in others:
+            for labels, value in other:
+                key = tuple(labels)
+                values[key] = values.get(key, 0.0) + value
+        for labels, value in sorted(values.items()):
             yield f"{self.name}{_labels(self.labelnames, labels)} {format_value(value)}"
 
 
@@ -83,17 +99,17 @@ class Gauge(Counter):
         doc: str,
         labelnames: Sequence[str] = (),
         collect: Callable[[], Iterable[tuple[LabelValues, float]]] | None = None,
+        merge: bool = False,
     ) -> None:
         super().__init__(name, doc, labelnames)
         self.collect = collect
+        self.merge = merge  # True: each worker has its own part and the live workers' parts add up
 
     def set(self, *labels: str, value: float) -> None:
         self.values[labels] = value
 
-    def samples(self) -> Iterable[str]:
-        items = list(self.collect()) if self.collect else list(self.values.items())
-        for labels, value in sorted(items):
-            yield f"{self.name}{_labels(self.labelnames, labels)} {format_value(value)}"
+    def items(self) -> list[tuple[LabelValues, float]]:
+        return list(self.collect()) if self.collect else list(self.values.items())
 
 
 class Histogram(_Metric):
@@ -119,8 +135,19 @@ class Histogram(_Metric):
         entry = self.data.get(labels)
         return sum(entry[0]) if entry else 0
 
-    def samples(self) -> Iterable[str]:
-        for labels, (counts, total) in sorted(self.data.items()):
+    def snapshot(self) -> list[list[Any]]:
+        return [[list(labels), counts, total[0]] for labels, (counts, total) in self.data.items()]
+
+    def samples(self, others: Sequence[list[list[Any]]] = ()) -> Iterable[str]:
+        data = {labels: (list(counts), [total[0]]) for labels, (counts, total) in self.data.items()}
+        for other in others:
+            for labels, counts, total in other:
+                if len(counts) != len(self.buckets) + 1:
+                    continue  # another version's buckets: cannot be added
+                entry = data.setdefault(tuple(labels), ([0] * len(counts), [0.0]))
+                entry[0][:] = [a + b for a, b in zip(entry[0], counts, strict=True)]
+                entry[1][0] += total
+        for labels, (counts, total) in sorted(data.items()):
             cumulative = 0
             for bound, n in zip((*self.buckets, math.inf), counts, strict=True):
                 cumulative += n
@@ -149,8 +176,9 @@ class Registry:
         doc: str,
         labelnames: Sequence[str] = (),
         collect: Callable[[], Iterable[tuple[LabelValues, float]]] | None = None,
+        merge: bool = False,
     ) -> Gauge:
-        metric = Gauge(name, doc, labelnames, collect)
+        metric = Gauge(name, doc, labelnames, collect, merge)
         self.register(metric)
         return metric
 
@@ -161,11 +189,30 @@ class Registry:
         self.register(metric)
         return metric
 
-    def render(self) -> str:
+    def snapshot(self) -> Snapshot:
+        """This process's values: counters, histograms and the gauges marked `merge`."""
+        out: Snapshot = {}
+        for metric in self.metrics:
+            if isinstance(metric, Gauge) and not metric.merge:
+                continue
+            if isinstance(metric, Counter | Histogram):
+                out[metric.name] = metric.snapshot()
+        return out
+
+    def render(self, others: Sequence[tuple[bool, Snapshot]] = ()) -> str:
+        """The text format; `others` are (alive, snapshot) of the other workers, added in."""
         lines: list[str] = []
         for metric in self.metrics:
             lines.extend(metric.header())
-            lines.extend(metric.samples())
+            if isinstance(metric, Counter | Histogram) and others:
+                live_only = isinstance(metric, Gauge)
+                parts = [snap[metric.name] for alive, snap in others
+                         if metric.name in snap and (alive or not live_only)]
+                if isinstance(metric, Gauge) and not metric.merge:
+                    parts = []
+                lines.extend(metric.samples(parts))
+            else:
+                lines.extend(metric.samples())
         return "\n".join(lines) + "\n"
 
 

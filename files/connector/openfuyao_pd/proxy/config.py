@@ -14,7 +14,7 @@ from typing import Any
 
 from openfuyao_pd.proxy import options as options_table
 
-PROTOCOLS = ("mooncake_v1", "nixl", "mooncake", "centralized")
+PROTOCOLS = ("mooncake_v1", "nixl", "mooncake", "centralized", "mooncake_layerwise")
 ROUTING = options_table.ROUTING
 ROLES = ("prefill", "decode")
 
@@ -56,6 +56,7 @@ class ProxyConfig:
     decode: list[BackendSpec]
     options: dict[str, Any]
     admin_token_file: str = ""  # bearer token of the mutating instance API (docs/proxy.md, "Admin API")
+    advertise_host: str = ""  # the address engines reach the proxy at (layerwise decodes post to /v1/metaserver)
 
 
 def load_file(path: str) -> dict[str, Any]:
@@ -246,6 +247,11 @@ def build_config(data: dict[str, Any], flags: dict[str, Any] | None = None) -> P
         hint = options_table.did_you_mean(str(protocol), PROTOCOLS)
         raise ConfigError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {protocol!r:.60}{hint}")
     options = normalize_options(data.get("options"))
+    if protocol == "mooncake_layerwise" and options["workers"] > 1:
+        # The decode posts back to /v1/metaserver, and that state lives in the worker that took
+        # the request: another worker behind the same port would not know it.
+        raise ConfigError(f"options.workers must be 1 with protocol mooncake_layerwise (its metaserver "
+                          f"state is per process), got {options['workers']}")
     listen_host = _listen_host(flags, data)
     port = _int(flags.get("port") if flags.get("port") is not None else data.get("port", 8000), "port", 0, 65535)
     backends: dict[str, list[BackendSpec]] = {}
@@ -269,4 +275,5 @@ def build_config(data: dict[str, Any], flags: dict[str, Any] | None = None) -> P
         raise ConfigError(f"admin_token_file must be a file path, got {token_file!r:.60}")
     return ProxyConfig(listen_host=listen_host, port=port, protocol=protocol, model=model,
                        prefill=backends["prefill"], decode=backends["decode"], options=options,
-                       admin_token_file=token_file)
+                       admin_token_file=token_file,
+                       advertise_host=str(data.get("address") or "").strip("[]"))

@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -93,6 +94,7 @@ class _Guarded:
         self.refused = False
         self.in_request = False
         self.deadline: float | None = None
+        self.idle_since = time.monotonic()  # when the last request ended (drain closes long-idle ones)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -142,9 +144,10 @@ class ConnectionGuard:
         self.header_timeout = float(opts["header_timeout"])
         self.limits = limits
         self.connections: dict[asyncio.BaseTransport, _Guarded] = {}
+        self.draining = False  # set by drain(): every response from then on closes its connection
         self._sweeper: asyncio.Task[None] | None = None
         limits.registry.gauge("pd_proxy_client_connections", "Open client connections (max_connections caps them).",
-                              (), collect=lambda: [((), len(self.connections))])
+                              (), collect=lambda: [((), len(self.connections))], merge=True)
 
     def count(self, reason: str) -> None:
         self.limits.rejected.inc(reason)
@@ -161,6 +164,7 @@ class ConnectionGuard:
         conn = self.connections.get(transport) if transport is not None else None
         if conn is not None:
             conn.in_request, conn.deadline = False, None
+            conn.idle_since = time.monotonic()
 
     def sweep(self, now: float) -> int:
         """Close connections whose headers are late; return how many."""
@@ -176,6 +180,44 @@ class ConnectionGuard:
                                                  f"request headers not received within {self.header_timeout:g}s"))
                 transport.close()
         return len(late)
+
+    def close_idle(self, now: float, grace: float) -> int:
+        """Close connections without a request in progress that have been idle for `grace` seconds.
+
+        A connection idle for a moment only may be about to carry the client's next request, and
+        closing it then makes that request fail; one idle for a while is not in the client's use.
+        """
+        idle = [c for c in self.connections.values() if not c.in_request and now - c.idle_since >= grace]
+        for conn in idle:
+            self.connections.pop(conn.transport, None)  # type: ignore[arg-type]
+            close = getattr(conn.inner, "close", None)
+            if callable(close):
+                close()  # aiohttp's handler: no more requests, then the transport closes
+            elif conn.transport is not None:
+                conn.transport.close()
+        return len(idle)
+
+    async def drain(self, timeout: float, idle_grace: float = 1.0) -> bool:
+        """Graceful stop, after the listener closed: answers from now on carry `Connection: close`,
+        requests in progress (streams included) run to their end, idle connections close after
+        `idle_grace`. True when every connection was gone within `timeout` seconds."""
+        self.draining = True
+        deadline = time.monotonic() + timeout
+        while self.connections:
+            now = time.monotonic()
+            if now >= deadline:
+                return False
+            self.close_idle(now, min(idle_grace, max(0.0, deadline - now - 0.05)))
+            await asyncio.sleep(0.05)
+        return True
+
+    @staticmethod
+    async def on_prepare(request: web.Request, response: web.StreamResponse) -> None:
+        """aiohttp on_response_prepare hook: while draining, the client learns the connection ends."""
+        guard = request.app.get(GUARD_KEY)
+        if guard is not None and guard.draining:
+            response.force_close()
+            response.headers["Connection"] = "close"  # the headers were prepared before this hook
 
     async def _sweep_loop(self) -> None:
         interval = min(1.0, max(0.05, self.header_timeout / 4))
@@ -195,15 +237,19 @@ class ConnectionGuard:
             self._sweeper = None
 
 
+GUARD_KEY = web.AppKey("pd_guard", ConnectionGuard)  # the app's guard, for on_prepare
+
+
 class GuardedSite(web.BaseSite):
     """A TCP site whose connections pass through a ConnectionGuard."""
 
-    __slots__ = ("_guard", "_host", "_port", "_reuse_port", "bound_port")
+    __slots__ = ("_guard", "_host", "_port", "_reuse_port", "_sock", "bound_port")
 
     def __init__(self, runner: web.BaseRunner, guard: ConnectionGuard, host: str, port: int,
-                 backlog: int = 1024, reuse_port: bool = False) -> None:
+                 backlog: int = 1024, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
         super().__init__(runner, backlog=backlog)
         self._guard = guard
+        self._sock = sock  # a listening socket handed down by the master process (master.py)
         self._host = host
         self._port = port
         self._reuse_port = reuse_port  # several worker processes on one port (SO_REUSEPORT)
@@ -219,9 +265,12 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
-        self._server = await loop.create_server(self._guard.factory(handler_factory(server)), self._host, self._port,
-                                                backlog=self._backlog, reuse_address=True,
-                                                reuse_port=self._reuse_port or None)
+        factory = self._guard.factory(handler_factory(server))
+        if self._sock is not None:
+            self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
+        else:
+            self._server = await loop.create_server(factory, self._host, self._port, backlog=self._backlog,
+                                                    reuse_address=True, reuse_port=self._reuse_port or None)
         if self._server.sockets:
             self.bound_port = self._server.sockets[0].getsockname()[1]
         self._guard.start()
@@ -314,7 +363,10 @@ def middleware(opts: dict[str, Any], guard: ConnectionGuard) -> Callable[..., Aw
                     resp.force_close()
                     return resp
                 try:
-                    raw = await asyncio.wait_for(request.read(), body_timeout)
+                    # A body that has fully arrived (most: they fit in one segment) is read without a
+                    # timer task; only one still on its way needs the timeout.
+                    content = request.content
+                    raw = await (request.read() if content.is_eof() else asyncio.wait_for(request.read(), body_timeout))
                 except TimeoutError:
                     guard.count("body_timeout")
                     resp = _json_error(408, f"request body not received within {body_timeout:g}s")

@@ -72,7 +72,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("health_successes", "int", 1, 1, 1000,
            description="Consecutive successes before an ejected backend is re-admitted."),
     Option("drain_timeout", "float", 30.0, 0.0, 86_400.0,
-           description="Default wait of drain and delete on the instance API, seconds."),
+           description="Default wait of drain and delete on the instance API, and the longest a stopping or "
+                       "reloaded worker lets its requests in progress (streams too) run on, seconds."),
+    Option("workers", "int", 1, 1, 64,
+           description="Worker processes serving the port (SO_REUSEPORT), each on its own CPU; routing counts, "
+                       "instance API changes and /metrics are shared by all of them."),
     Option("bootstrap_port", "int", 8998, 1, 65535,
            description="Upstream MooncakeConnector bootstrap port when a prefill entry gives none."),
     # Client-side limits (slow and hostile clients).

@@ -8,6 +8,10 @@ mooncake     upstream MooncakeConnector: P and D run concurrently under one tran
              remote_bootstrap_addr and remote_engine_id of the chosen P.
 centralized  UCM / shared storage: P with max_tokens=1, no stream, no params; then D with the
              client's body (D finds the KV in the store by prefix hash).
+mooncake_layerwise  vllm-ascend MooncakeLayerwiseConnector: D first with do_remote_prefill and the
+             proxy's metaserver URL; P is sent from the metaserver with the params D posted there
+             (layerwise.py). vllm-ascend's KV pool (AscendStoreConnector inside a MultiConnector with
+             MooncakeConnectorV1) speaks mooncake_v1.
 """
 
 from __future__ import annotations
@@ -65,6 +69,38 @@ def decode_body(
             "do_remote_decode": False, "do_remote_prefill": True, "remote_bootstrap_addr": bootstrap_addr,
             "remote_engine_id": engine_id, "transfer_id": transfer_id,
         }
+    return out
+
+
+BATCH_KV_TRANSFER_PARAMS = "batch_kv_transfer_params"  # vllm-ascend's key for several children
+
+
+def child_request_ids(path: str, request_id: str, body: dict[str, Any]) -> list[str]:
+    """The external ids vLLM gives a request sent with X-Request-Id (pd-proxies.md §0.1): the
+    ids a layerwise decode posts to the metaserver. A completion's list of prompts is one child each."""
+    if path.endswith("/chat/completions"):
+        return [f"chatcmpl-{request_id}"]
+    prompt = body.get("prompt")
+    token_ids = isinstance(prompt, list) and all(isinstance(t, int) for t in prompt)
+    count = len(prompt) if isinstance(prompt, list) and prompt and not token_ids else 1
+    return [f"cmpl-{request_id}-{i}" for i in range(count)]
+
+
+def layerwise_decode_body(body: dict[str, Any], metaserver_url: str) -> dict[str, Any]:
+    """The request sent first, to D: it posts its blocks to the metaserver and waits for P's push."""
+    out = copy.copy(body)
+    out["kv_transfer_params"] = {"do_remote_decode": False, "do_remote_prefill": True, "metaserver": metaserver_url}
+    return out
+
+
+def layerwise_prefill_body(body: dict[str, Any], posted: dict[str, dict[str, Any]],
+                           children: list[str]) -> dict[str, Any]:
+    """The request sent to P from the metaserver, with the params D posted (per child for a batch)."""
+    out = prefill_body(body, "mooncake_v1")  # max_tokens 1, min_tokens 1, no stream (same as the example)
+    params = copy.deepcopy(posted[children[0]])
+    if len(children) > 1:
+        params[BATCH_KV_TRANSFER_PARAMS] = {c: posted[c] for c in children}
+    out["kv_transfer_params"] = params
     return out
 
 

@@ -58,6 +58,10 @@ class Backend:
     inflight_tokens: int = 0
     engine_id: str | None = None  # upstream MooncakeConnector: from the bootstrap /query, else options
     engine_id_queried: bool = False
+    # Several workers (shared.py): this worker's own counts also go to its row of the shared
+    # table, and refresh() reads the sums over every worker into the two fields above.
+    cells: Any = None
+    col: int = -1
 
     @property
     def url(self) -> str:
@@ -75,10 +79,19 @@ class Backend:
     def acquire(self, tokens: int) -> None:
         self.inflight_requests += 1
         self.inflight_tokens += tokens
+        if self.cells is not None:
+            self.cells.add(self.col, 1, tokens)
 
     def release(self, tokens: int) -> None:
         self.inflight_requests -= 1
         self.inflight_tokens -= tokens
+        if self.cells is not None:
+            self.cells.add(self.col, -1, -tokens)
+
+    def refresh(self) -> None:
+        """In-flight counts over every worker (only with a shared table)."""
+        if self.cells is not None:
+            self.inflight_requests, self.inflight_tokens = self.cells.totals(self.col)
 
     def record_failure(self, threshold: int) -> bool:
         """Count a failed probe or connection; return True when this ejects the backend."""

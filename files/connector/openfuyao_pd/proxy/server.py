@@ -7,6 +7,8 @@ import contextlib
 import itertools
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -16,7 +18,7 @@ import aiohttp
 from aiohttp import web
 
 from openfuyao_pd.common import prom
-from openfuyao_pd.proxy import admin, codec, kvrelease, limits, protocols, relay
+from openfuyao_pd.proxy import admin, codec, kvrelease, layerwise, limits, protocols, relay
 from openfuyao_pd.proxy.config import ROLES, BackendSpec, ConfigError, ProxyConfig, parse_backend
 from openfuyao_pd.proxy.routing import (
     Backend,
@@ -135,14 +137,18 @@ def rewrite_sse(block: bytes, cached: int) -> bytes:
 
 
 class Proxy:
-    def __init__(self, cfg: ProxyConfig) -> None:
+    def __init__(self, cfg: ProxyConfig, shared: Any = None) -> None:
         self.cfg = cfg
+        self.shared = shared  # shared.State when the master runs several workers, else None
+        self._seen_version = 0
         self.opts = cfg.options
         self.protocol = cfg.protocol
         self.backends: dict[str, Backend] = {}
         for spec in [*cfg.prefill, *cfg.decode]:
             self._add_backend(spec)
         self.counter = itertools.count()
+        # Request ids: a random prefix per process and a counter (unique, and cheaper than a uuid4 each).
+        self._id_prefix, self._ids = uuid.uuid4().hex[:16], itertools.count()
         self.session: aiohttp.ClientSession | None = None
         # P's and D's POSTs go through the lean client (relay.py); probes and admin calls use aiohttp.
         self.pool = relay.Pool(self.opts["connect_timeout"])
@@ -151,6 +157,13 @@ class Proxy:
         self.client_limits = limits.ClientLimits(self.registry)
         self.guard = limits.ConnectionGuard(self.opts, self.client_limits)
         self.kv = kvrelease.KvReleaser(self.opts, self.registry)
+        self.metaserver = layerwise.Metaserver()
+        self.metaserver_url = ""  # set by start() once the port is bound
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.generation = 0  # the master's reload count (master.py); /health shows it with the pid
+        self._sync_task: asyncio.Task[None] | None = None
+        if shared is not None:
+            self.sync_instances()
 
     # -------------------------------------------------------------------------------- backends
     def _add_backend(self, spec: BackendSpec) -> Backend:
@@ -158,11 +171,81 @@ class Proxy:
                           options=spec.options, prefix=PrefixIndex(self.opts["prefix_cache_blocks"]))
         if spec.options.get("engine_id") is not None:
             backend.engine_id = str(spec.options["engine_id"])
+        if self.shared is not None:
+            backend.col = self.shared.column(spec.name)
+            if backend.col >= 0:  # a full name table leaves this one counted per worker
+                backend.cells = self.shared
         self.backends[spec.name] = backend
         return backend
 
     def available(self, role: str, exclude: set[Backend] | frozenset[Backend] = frozenset()) -> list[Backend]:
-        return [b for b in self.backends.values() if b.role == role and b.available and b not in exclude]
+        if self.shared is None:
+            return [b for b in self.backends.values() if b.role == role and b.available and b not in exclude]
+        if self.shared.version != self._seen_version:
+            self.sync_instances()
+        out = [b for b in self.backends.values() if b.role == role and b.available and b not in exclude]
+        for backend in out:
+            backend.refresh()
+        return out
+
+    # -------------------------------------------------------------------------------- several workers
+    def sync_instances(self) -> None:
+        """Apply the instance API changes the workers share (shared.py) on top of the config."""
+        version = self.shared.version
+        changes = self.shared.read_changes()
+        for name in changes["deleted"]:
+            gone = self.backends.pop(name, None)
+            if gone is not None:
+                gone.removed = True
+        for data in changes["added"]:
+            if data.get("name") in self.backends or data.get("role") not in ROLES:
+                continue
+            try:
+                spec = parse_backend(data, data["role"], len(self.backends), "instance")
+            except ConfigError:
+                continue
+            backend = self._add_backend(spec)
+            backend.ejected = True  # until this worker's own probe succeeds, as after an add
+            if self.session is not None:
+                self._spawn(self.probe(backend))
+        draining = set(changes["draining"])
+        for backend in self.backends.values():
+            backend.draining = backend.name in draining
+        self._seen_version = version
+        self.shared.ack_version(version)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _share(self, kind: str, name: str, spec: dict[str, Any] | None = None) -> None:
+        """Record an instance API change for every worker and wait (2 s at most) until all applied it."""
+        if self.shared is None:
+            return
+        version = self.shared.change(kind, name, spec)
+        self.sync_instances()
+        deadline = time.monotonic() + 2.0
+        while self.shared.pending_version(version) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
+    async def _sync_loop(self) -> None:
+        """Several workers: apply shared instance changes, publish metrics when a scrape asks."""
+        assert self.shared is not None
+        published = 0
+        while True:
+            await asyncio.sleep(0.02)
+            if self.shared.version != self._seen_version:
+                self.sync_instances()
+            epoch = self.shared.epoch
+            if epoch != published:
+                self.shared.publish(os.getpid(), self.registry.snapshot())
+                self.shared.ack_epoch(epoch)
+                published = epoch
+
+    def refresh_all(self) -> None:
+        for backend in self.backends.values():
+            backend.refresh()
 
     # -------------------------------------------------------------------------------- metrics
     def _setup_metrics(self) -> None:
@@ -189,22 +272,30 @@ class Proxy:
         self.m_stream_errors = reg.counter("pd_proxy_stream_errors_total",
                                            "Streams ended with an error event after the first byte.", ("backend",))
         reg.gauge("pd_proxy_backend_inflight_requests", "In-flight requests per backend.", ("backend", "role"),
-                  collect=lambda: [((b.name, b.role), b.inflight_requests) for b in self.backends.values()])
+                  collect=lambda: [((b.name, b.role), b.inflight_requests) for b in self._refreshed()])
         reg.gauge("pd_proxy_backend_inflight_tokens", "In-flight estimated tokens per backend.", ("backend", "role"),
-                  collect=lambda: [((b.name, b.role), b.inflight_tokens) for b in self.backends.values()])
+                  collect=lambda: [((b.name, b.role), b.inflight_tokens) for b in self._refreshed()])
         reg.gauge("pd_proxy_backend_healthy", "1 when the backend is routable (healthy, not ejected/draining).",
                   ("backend", "role"),
                   collect=lambda: [((b.name, b.role), 1 if b.available and b.healthy else 0)
                                    for b in self.backends.values()])
+
+    def _refreshed(self) -> list[Backend]:
+        self.refresh_all()
+        return list(self.backends.values())
 
     # -------------------------------------------------------------------------------- lifecycle
     def app(self) -> web.Application:
         app = web.Application(client_max_size=self.opts["max_body_bytes"],
                               middlewares=[limits.middleware(self.opts, self.guard),
                                            admin.middleware(self.cfg.admin_token_file)])
+        app[limits.GUARD_KEY] = self.guard
+        app.on_response_prepare.append(limits.ConnectionGuard.on_prepare)
         app.router.add_post("/v1/completions", self.handle_completions)
         app.router.add_post("/v1/chat/completions", self.handle_chat)
         app.router.add_get("/v1/models", self.handle_models)
+        if self.protocol == "mooncake_layerwise":
+            app.router.add_post("/v1/metaserver", self.handle_metaserver)
         app.router.add_get("/health", self.handle_health)
         app.router.add_get("/metrics", self.handle_metrics)
         app.router.add_get("/v1/instances", self.handle_list_instances)
@@ -220,12 +311,17 @@ class Proxy:
         connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, enable_cleanup_closed=True)
         self.session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
         self._health_task = asyncio.create_task(self._health_loop())
+        if self.shared is not None:
+            self._sync_task = asyncio.create_task(self._sync_loop())
 
     async def _on_cleanup(self, _app: web.Application) -> None:
-        if self._health_task:
-            self._health_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._health_task
+        for task in (self._health_task, self._sync_task):
+            if task:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        if self.shared is not None:  # this worker's last values stay in the sums
+            self.shared.publish(os.getpid(), self.registry.snapshot())
         await self.kv.close()
         self.pool.close()
         if self.session:
@@ -428,7 +524,7 @@ class Proxy:
     async def _generate(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
         start = time.monotonic()
         body = request[limits.BODY_KEY]  # read, parsed and type-checked by limits.middleware
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        request_id = request.headers.get("X-Request-Id") or f"{self._id_prefix}{next(self._ids):08x}"
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
         auth = request.headers.get("Authorization")
         if auth is not None:
@@ -532,6 +628,8 @@ class Proxy:
                 p_held = ctx.hold(prefill, max(1, tokens - p_match * opts["block_tokens"]))
                 if self.protocol == "mooncake":
                     return await self._run_mooncake(request, path, body, prefill, decode, ctx, tokens, p_held)
+                if self.protocol == "mooncake_layerwise":
+                    return await self._run_layerwise(request, path, body, prefill, decode, ctx, tokens, p_held)
                 p_body = protocols.prefill_body(body, self.protocol)
                 if opts["batch_priority"] and "priority" not in body:
                     p_body["priority"] = priority_for(tokens, opts["priority_buckets"])
@@ -653,6 +751,38 @@ class Proxy:
                 elif not task.cancelled():
                     task.exception()  # mark retrieved
 
+    async def _run_layerwise(self, request: web.Request, path: str, body: dict[str, Any], prefill: Backend,
+                             decode: Backend, ctx: RequestCtx, tokens: int, p_held: _Hold) -> web.StreamResponse:
+        """MooncakeLayerwiseConnector: D first; P is sent when D posts its blocks (layerwise.py)."""
+        children = protocols.child_request_ids(path, ctx.request_id, body)
+
+        async def send_prefill(posted: dict[str, dict[str, Any]]) -> None:
+            p_body = protocols.layerwise_prefill_body(body, posted, children)
+            if self.opts["batch_priority"] and "priority" not in body:
+                p_body["priority"] = priority_for(tokens, self.opts["priority_buckets"])
+            await self._run_prefill(path, prefill, p_body, ctx, p_held)
+            ctx.handoff_start = time.monotonic()  # P has pushed the last layer: D decodes from here
+
+        pending = self.metaserver.register(children, send_prefill)
+        try:
+            d_body = protocols.layerwise_decode_body(body, self.metaserver_url)
+            return await self._run_decode(request, path, decode, d_body, ctx)
+        finally:
+            if pending.task is None:
+                ctx.release(p_held)  # D never asked for the prefill
+            await self.metaserver.forget(pending)
+
+    async def handle_metaserver(self, request: web.Request) -> web.Response:
+        """A layerwise decode posts where its blocks are; answered once the prefill pushed them."""
+        try:
+            params = await request.json()
+        except ValueError:
+            params = None
+        status, answer = await self.metaserver.post(params)
+        if status != 200:
+            self.m_backend_errors.inc("metaserver", str(status))
+        return web.json_response(answer, status=status)
+
     # -------------------------------------------------------------------------------- other endpoints
     async def handle_models(self, _request: web.Request) -> web.Response:
         assert self.session is not None
@@ -672,7 +802,7 @@ class Proxy:
         prefill = len(self.available("prefill"))
         decode = len(self.available("decode"))
         state: dict[str, Any] = {"prefill_available": prefill, "decode_available": decode,
-                                 "protocol": self.protocol}
+                                 "protocol": self.protocol, "generation": self.generation, "pid": os.getpid()}
         if decode == 0:
             return 503, {**state, "status": "unavailable", "reason": "no healthy decode instance"}
         if prefill == 0:
@@ -687,10 +817,21 @@ class Proxy:
         return web.json_response(body, status=status)
 
     async def handle_metrics(self, _request: web.Request) -> web.Response:
-        return web.Response(body=self.registry.render().encode(), headers={"Content-Type": prom.CONTENT_TYPE})
+        others: list[tuple[bool, dict[str, Any]]] = []
+        if self.shared is not None:  # the sum over every worker: ask the others for fresh values
+            epoch = self.shared.bump_epoch()
+            deadline = time.monotonic() + 1.0
+            while self.shared.pending_epoch(epoch) and time.monotonic() < deadline:
+                await asyncio.sleep(0.005)
+            others = self.shared.snapshots(os.getpid())
+        return web.Response(body=self.registry.render(others).encode(), headers={"Content-Type": prom.CONTENT_TYPE})
 
     # -------------------------------------------------------------------------------- instance API
     async def handle_list_instances(self, _request: web.Request) -> web.Response:
+        if self.shared is not None:
+            if self.shared.version != self._seen_version:
+                self.sync_instances()
+            self.refresh_all()
         return web.json_response({"instances": [b.describe() for b in self.backends.values()]})
 
     async def handle_add_instance(self, request: web.Request) -> web.Response:
@@ -713,6 +854,7 @@ class Proxy:
         if not await self.probe(backend):
             # Not serving yet (still loading the model?): keep it out until a probe succeeds.
             backend.ejected = True
+        await self._share("add", spec.name, {**data, "role": role, "name": spec.name})
         LOG.warning(json.dumps({"event": "instance_added", "backend": backend.name, "role": role}))
         return web.json_response(backend.describe(), status=201)
 
@@ -727,9 +869,12 @@ class Proxy:
 
     async def _drain(self, backend: Backend, timeout: float) -> bool:
         backend.draining = True
+        await self._share("drain", backend.name)
         deadline = time.monotonic() + timeout
+        backend.refresh()
         while backend.inflight_requests > 0 and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+            backend.refresh()
         return backend.inflight_requests == 0
 
     async def handle_drain(self, request: web.Request) -> web.Response:
@@ -744,6 +889,7 @@ class Proxy:
         if backend is None:
             return web.json_response({"error": f"no instance {request.match_info['name']}"}, status=404)
         backend.draining = False
+        await self._share("undrain", backend.name)
         return web.json_response(backend.describe())
 
     async def handle_delete(self, request: web.Request) -> web.Response:
@@ -753,18 +899,38 @@ class Proxy:
         drained = await self._drain(backend, self._timeout_param(request))
         backend.removed = True
         self.backends.pop(backend.name, None)
+        await self._share("delete", backend.name)
         LOG.warning(json.dumps({"event": "instance_removed", "backend": backend.name, "drained": drained}))
         return web.json_response({**backend.describe(), "removed": True, "drained": drained})
 
 
-async def start(cfg: ProxyConfig, host: str | None = None, port: int | None = None) -> tuple[web.AppRunner, Proxy, int]:
-    """Start the proxy on (host, port); return the runner, the proxy and the bound port (port 0 = any)."""
-    proxy = Proxy(cfg)
+async def start(cfg: ProxyConfig, host: str | None = None, port: int | None = None,
+                sock: socket.socket | None = None, generation: int = 0,
+                shared: Any = None) -> tuple[web.AppRunner, Proxy, int]:
+    """Start the proxy on (host, port), or on a listening socket handed down by the master (with
+    the state its workers share); return the runner, the proxy and the bound port (port 0 = any)."""
+    proxy = Proxy(cfg, shared)
+    proxy.generation = generation
     runner = web.AppRunner(proxy.app(), handler_cancellation=True, access_log=None,
                            keepalive_timeout=cfg.options["keepalive_timeout"],
+                           shutdown_timeout=1.0,  # after drain(): only what outlived the drain timeout is left
                            lingering_time=1.0)  # unread body after a 408/413: read at most 1 s of it, then close
     await runner.setup()
     site = limits.GuardedSite(runner, proxy.guard, host if host is not None else cfg.listen_host,
-                              cfg.port if port is None else port, backlog=1024)
+                              cfg.port if port is None else port, backlog=1024, sock=sock)
     await site.start()
+    advertise = cfg.advertise_host or cfg.listen_host
+    if advertise in ("0.0.0.0", "::", ""):
+        advertise = "127.0.0.1"
+    proxy.metaserver_url = f"http://{url_host(advertise)}:{site.bound_port}/v1/metaserver"
     return runner, proxy, site.bound_port
+
+
+async def stop(runner: web.AppRunner, proxy: Proxy) -> bool:
+    """Graceful stop: close the listener, let requests in progress (streams too) finish within the
+    drain_timeout option, then clean up. True when nothing was cut."""
+    for site in list(runner.sites):
+        await site.stop()
+    drained = await proxy.guard.drain(proxy.opts["drain_timeout"])
+    await runner.cleanup()
+    return drained

@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--sim-eos-rate", type=float, default=0.0, help="chance of EOS per generated position")
     sim.add_argument("--sim-fault", action="append", default=[], help=FAULT_HELP)
     sim.add_argument("--sim-mooncake", default="auto", choices=("off", "auto", "on"))
+    sim.add_argument("--sim-kv-pool", default=None,
+                     help="directory standing for AscendStoreConnector's Mooncake store (MultiConnector with it)")
     sim.add_argument("--sim-advertise-host", default=None, help="address peers use (default VLLM_HOST_IP or --host)")
     sim.add_argument("--sim-bootstrap-port", type=int, default=None,
                      help="upstream mooncake bootstrap port (default VLLM_MOONCAKE_BOOTSTRAP_PORT or 8998)")
@@ -105,7 +107,7 @@ def config_from_args(args: argparse.Namespace) -> SimConfig:
         bootstrap_port=args.sim_bootstrap_port,
         prefill_ms_per_token=args.sim_prefill_ms_per_token, decode_step_ms=args.sim_decode_step_ms,
         decode_step_growth=args.sim_decode_step_growth, kv_capacity_blocks=args.sim_kv_capacity_blocks,
-        kv_hold_timeout_s=hold, kv_transfer_timeout_s=transfer, mooncake=args.sim_mooncake,
+        kv_hold_timeout_s=hold, kv_transfer_timeout_s=transfer, mooncake=args.sim_mooncake, kv_pool_path=args.sim_kv_pool,
         eos_rate=args.sim_eos_rate, faults=list(args.sim_fault), in_process=False, **extra)
 
 

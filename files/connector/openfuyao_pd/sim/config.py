@@ -16,12 +16,13 @@ from openfuyao_pd.sim.model import TINY_LLAMA_KV_BYTES_PER_TOKEN
 CONNECTOR_PROTOCOLS = {
     "MooncakeConnectorV1": "mooncake_v1",
     "MooncakeConnector": "mooncake",
+    "MooncakeLayerwiseConnector": "mooncake_layerwise",
     "NixlConnector": "nixl",
     "UCMConnector": "centralized",
     "ExampleConnector": "centralized",
     "SharedStorageConnector": "centralized",
 }
-PROTOCOLS = ("mooncake_v1", "nixl", "mooncake", "centralized", "none")
+PROTOCOLS = ("mooncake_v1", "nixl", "mooncake", "centralized", "mooncake_layerwise", "none")
 KV_ROLES = ("kv_producer", "kv_consumer", "kv_both")
 
 
@@ -56,6 +57,10 @@ class SimConfig:
     kv_port: int | None = None  # side channel (mooncake_v1 kv_port, nixl side channel)
     bootstrap_port: int | None = None  # upstream mooncake bootstrap server (producers)
     shared_storage_path: str | None = None  # centralized protocol
+    kv_pool_path: str | None = None  # AscendStoreConnector: a directory stands for the Mooncake store
+    mooncake_config_path: str | None = None  # AscendStoreConnector: mooncake.json (default $MOONCAKE_CONFIG_PATH)
+    kv_pool_master: str | None = None  # its master_server_address: the pool is the real Mooncake store
+    kv_pool: bool = False  # a MultiConnector with AscendStoreConnector (set from kv_transfer_config)
     prefill_ms_per_token: float = 0.0
     decode_step_ms: float = 0.0
     decode_step_growth: float = 0.05  # step time x (1 + growth * (running - 1))
@@ -85,6 +90,8 @@ class SimConfig:
         ktc = self.kv_transfer_config or {}
         if not isinstance(ktc, dict):
             raise ConfigError("--kv-transfer-config must be a JSON object")
+        if ktc.get("kv_connector") == "MultiConnector":
+            ktc = self._multi(ktc)
         connector = ktc.get("kv_connector")
         if self.protocol is None:
             if connector is None:
@@ -124,6 +131,33 @@ class SimConfig:
         for name in ("block_size", "max_num_seqs", "kv_capacity_blocks", "max_model_len"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+
+    def _multi(self, ktc: dict[str, Any]) -> dict[str, Any]:
+        """vllm-ascend's KV pool PD setup: MultiConnector[MooncakeConnectorV1, AscendStoreConnector]
+        (kv_pool.md Step 2.3.1). P2P moves KV as mooncake_v1; the pool is a second, prefix-keyed source."""
+        children = (ktc.get("kv_connector_extra_config") or {}).get("connectors") or []
+        names = [c.get("kv_connector") for c in children if isinstance(c, dict)]
+        p2p = next((c for c in children if isinstance(c, dict) and c.get("kv_connector") in CONNECTOR_PROTOCOLS), None)
+        if "AscendStoreConnector" in names:
+            self.kv_pool = True
+            config_path = self.mooncake_config_path or os.environ.get("MOONCAKE_CONFIG_PATH")
+            if not self.kv_pool_path and config_path:
+                from openfuyao_pd.sim.kvpool import PoolError, master_address
+
+                try:
+                    self.kv_pool_master = master_address(config_path)
+                except PoolError as exc:
+                    raise ConfigError(str(exc)) from exc
+            if not self.kv_pool_path and not self.kv_pool_master:
+                raise ConfigError("AscendStoreConnector needs its store: set MOONCAKE_CONFIG_PATH (mooncake.json with "
+                                  "master_server_address) or pass --sim-kv-pool DIR (a shared directory stands for it)")
+        if p2p is None:
+            raise ConfigError(f"MultiConnector children {names} have no simulated P2P connector; "
+                              f"use one of {', '.join(sorted(CONNECTOR_PROTOCOLS))} beside AscendStoreConnector")
+        merged = dict(p2p)
+        merged.setdefault("engine_id", ktc.get("engine_id"))
+        merged.setdefault("kv_role", ktc.get("kv_role"))
+        return merged
 
     @property
     def is_producer(self) -> bool:

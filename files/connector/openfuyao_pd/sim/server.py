@@ -22,7 +22,7 @@ import aiohttp
 from aiohttp import web
 
 from openfuyao_pd import kvxfer
-from openfuyao_pd.sim import model
+from openfuyao_pd.sim import kvpool, layerwise, model
 from openfuyao_pd.sim.config import SimConfig
 from openfuyao_pd.sim.engine import (
     CapacityError,
@@ -121,6 +121,13 @@ class SimEngine:
         self.held = HeldStore(self.scheduler, config.kv_hold_timeout_s)
         self.shared = (SharedKvStore(config.shared_storage_path, config.model_tag, config.is_producer)
                        if config.protocol == "centralized" and config.shared_storage_path else None)
+        self.pool: Any = None
+        if config.kv_pool and config.kv_pool_master and not config.kv_pool_path:
+            self.pool = kvpool.MooncakePool(config.kv_pool_master, config.advertise_host or "127.0.0.1",
+                                            config.model_tag)
+        elif config.kv_pool:
+            self.pool = SharedKvStore(config.kv_pool_path, config.model_tag, True)
+        self.landings: dict[str, layerwise.Landing] = {}  # layerwise decode: blocks waiting for a push
         self.requests_seen = 0
         self.on_die: Callable[[], None] | None = None
         self.dead = False
@@ -138,7 +145,7 @@ class SimEngine:
     def setup_mooncake(self) -> None:
         """Create (or reuse) the process's Mooncake TCP engine according to --sim-mooncake."""
         mode = self.config.mooncake
-        if mode == "off" or self.config.protocol not in ("mooncake_v1", "nixl", "mooncake"):
+        if mode == "off" or self.config.protocol not in ("mooncake_v1", "nixl", "mooncake", "mooncake_layerwise"):
             self.mooncake_reason = "disabled" if mode == "off" else "protocol has no P2P transfer"
             return
         reason = kvxfer.unavailable_reason()
@@ -164,6 +171,8 @@ class SimEngine:
             await self.session.close()
         for key in list(self.held.items):
             self._free_held(key, "rejected")
+        if isinstance(self.pool, kvpool.MooncakePool):
+            self.pool.close()
 
     async def _sweep(self) -> None:
         interval = min(1.0, max(0.05, self.config.kv_hold_timeout_s / 4))
@@ -232,6 +241,7 @@ class SimEngine:
         reg.counter("pd_sim_kv_loads_total", "How prompts' KV was obtained, by source and reason.")
         reg.counter("pd_sim_kv_params_returned_total", "Prefill answers carrying kv_transfer_params.")
         reg.counter("pd_sim_kv_params_withheld_total", "Prefill answers without kv_transfer_params, by reason.")
+        reg.counter("pd_sim_kv_pushes_total", "Layerwise prefills' pushes into a decode's blocks, by outcome.")
         reg.counter("pd_sim_requests_total", "Completion requests received, by endpoint.")
         reg.counter("pd_sim_requests_aborted_total", "Requests aborted before they finished (client gone).")
         reg.counter("pd_sim_faults_injected_total", "Faults injected, by fault.")
@@ -581,6 +591,10 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
         load = KvLoad(reason="no-kv-params")
         if cfg.protocol in ("mooncake_v1", "nixl", "mooncake") and cfg.is_consumer:
             load = await engine.load_remote(req, expected)
+        elif cfg.protocol == "mooncake_layerwise" and cfg.is_consumer and need_kv:
+            load = await _load_layerwise(engine, req, expected)
+        elif engine.pool is not None and cfg.is_producer and need_kv:
+            load = await _load_pool(engine, hashes, expected)
         elif cfg.protocol == "centralized" and cfg.is_consumer and engine.shared is not None and need_kv:
             block_bytes = cfg.block_size * cfg.kv_bytes_per_token
             loaded, nbytes, reason = await asyncio.get_running_loop().run_in_executor(
@@ -600,6 +614,13 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
                 tokens = min(chunk, computed - start)
                 await engine.lane.run(tokens * cfg.prefill_ms_per_token / 1000.0, req.priority)
         engine.prefix_cache.insert(hashes)
+        if engine.pool is not None and cfg.is_producer and need_kv:
+            written = await asyncio.get_running_loop().run_in_executor(
+                None, engine.pool.save, hashes, expected, cfg.block_size * cfg.kv_bytes_per_token)
+            engine.metrics.inc("pd_sim_kv_bytes_sent_total", written, labels={"transport": "pool"})
+        if cfg.protocol == "mooncake_layerwise" and cfg.is_producer and need_kv and req.ktp.get("do_remote_decode"):
+            pushed = await layerwise.push(engine, req, expected)
+            engine.metrics.inc("pd_sim_kv_pushes_total", labels={"reason": pushed})
         if cfg.protocol == "centralized" and cfg.is_producer and engine.shared is not None and need_kv:
             written = await asyncio.get_running_loop().run_in_executor(
                 None, engine.shared.save, hashes, expected, cfg.block_size * cfg.kv_bytes_per_token)
@@ -621,6 +642,31 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
             engine.forget_remote(req.ktp)
         if not finished:
             engine.metrics.inc("pd_sim_requests_aborted_total")
+
+
+async def _load_layerwise(engine: SimEngine, req: Request, expected: bytes) -> KvLoad:
+    """Layerwise decode: post our blocks to the proxy's metaserver, check what the prefill pushed."""
+    try:
+        data, _transport, reason = await layerwise.receive(engine, req, expected)
+    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+        LOG.warning("%s: metaserver unreachable (%s); recomputing", req.internal_id, type(exc).__name__)
+        return KvLoad(reason="metaserver-unreachable")
+    if data is None:
+        return KvLoad(reason=reason)
+    if data != expected:
+        LOG.warning("%s: pushed KV does not match the prompt; recomputing", req.internal_id)
+        return KvLoad(reason="corrupt")
+    return KvLoad(source="remote", reason="ok", tokens=len(req.prompt_ids))
+
+
+async def _load_pool(engine: SimEngine, hashes: list[bytes], expected: bytes) -> KvLoad:
+    """AscendStoreConnector on a prefill: leading blocks another instance put into the pool."""
+    cfg = engine.config
+    assert engine.pool is not None
+    loaded, nbytes, reason = await asyncio.get_running_loop().run_in_executor(
+        None, engine.pool.load, hashes, expected, cfg.block_size * cfg.kv_bytes_per_token)
+    engine.metrics.inc("pd_sim_kv_bytes_received_total", nbytes, labels={"transport": "pool"})
+    return KvLoad(source="pool" if loaded else "local", reason=reason, tokens=loaded * cfg.block_size)
 
 
 def _count_prompt(engine: SimEngine, prompt_len: int, local_hits: int, external: int, load: KvLoad) -> None:
@@ -861,6 +907,8 @@ async def sim_state(request: web.Request) -> web.Response:
     cfg = engine.config
     return web.json_response({
         "engine_id": cfg.engine_id, "protocol": cfg.protocol, "kv_role": cfg.kv_role, "ports": engine.ports,
+        "kv_pool": ("mooncake-store" if isinstance(engine.pool, kvpool.MooncakePool)
+                    else "directory" if engine.pool is not None else None),
         "mooncake": engine.mooncake.segment if engine.mooncake else None, "mooncake_reason": engine.mooncake_reason,
         "running": engine.scheduler.running, "waiting": engine.scheduler.waiting,
         "prefill_busy": engine.lane.busy, "prefill_waiting": engine.lane.waiting,
@@ -975,6 +1023,7 @@ def build_app(config: SimConfig) -> web.Application:
     app.router.add_post("/sim/kv/{key}/done", kv_done)
     app.router.add_get("/query", bootstrap_query)
     app.router.add_post("/sim/xfer/{transfer_id}", xfer_push)
+    app.router.add_put("/sim/layerwise/{key}/{layer}", layerwise.landing_put)
     app.on_startup.append(engine.start)
     app.on_cleanup.append(engine.stop)
     return app
