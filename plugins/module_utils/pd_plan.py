@@ -27,6 +27,7 @@ import shlex
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_ascend_env as ascend_env
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_budget as budget
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_connectors as family
+from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_ha as ha
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import (
     CONTROL,
     DOTTED,
@@ -1099,13 +1100,8 @@ def build_plan(inventory):
         ctx.error(line)
     if ctx.problems:
         raise PlanError(ctx.problems)
+    # Several [proxy] hosts are each a full proxy with the same backends (pd_plan_ha).
     proxy_hosts = ctx.groups["proxy"]
-    if len(proxy_hosts) > 1:
-        ctx.error(
-            "group proxy has {} hosts ({}): list exactly one proxy host".format(
-                len(proxy_hosts), ", ".join(proxy_hosts)
-            )
-        )
     pd_hosts = []
     for role in ROLES:
         for h in ctx.groups[role]:
@@ -1322,8 +1318,10 @@ def build_plan(inventory):
 
     # Ports, host by host.
     proxy_host = proxy_hosts[0]
-    proxy_port, pp_name = ctx.var(proxy_host, "proxy_port", 9090)
-    proxy_port = _as_port(ctx, proxy_host, pp_name, proxy_port) or 9090
+    proxy_ports = {}
+    for h in proxy_hosts:
+        port, pp_name = ctx.var(h, "proxy_port", 9090)
+        proxy_ports[h] = (_as_port(ctx, h, pp_name, port) or 9090, pp_name)
     host_entries = {h: [] for h in all_hosts}
     for h in pd_hosts:
         s = settings[h]
@@ -1386,7 +1384,9 @@ def build_plan(inventory):
                     p["purpose"], inst["_kv_var"]
                 )
                 host_entries[h].append((p["start"], p["end"], p["purpose"], inst["name"], p["kind"], var))
-    host_entries[proxy_host].append((proxy_port, proxy_port, "http", "proxy", "bind", pp_name))
+    for h in proxy_hosts:
+        port, name = proxy_ports[h]
+        host_entries[h].append((port, port, "http", "proxy", "bind", name))
     master = None
     master_hosts = ctx.groups.get("mooncake_master") or []
     if master_hosts:
@@ -1458,7 +1458,15 @@ def build_plan(inventory):
         inst["block_size"] = o["block_size"]
     timeouts = _timeout_budget(ctx, instances, proxy_host, _proxy_options(ctx, proxy_host))
     timeouts = _master_lease(ctx, connector, instances, master, timeouts)
-    _as_address(ctx, proxy_host, *ctx.var(proxy_host, "proxy_bind_host", None))
+    for h in proxy_hosts:
+        _as_address(ctx, h, *ctx.var(h, "proxy_bind_host", None))
+    vip = ha.parse_vip(
+        ctx,
+        proxy_hosts,
+        {h: settings[h]["address"] for h in all_hosts},
+        {h: _proxy_bind(ctx, h, settings[h]) for h in proxy_hosts},
+        {h: proxy_ports[h][0] for h in proxy_hosts},
+    )
     if ctx.problems:
         raise PlanError(ctx.problems, ctx.warnings)
 
@@ -1493,9 +1501,11 @@ def build_plan(inventory):
     )
     out_instances = [{k: copy.deepcopy(inst[k]) for k in public_keys if k in inst} for inst in instances]
 
-    proxy = _proxy_section(
-        ctx, proxy_host, settings[proxy_host], proxy_port, connector, platforms, model, out_instances
-    )
+    proxies = [
+        _proxy_section(ctx, h, settings[h], proxy_ports[h][0], connector, platforms, model, out_instances)
+        for h in proxy_hosts
+    ]
+    proxy = proxies[0]
     hosts = {}
     for h in all_hosts:
         s = settings[h]
@@ -1554,6 +1564,12 @@ def build_plan(inventory):
         "model": {k: model[k] for k in ("source", "path", "served_name", "builtin")},
         "instances": out_instances,
         "proxy": proxy,
+        # Every [proxy] host's section (the first is "proxy"), the virtual IP in front of them
+        # (None without pd_proxy_vip) and the address clients use.
+        "proxies": proxies,
+        "proxy_vip": vip.as_dict([{"host": p["host"], "address": p["address"]} for p in proxies]) if vip else None,
+        "endpoint": ha.endpoint(vip, proxy),
+        "proxy_risk": ha.risk(len(proxies), vip),
         "hosts": hosts,
         # A master-only host needs the wheel too: mooncake_master ships in it.
         "mooncake": {"hosts": sorted(set(mooncake_hosts) | ({master["host"]} if master else set())), "master": master},
@@ -1723,7 +1739,7 @@ def _proxy_options(ctx, host):
     hv = ctx.hostvars.get(host) or {}
     table = proxy_options_table()
     if table is None:
-        if any(k.startswith("pd_proxy_") and k not in ("pd_proxy_port", "pd_proxy_bind_host") for k in hv):
+        if any(k.startswith("pd_proxy_") and k[3:] not in ("proxy_port", "proxy_bind_host", *ha.VIP_VARS) for k in hv):
             ctx.error(
                 "pd_proxy_* options cannot be checked: the collection lacks the proxy's option table "
                 "files/connector/openfuyao_pd/proxy/options.py; reinstall the collection"
@@ -1744,6 +1760,11 @@ def _proxy_options(ctx, host):
     return options
 
 
+def _proxy_bind(ctx, host, settings):
+    """The proxy host's own address: listening on every interface must be asked for (pd_proxy_bind_host)."""
+    return strip_brackets(str(ctx.var(host, "proxy_bind_host", settings["address"])[0]))
+
+
 def _proxy_section(ctx, host, settings, port, connector, platforms, model, instances):
     if family.is_mooncake(connector):
         protocol = family.proxy_protocol(connector, platforms)
@@ -1754,8 +1775,7 @@ def _proxy_section(ctx, host, settings, port, connector, platforms, model, insta
     options = _proxy_options(ctx, host)
     if "batch_priority" not in options:
         options["batch_priority"] = any(i["scheduling_policy"] for i in instances)
-    # The proxy host's own address: listening on every interface must be asked for (pd_proxy_bind_host).
-    bind = strip_brackets(str(ctx.var(host, "proxy_bind_host", settings["address"])[0]))
+    bind = _proxy_bind(ctx, host, settings)
 
     def backend(i):
         b = {
@@ -1832,8 +1852,20 @@ def render_table(plan):
                 i["engine_id"],
             )
         )
-    p = plan["proxy"]
-    rows.append((p["host"], "proxy", p["protocol"], "-", "http:{}".format(p["port"]), "-"))
+    for p in plan.get("proxies") or [plan["proxy"]]:
+        rows.append((p["host"], "proxy", p["protocol"], "-", "http:{}".format(p["port"]), "-"))
+    vip = plan.get("proxy_vip")
+    if vip:
+        rows.append(
+            (
+                "vip",
+                "keepalived",
+                "vrrp {}".format(vip["router_id"]),
+                "-",
+                "{}/{} on {}".format(vip["address"], vip["prefix"], vip["interface"]),
+                "-",
+            )
+        )
     table = align_columns(rows)
     if plan.get("timeouts"):
         budget_rows = [("TIMEOUT", "VALUE", "SOURCE", "INSTANCES")]
@@ -1842,4 +1874,6 @@ def render_table(plan):
             for r in plan["timeouts"]
         ]
         table += ["", *align_columns(budget_rows)]
+    if plan.get("proxy_risk"):
+        table += ["", "NOTE: " + plan["proxy_risk"]]
     return table

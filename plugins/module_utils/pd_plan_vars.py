@@ -97,6 +97,12 @@ HOST_VARS = (
     "ucm_module_path",
     "proxy_port",
     "proxy_bind_host",
+    # Proxy high availability (pd_plan_ha): the virtual IP in front of several [proxy] hosts.
+    "proxy_vip",
+    "proxy_vip_prefix",
+    "proxy_vip_interface",
+    "proxy_vrrp_router_id",
+    "proxy_vrrp_unicast",
     "mooncake_master_port",
     "mooncake_master_metrics_port",
     "mooncake_master_lease_ttl",

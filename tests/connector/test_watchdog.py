@@ -126,3 +126,72 @@ async def test_recycle_drains_restarts_and_undrains(sim_factory, tmp_path: Path)
     assert calls == ["POST /v1/instances/decode-0/drain", "POST /v1/instances/decode-0/undrain"]
     assert marker.read_text() == "openfuyao-pd-decode-0"
     assert tracks["decode-0"].recycles == 1 and tracks["decode-0"].last_action == "recycled: restart rc=0, undrain 200"
+
+
+async def test_recycle_through_the_real_proxy_with_the_token_file(tmp_path: Path) -> None:
+    """The role gives the watchdog the proxies' token in a 0600 file: without it the proxy
+    refuses the drain (nothing restarted); with it the instance is drained, restarted, undrained."""
+    from proxy_helpers import cluster
+
+    async with cluster(tmp_path, "centralized", n_prefill=1, n_decode=1) as c:
+        token = c.admin["Authorization"].split()[1]
+        marker = tmp_path / "restarted"
+        base = dict(targets=(wd.Target("decode-0", f"{c.decode[0].url}/metrics", "openfuyao-pd-decode-0"),),
+                    threshold=0.5, window_s=0.0, action="recycle", proxy_urls=(c.url,),
+                    restart_argv=(sys.executable, "-c", f"open({str(marker)!r}, 'w').write('{{service}}')"))
+        no_token = wd.Config(**base, admin_token_file=str(tmp_path / "missing.token"))
+        outcome = await asyncio.to_thread(wd.recycle, no_token.targets[0], no_token)
+        assert outcome == f"not recycled: drain through {c.url} answered 401" and not marker.exists()
+        token_file = tmp_path / "watchdog-admin.token"
+        token_file.write_text(token + "\n")
+        token_file.chmod(0o600)
+        cfg = wd.Config(**base, admin_token_file=str(token_file))
+        outcome = await asyncio.to_thread(wd.recycle, cfg.targets[0], cfg)
+        assert outcome == "recycled: restart rc=0, undrain 200"
+        assert marker.read_text() == "openfuyao-pd-decode-0"
+        async with c.session.get(f"{c.url}/v1/instances") as resp:
+            view = {i["name"]: i for i in (await resp.json())["instances"]}
+        assert view["decode-0"]["draining"] is False
+
+
+async def test_recycle_drains_on_every_proxy_and_backs_out_when_one_refuses(tmp_path: Path) -> None:
+    calls: list[str] = []
+
+    def admin_app(tag: str, drain_status: int) -> web.Application:
+        async def handler(request: web.Request) -> web.Response:
+            calls.append(f"{tag} {request.path.rsplit('/', 1)[1]} {request.headers.get('Authorization')}")
+            status = drain_status if request.path.endswith("/drain") else 200
+            return web.json_response({}, status=status)
+        app = web.Application()
+        app.router.add_post("/v1/instances/{name}/drain", handler)
+        app.router.add_post("/v1/instances/{name}/undrain", handler)
+        return app
+
+    runners, urls = [], []
+    for tag, status in (("a", 200), ("b", 200), ("c", 503)):
+        runner = web.AppRunner(admin_app(tag, status))
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        runners.append(runner)
+        urls.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")
+    token_file = tmp_path / "t"
+    token_file.write_text("s3cret-token-of-the-proxies\n")
+    target = wd.Target("decode-0", "http://x/metrics", "svc")
+    restarts: list[list[str]] = []
+    try:
+        both = wd.Config(targets=(target,), action="recycle", proxy_urls=tuple(urls[:2]), restart_argv=("r",),
+                         admin_token_file=str(token_file))
+        assert await asyncio.to_thread(wd.recycle, target, both, restarts.append) == "recycled: restart rc=None, undrain 200 200"
+        bearer = "Bearer s3cret-token-of-the-proxies"
+        assert calls == [f"a drain {bearer}", f"b drain {bearer}", f"a undrain {bearer}", f"b undrain {bearer}"]
+        calls.clear()
+        refused = wd.Config(targets=(target,), action="recycle", proxy_urls=(urls[0], urls[2]), restart_argv=("r",),
+                            admin_token_file=str(token_file))
+        out = await asyncio.to_thread(wd.recycle, target, refused, restarts.append)
+        assert out == f"not recycled: drain through {urls[2]} answered 503"
+        assert calls == [f"a drain {bearer}", f"c drain {bearer}", f"a undrain {bearer}"]
+        assert len(restarts) == 1  # only the first recycle restarted
+    finally:
+        for runner in runners:
+            await runner.cleanup()

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.molecule
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS = ROOT / "tests" / "tools"
 OUT = ROOT / "tests" / "output" / "molecule"
-SCENARIOS = ("default", "preflight_faults", "centralized")
+SCENARIOS = ("default", "preflight_faults", "centralized", "chaos")
 # One scenario must finish well under 10 minutes on 2 cores; the limit only stops a hang.
 TIMEOUT_S = int(os.environ.get("PD_MOLECULE_TIMEOUT", "900"))
 TAIL_LINES = 120

@@ -7,7 +7,8 @@
 # the venv module, PyYAML for the system python3, the Debian libraries Mooncake's transfer
 # engine links against (libibverbs1 librdmacm1 libnuma1, and libcurl4 for its metadata client), iproute2 and
 # iputils-ping (device IPs and the ping mesh), procps, supervisor (the process supervisor
-# the roles use where systemd does not run) and ca-certificates.
+# the roles use where systemd does not run), keepalived (the proxies' virtual IP, as the proxy role
+# would install it from Debian) and ca-certificates.
 #
 # The tag is a hash of the recipe (suite, packages, RECIPE), so a rerun reuses the image (or
 # the cached root file system tarball under .cache/ when the image was removed) and a change
@@ -21,7 +22,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 REPO="${PD_TEST_IMAGE_REPO:-openfuyao-pd-test}"
 SUITE=bookworm
-PACKAGES=python3,python3-venv,python3-yaml,libibverbs1,librdmacm1,libnuma1,libcurl4,iproute2,iputils-ping,ca-certificates,supervisor,procps
+PACKAGES=python3,python3-venv,python3-yaml,libibverbs1,librdmacm1,libnuma1,libcurl4,iproute2,iputils-ping,ca-certificates,supervisor,procps,keepalived
 RECIPE=1
 
 log() { echo "build-test-image: $*" >&2; }

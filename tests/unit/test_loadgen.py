@@ -116,6 +116,35 @@ async def test_connection_refused_is_a_failure() -> None:
     assert all(o.error and o.error.startswith("ClientConnectorError") for o in report.outcomes)
 
 
+async def test_connect_retries_reach_a_server_that_comes_up_and_are_counted() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+
+    async def ok(request: web.Request) -> web.Response:
+        return web.json_response(completion(0))
+
+    async def late_server() -> web.AppRunner:
+        await asyncio.sleep(0.8)  # after the first attempt and the first retry (0.5 s) were refused
+        app = web.Application()
+        app.router.add_post("/v1/completions", ok)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", port).start()
+        return runner
+
+    starting = asyncio.create_task(late_server())
+    report = await loadgen.run(f"http://127.0.0.1:{port}", "tiny", requests=1, rate=100,
+                               duration_s=30, timeout_s=10, connect_retries=3)
+    runner = await starting
+    await runner.cleanup()
+    assert report.failed == 0 and report.outcomes[0].connect_retries == 2
+    assert report.as_dict()["connect_retries"] == 2
+    # Without retries the same refusal is a failure (the default).
+    refused = await loadgen.run(f"http://127.0.0.1:{port}", "tiny", requests=1, rate=100, duration_s=30, timeout_s=2)
+    assert refused.failed == 1 and refused.outcomes[0].connect_retries == 0
+
+
 async def test_stop_file_and_duration_bound_the_run(server: StartServer, tmp_path: Path) -> None:
     async def ok(request: web.Request) -> web.Response:
         return web.json_response(completion(0))

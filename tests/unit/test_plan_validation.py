@@ -66,10 +66,12 @@ def test_empty_group(group):
     assert f"[{group}]" in found[0]
 
 
-def test_two_proxies():
+def test_two_proxies_plan_two_full_proxies():
     inv = two_hosts()
     inv["groups"]["proxy"] = ["p1", "d1"]
-    only(inv, "group proxy has 2 hosts")
+    plan = build_plan(inv)
+    assert [p["host"] for p in plan["proxies"]] == ["p1", "d1"]
+    assert plan["proxy"] == plan["proxies"][0]
 
 
 @pytest.mark.parametrize(

@@ -10,6 +10,9 @@ whichever comes first — then waits for the requests in flight (each bounded by
 
 A request counts as failed on a transport error, a timeout, an HTTP status other than 200,
 a body without `choices`, or (with `--stream`) a stream that ends without `data: [DONE]`.
+`--connect-retries N` retries a request whose connection could not be opened (nothing was
+sent, so nothing can have been processed) up to N times, 0.5 s, 1 s, 2 s ... apart, as the
+OpenAI client does by default; the report counts those retries (`connect_retries`).
 Exit codes: 0 no failure, 1 at least one failed request, 2 bad arguments.
 """
 
@@ -39,6 +42,7 @@ class Outcome:
     latency_s: float
     error: str | None = None
     started_at: float = 0.0
+    connect_retries: int = 0
 
 
 @dataclass
@@ -70,6 +74,7 @@ class Report:
             "stopped_by": self.stopped_by,
             "wall_s": round(self.wall_s, 3),
             "statuses": dict(Counter(str(o.status) for o in self.outcomes)),
+            "connect_retries": sum(o.connect_retries for o in self.outcomes),
             "errors": dict(errors.most_common(20)),
             "failures": [
                 {"index": o.index, "status": o.status, "error": o.error, "at_s": round(o.started_at, 3)}
@@ -111,8 +116,21 @@ def check_stream(lines: Sequence[bytes]) -> str | None:
 
 
 async def one_request(session: aiohttp.ClientSession, url: str, payload: dict[str, Any],
-                      index: int, timeout_s: float, t0: float) -> Outcome:
+                      index: int, timeout_s: float, t0: float, connect_retries: int = 0) -> Outcome:
     started = time.monotonic()
+    retries = 0
+    while True:
+        outcome = await _attempt(session, url, payload, index, timeout_s, started, t0)
+        refused = outcome.status is None and (outcome.error or "").startswith("ClientConnectorError")
+        if not refused or retries >= connect_retries or time.monotonic() - started + 0.5 * 2**retries >= timeout_s:
+            outcome.connect_retries = retries
+            return outcome
+        await asyncio.sleep(0.5 * 2**retries)
+        retries += 1
+
+
+async def _attempt(session: aiohttp.ClientSession, url: str, payload: dict[str, Any],
+                   index: int, timeout_s: float, started: float, t0: float) -> Outcome:
     status: int | None = None
     try:
         async with session.post(url, json=payload, timeout=aiohttp.ClientTimeout(total=timeout_s)) as resp:
@@ -139,7 +157,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, payload: dict[st
 
 async def run(url: str, model: str, requests: int, rate: float, duration_s: float, timeout_s: float,
               max_tokens: int = 8, prompt: str = "The quick brown fox", stream: bool = False,
-              stop_file: Path | None = None) -> Report:
+              stop_file: Path | None = None, connect_retries: int = 0) -> Report:
     """Send up to `requests` requests, one every 1/rate s; stop early on duration or stop file."""
     endpoint = url.rstrip("/") + "/v1/completions"
     report = Report(url=endpoint, planned=requests)
@@ -160,7 +178,7 @@ async def run(url: str, model: str, requests: int, rate: float, duration_s: floa
                 report.stopped_by = "stop-file"
                 break
             payload = build_payload(model, f"{prompt} #{i}", max_tokens, stream)
-            tasks.append(asyncio.create_task(one_request(session, endpoint, payload, i, timeout_s, t0)))
+            tasks.append(asyncio.create_task(one_request(session, endpoint, payload, i, timeout_s, t0, connect_retries)))
         report.outcomes = list(await asyncio.gather(*tasks))
     report.wall_s = time.monotonic() - t0
     return report
@@ -179,7 +197,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--stream", action="store_true", help="use SSE streaming responses")
     parser.add_argument("--stop-file", type=Path, help="stop sending once this file exists")
     parser.add_argument("--report", type=Path, help="write the JSON report here (also printed)")
+    parser.add_argument("--connect-retries", type=int, default=0,
+                        help="retry a request whose connection could not be opened up to N times")
     args = parser.parse_args(argv)
+    if args.connect_retries < 0:
+        parser.error("--connect-retries must be at least 0")
     for name in ("requests", "max_tokens"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -194,7 +216,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     report = asyncio.run(run(args.url, args.model, args.requests, args.rate, args.duration, args.timeout,
-                             args.max_tokens, args.prompt, args.stream, args.stop_file))
+                             args.max_tokens, args.prompt, args.stream, args.stop_file, args.connect_retries))
     doc = json.dumps(report.as_dict(), indent=2)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)

@@ -59,6 +59,16 @@ class Config:
     state_file: str = ""
     prom_file: str = ""
     drain_timeout_s: float = 60.0
+    # Every proxy in front of the instances (several [proxy] hosts): a recycled instance is
+    # drained on each, so none routes to it while it restarts. proxy_url is the first one.
+    proxy_urls: tuple[str, ...] = ()
+    # The proxies' admin token (mode 0600), read at each call: the proxy role writes it after
+    # the watchdog started. PD_PROXY_ADMIN_TOKEN in the environment is the fallback.
+    admin_token_file: str = ""
+
+    @property
+    def proxies(self) -> tuple[str, ...]:
+        return self.proxy_urls or ((self.proxy_url,) if self.proxy_url else ())
 
 
 @dataclass(frozen=True)
@@ -100,7 +110,9 @@ def parse_config(doc: Any) -> Config:
                      float(doc.get("interval_s", 15)), str(doc.get("action", "flag")),
                      str(doc.get("proxy_url") or "").rstrip("/"), tuple(str(a) for a in doc.get("restart_argv") or ()),
                      str(doc.get("state_file") or ""), str(doc.get("prom_file") or ""),
-                     float(doc.get("drain_timeout_s", 60)))
+                     float(doc.get("drain_timeout_s", 60)),
+                     tuple(str(u).rstrip("/") for u in doc.get("proxy_urls") or () if u),
+                     str(doc.get("admin_token_file") or ""))
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"watchdog config: a number field is not a number ({exc})") from exc
     if not 0.0 < cfg.threshold <= 1.0:
@@ -109,7 +121,7 @@ def parse_config(doc: Any) -> Config:
         raise ConfigError("watchdog config: window_s must be >= 0 and interval_s > 0")
     if cfg.action not in ACTIONS:
         raise ConfigError(f"watchdog config: action {cfg.action!r} is not one of {', '.join(ACTIONS)}")
-    if cfg.action == "recycle" and (not cfg.proxy_url or not cfg.restart_argv):
+    if cfg.action == "recycle" and (not cfg.proxies or not cfg.restart_argv):
         raise ConfigError("watchdog config: action recycle needs proxy_url and restart_argv")
     return cfg
 
@@ -152,9 +164,19 @@ def observe(track: Track, sample: Sample, now: float, cfg: Config) -> bool:
     return False
 
 
-def http(method: str, url: str, timeout: float) -> tuple[int | None, str]:
+def admin_token(path: str) -> str | None:
+    """The token in path (None when unreadable: the call then goes without and gets 401)."""
+    if path:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                return fh.read().strip() or None
+        except OSError:
+            return None
+    return os.environ.get("PD_PROXY_ADMIN_TOKEN") or None
+
+
+def http(method: str, url: str, timeout: float, token: str | None = None) -> tuple[int | None, str]:
     req = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
-    token = os.environ.get("PD_PROXY_ADMIN_TOKEN")
     if token and method == "POST":
         req.add_header("Authorization", f"Bearer {token}")
     try:
@@ -167,15 +189,24 @@ def http(method: str, url: str, timeout: float) -> tuple[int | None, str]:
 
 
 def recycle(target: Target, cfg: Config, run: Callable[[list[str]], int] | None = None) -> str:
-    """Drain through the proxy, restart through the supervisor, undrain; a one-line outcome."""
-    base = f"{cfg.proxy_url}/v1/instances/{target.name}"
-    status, _ = http("POST", f"{base}/drain?timeout={cfg.drain_timeout_s:g}", cfg.drain_timeout_s + 10)
-    if status != 200:
-        return f"not recycled: drain through {cfg.proxy_url} answered {status}"
+    """Drain through every proxy, restart through the supervisor, undrain; a one-line outcome.
+
+    A proxy that refuses the drain stops the recycle (the instance would still get requests
+    there); the proxies already drained are undrained again."""
+    token = admin_token(cfg.admin_token_file)
+    drained: list[str] = []
+    for proxy in cfg.proxies:
+        base = f"{proxy}/v1/instances/{target.name}"
+        status, _ = http("POST", f"{base}/drain?timeout={cfg.drain_timeout_s:g}", cfg.drain_timeout_s + 10, token)
+        if status != 200:
+            for done in drained:
+                http("POST", f"{done}/v1/instances/{target.name}/undrain", 10, token)
+            return f"not recycled: drain through {proxy} answered {status}"
+        drained.append(proxy)
     argv = [a.replace("{service}", target.service).replace("{name}", target.name) for a in cfg.restart_argv]
     rc = (run or _run)(argv)
-    status, _ = http("POST", f"{base}/undrain", 10)
-    return f"recycled: restart rc={rc}, undrain {status}"
+    undrained = [http("POST", f"{p}/v1/instances/{target.name}/undrain", 10, token)[0] for p in drained]
+    return f"recycled: restart rc={rc}, undrain {' '.join(str(u) for u in undrained)}"
 
 
 def _run(argv: list[str]) -> int:

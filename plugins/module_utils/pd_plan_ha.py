@@ -1,0 +1,192 @@
+# Copyright: (c) 2026, openFuyao
+# GNU General Public License v3.0+ (see LICENSE or https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Proxy high availability for the planner: several [proxy] hosts and an optional virtual IP.
+
+Pure functions over plain values; pd_plan.build_plan calls them with its problem collector.
+Every proxy is a full proxy with the same backends. The virtual IP (``pd_proxy_vip``) is held
+by one proxy host at a time through keepalived (VRRP); it is the address clients use.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass
+
+# Names that pd_proxy_* must not be mistaken for proxy options.
+VIP_VARS = ("proxy_vip", "proxy_vip_prefix", "proxy_vip_interface", "proxy_vrrp_router_id", "proxy_vrrp_unicast")
+# Linux interface names: at most 15 characters, no slash or white space.
+_IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
+DEFAULT_ROUTER_ID = 51
+
+SINGLE_PROXY_RISK = (
+    "one proxy host: while the proxy process restarts, or its host is down or rebooting, no request "
+    "is served however many engines are healthy; list two hosts under [proxy] and set pd_proxy_vip "
+    "for a virtual IP that moves to a live proxy"
+)
+
+SEVERAL_NO_VIP_RISK = (
+    "several proxies and no pd_proxy_vip: each proxy serves on its own address, so clients must know "
+    "them all and move to another when one fails; set pd_proxy_vip for one address that moves"
+)
+
+
+def risk(proxy_count, vip):
+    """What the proxy layout risks, in one line (None for several proxies behind a VIP)."""
+    if proxy_count == 1:
+        return SINGLE_PROXY_RISK
+    return None if vip is not None else SEVERAL_NO_VIP_RISK
+
+
+@dataclass(frozen=True)
+class Vip:
+    """The virtual IP in front of the proxies, as keepalived needs it."""
+
+    address: str
+    prefix: int
+    interface: str
+    router_id: int
+    unicast: bool
+
+    def as_dict(self, peers: list[dict]) -> dict:
+        return {
+            "address": self.address,
+            "prefix": self.prefix,
+            "interface": self.interface,
+            "router_id": self.router_id,
+            "unicast": self.unicast,
+            # Priority order: the first [proxy] host is preferred when all start together.
+            "peers": peers,
+        }
+
+
+def _same_everywhere(values: dict[str, object]) -> tuple[object, list[str]]:
+    """The one value all proxy hosts agree on, or the hosts that disagree with the first."""
+    items = list(values.items())
+    first = items[0][1]
+    return first, [h for h, v in items[1:] if v != first]
+
+
+def parse_vip(ctx, proxy_hosts, addresses, binds, ports):
+    """The Vip of pd_proxy_vip (None when unset); each mistake is one ctx.error line.
+
+    addresses: every host of the deployment -> its address; binds/ports: per proxy host.
+    """
+    raw = {h: ctx.var(h, "proxy_vip", None)[0] for h in proxy_hosts}
+    value, differ = _same_everywhere(raw)
+    if differ:
+        ctx.error(
+            "pd_proxy_vip differs between the proxy hosts ({}): set one pd_proxy_vip for group proxy".format(
+                ", ".join(f"{h}: {raw[h]}" for h in proxy_hosts)
+            )
+        )
+        return None
+    if value in (None, ""):
+        return None
+    text = str(value).strip().strip("[]")
+    if "/" in text:
+        ctx.error(
+            f"pd_proxy_vip={value!r} carries a prefix: give the address alone and the prefix in pd_proxy_vip_prefix"
+        )
+        return None
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        ctx.error(f"pd_proxy_vip={value!r} is not an IP address: set a free address of the proxies' network")
+        return None
+    if ip.is_loopback or ip.is_unspecified or ip.is_multicast:
+        ctx.error(f"pd_proxy_vip={value!r} is a loopback, wildcard or multicast address: set a free unicast address of the proxies' network")
+        return None
+    taken = sorted(h for h, a in addresses.items() if _same_ip(a, ip))
+    if taken:
+        ctx.error(
+            f"pd_proxy_vip={text} is the address of host {', '.join(taken)}: the virtual IP must be a free address, "
+            "not one a host already has"
+        )
+    first = proxy_hosts[0]
+    max_prefix = 32 if ip.version == 4 else 128
+    prefix_raw, prefix_var = ctx.var(first, "proxy_vip_prefix", max_prefix)
+    prefix = _int_in(prefix_raw, 1, max_prefix)
+    if prefix is None:
+        ctx.error(f"{prefix_var}={prefix_raw!r} must be an integer in 1..{max_prefix} (the prefix length of pd_proxy_vip={text})")
+    iface_raw, iface_var = ctx.var(first, "proxy_vip_interface", None)
+    if iface_raw in (None, ""):
+        iface_raw, iface_var = ctx.var(first, "nic_name", None)
+    if iface_raw in (None, ""):
+        ctx.error(
+            f"pd_proxy_vip={text} needs pd_proxy_vip_interface: the network interface of the proxy hosts that "
+            "carries the virtual IP (e.g. eth0)"
+        )
+    elif not isinstance(iface_raw, str) or not _IFNAME.match(iface_raw):
+        ctx.error(f"{iface_var}={iface_raw!r} is not a network interface name (at most 15 letters, digits, '.', '-', '_')")
+    rid_raw, rid_var = ctx.var(first, "proxy_vrrp_router_id", DEFAULT_ROUTER_ID)
+    router_id = _int_in(rid_raw, 1, 255)
+    if router_id is None:
+        ctx.error(
+            f"{rid_var}={rid_raw!r} must be an integer in 1..255 (the VRRP virtual router id, unique on the network)"
+        )
+    uni_raw, uni_var = ctx.var(first, "proxy_vrrp_unicast", True)
+    unicast = _bool(uni_raw)
+    if unicast is None:
+        ctx.error(f"{uni_var}={uni_raw!r} must be true or false")
+    for h in proxy_hosts:
+        if binds[h] not in ("0.0.0.0", "::"):
+            ctx.error(
+                f"host {h}: the proxy listens on {binds[h]} only, so it cannot answer on pd_proxy_vip={text}: "
+                "set pd_proxy_bind_host=0.0.0.0 (or ::) on the proxy hosts"
+            )
+    _, port_differ = _same_everywhere({h: ports[h] for h in proxy_hosts})
+    if port_differ:
+        ctx.error(
+            "pd_proxy_port differs between the proxy hosts ({}): behind pd_proxy_vip every proxy listens on one "
+            "port; set one pd_proxy_port for group proxy".format(", ".join(f"{h}: {ports[h]}" for h in proxy_hosts))
+        )
+    # Two proxies on one address clash on the port (the planner's port check says so).
+    if unicast:
+        for h in proxy_hosts:
+            if not _is_ip(addresses[h]):
+                ctx.error(
+                    f"host {h}: VRRP unicast peers need IP addresses, and {addresses[h]} is a name: set pd_address "
+                    "to the host's IP address"
+                )
+    if None in (prefix, router_id, unicast) or iface_raw in (None, "") or not _IFNAME.match(str(iface_raw)):
+        return None
+    return Vip(text, prefix, str(iface_raw), router_id, unicast)
+
+
+def endpoint(vip, first_proxy):
+    """Where clients, verify, bench and status send requests: the VIP, else the first proxy."""
+    if vip is not None:
+        return {"address": vip.address, "port": first_proxy["port"], "vip": True}
+    return {"address": first_proxy["address"], "port": first_proxy["port"], "vip": False}
+
+
+def _same_ip(address, ip):
+    try:
+        return ipaddress.ip_address(str(address).strip("[]")) == ip
+    except ValueError:
+        return False
+
+
+def _is_ip(address):
+    try:
+        ipaddress.ip_address(str(address).strip("[]"))
+        return True
+    except ValueError:
+        return False
+
+
+def _int_in(value, lo, hi):
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        return None
+    return value
+
+
+def _bool(value):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("true", "yes", "on", "1", "false", "no", "off", "0"):
+        return value.lower() in ("true", "yes", "on", "1")
+    return None
