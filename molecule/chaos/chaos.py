@@ -37,7 +37,7 @@ MAX_RECOVERY_S = 60.0
 @dataclass(frozen=True)
 class Fault:
     label: str
-    kind: str          # kill | kill-vip-proxy | restart
+    kind: str          # kill | kill-vip-proxy | restart | restart-vip-proxy
     container: str = ""
     service: str = ""
 
@@ -54,6 +54,8 @@ class Row:
     stream_errors: dict[str, int] = field(default_factory=dict)
     errors: dict[str, int] = field(default_factory=dict)
     connect_retries: int = 0
+    vip_before: str = ""
+    vip_after: str = ""
 
 
 def parse_fault(text: str) -> Fault:
@@ -66,7 +68,10 @@ def parse_fault(text: str) -> Fault:
         return Fault(label, "kill-vip-proxy", service="openfuyao-pd-proxy")
     if parts[0] == "restart" and len(parts) == 2:
         return Fault(label, "restart", parts[1])
-    raise SystemExit(f"--fault {text!r}: use LABEL=kill:CONTAINER:SERVICE, LABEL=kill-vip-proxy or LABEL=restart:CONTAINER")
+    if parts[0] == "restart-vip-proxy" and len(parts) == 1:
+        return Fault(label, "restart-vip-proxy")
+    raise SystemExit(f"--fault {text!r}: use LABEL=kill:CONTAINER:SERVICE, LABEL=kill-vip-proxy, LABEL=restart:CONTAINER"
+                     " or LABEL=restart-vip-proxy")
 
 
 def docker(*argv: str, timeout: float = 60) -> str:
@@ -110,10 +115,14 @@ def full_capacity(proxies: dict[str, str], port: int, vip: str, instances: int) 
 
 def inject(fault: Fault, proxies: dict[str, str], vip: str) -> tuple[str, str, str]:
     """Inject the fault; (container, service, pid before) to tell when it came back."""
-    if fault.kind == "restart":
-        pid = service_pid(fault.container, "*")
-        docker("restart", "-t", "0", fault.container, timeout=120)
-        return fault.container, "*", pid
+    if fault.kind in ("restart", "restart-vip-proxy"):
+        # A whole host reboots; for the VIP's holder the other proxy must take the VIP over.
+        container = fault.container or vip_holder(proxies, vip)
+        if not container:
+            raise SystemExit(f"{fault.label}: no proxy host holds the VIP {vip}")
+        pid = service_pid(container, "*")
+        docker("restart", "-t", "0", container, timeout=120)
+        return container, "*", pid
     container = fault.container or vip_holder(proxies, vip)
     pid = service_pid(container, fault.service)
     if not pid:
@@ -160,7 +169,7 @@ async def one_fault(fault: Fault, args, out: Path) -> Row:
     ad, bd = a.as_dict(), b.as_dict()
     return Row(fault.label, a.sent, a.failed, b.sent, b.failed,
                None if recovery is None else round(recovery, 1), note, bd["errors"], ad["errors"],
-               ad["connect_retries"] + bd["connect_retries"])
+               ad["connect_retries"] + bd["connect_retries"], before, after)
 
 
 def render(rows: list[Row]) -> list[str]:
@@ -188,7 +197,9 @@ def problems(rows: list[Row], faults: list[Fault]) -> list[str]:
         hung = {e: n for e, n in {**r.errors, **r.stream_errors}.items() if e.startswith("timeout")}
         if hung:
             out.append(f"{r.fault}: requests hung until their timeout: {hung}")
-        if f.kind != "kill-vip-proxy":
+        if f.kind == "restart-vip-proxy" and (not r.vip_after or r.vip_after == r.vip_before):
+            out.append(f"{r.fault}: the VIP did not move to the other proxy ({r.vip_before or '-'} -> {r.vip_after or '-'})")
+        if f.kind not in ("kill-vip-proxy", "restart-vip-proxy"):
             # An engine fault: the proxy lives and must end a cut stream with an error event.
             silent = {e: n for e, n in r.stream_errors.items() if not e.startswith("stream error event")}
             if silent:

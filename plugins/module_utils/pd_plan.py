@@ -1460,6 +1460,7 @@ def build_plan(inventory):
     timeouts = _master_lease(ctx, connector, instances, master, timeouts)
     for h in proxy_hosts:
         _as_address(ctx, h, *ctx.var(h, "proxy_bind_host", None))
+        _check_layerwise_workers(ctx, h, connector)
     vip = ha.parse_vip(
         ctx,
         proxy_hosts,
@@ -1763,6 +1764,20 @@ def _proxy_options(ctx, host):
 def _proxy_bind(ctx, host, settings):
     """The proxy host's own address: listening on every interface must be asked for (pd_proxy_bind_host)."""
     return strip_brackets(str(ctx.var(host, "proxy_bind_host", settings["address"])[0]))
+
+
+def _check_layerwise_workers(ctx, host, connector):
+    """The layerwise decode posts back to the proxy's /v1/metaserver, and that request's state
+    lives in the worker that took it: a second worker behind the same port would answer 404."""
+    workers = (ctx.hostvars.get(host) or {}).get("pd_proxy_workers", 1)
+    try:
+        several = int(workers) > 1
+    except (TypeError, ValueError):
+        several = False  # not a number: _proxy_options already said so, once
+    if connector == "mooncake_layerwise" and several:
+        ctx.error(f"host {host}: pd_proxy_workers={workers} with pd_connector=mooncake_layerwise: "
+                  "the layerwise metaserver keeps each request in the worker that took it; set pd_proxy_workers: 1 "
+                  "(run more proxy hosts for more capacity)")
 
 
 def _proxy_section(ctx, host, settings, port, connector, platforms, model, instances):

@@ -52,3 +52,22 @@ def test_each_missed_target_is_named():
         "proxy: no full capacity within 60 s (recovery 61.0)",
         "proxy: requests hung until their timeout: {'timeout after 30s': 1}",
     ]
+
+
+REBOOT_VIP = chaos.Fault("reboot vip host", "restart-vip-proxy")
+
+
+def test_a_rebooted_vip_holder_must_hand_the_vip_over():
+    assert chaos.parse_fault("b=restart-vip-proxy") == chaos.Fault("b", "restart-vip-proxy")
+    moved = row("reboot vip host", stream_errors={"ServerDisconnectedError: x": 1})
+    moved.vip_before, moved.vip_after = "px1", "px2"
+    # A stream cut by the proxy host's reboot has no proxy left to send an error event.
+    assert chaos.problems([moved], [REBOOT_VIP]) == []
+    stayed = row("reboot vip host")
+    stayed.vip_before = stayed.vip_after = "px1"
+    lost = row("reboot vip host")
+    lost.vip_before = "px1"
+    assert chaos.problems([stayed], [REBOOT_VIP]) == [
+        "reboot vip host: the VIP did not move to the other proxy (px1 -> px1)"]
+    assert chaos.problems([lost], [REBOOT_VIP]) == [
+        "reboot vip host: the VIP did not move to the other proxy (px1 -> -)"]

@@ -275,3 +275,16 @@ def test_store_master_on_its_own_host_gets_mooncake(store_inventory):
     assert plan["mooncake"]["hosts"] == ["a2-d1", "a2-p1", "pd-proxy"]
     assert json.loads(by_name(plan)["prefill-0"]["files"][by_name(plan)["prefill-0"]["env"]["MOONCAKE_CONFIG_PATH"]])[
         "master_server_address"] == "192.0.2.30:50088"
+
+
+def test_layerwise_refuses_several_proxy_workers():
+    inv = load_inventory("ascend-layerwise")
+    proxy = inv["groups"]["proxy"][0]
+    msg = _refused(inv, **{proxy: {"pd_proxy_workers": 2}})
+    assert (
+        f"host {proxy}: pd_proxy_workers=2 with pd_connector=mooncake_layerwise: the layerwise metaserver keeps each "
+        "request in the worker that took it; set pd_proxy_workers: 1 (run more proxy hosts for more capacity)"
+    ) in msg.splitlines()
+    # One worker (the default) plans.
+    inv["hostvars"][proxy]["pd_proxy_workers"] = 1
+    assert build_plan(inv)["proxy"]["protocol"] == "mooncake_layerwise"
