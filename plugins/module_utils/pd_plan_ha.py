@@ -135,7 +135,7 @@ def parse_vip(ctx, proxy_hosts, addresses, binds, ports):
                 f"host {h}: the proxy listens on {binds[h]} only, so it cannot answer on pd_proxy_vip={text}: "
                 "set pd_proxy_bind_host=0.0.0.0 (or ::) on the proxy hosts"
             )
-    _, port_differ = _same_everywhere({h: ports[h] for h in proxy_hosts})
+    _port, port_differ = _same_everywhere({h: ports[h] for h in proxy_hosts})
     if port_differ:
         ctx.error(
             "pd_proxy_port differs between the proxy hosts ({}): behind pd_proxy_vip every proxy listens on one "

@@ -415,7 +415,7 @@ def restart_reasons(kept: list[dict[str, Any]], added: list[dict[str, Any]],
     if isinstance(would_change, list):  # scale.yml's "name:file" entries
         by_name: dict[str, list[str]] = {}
         for entry in would_change:
-            name, _, what = str(entry).partition(":")
+            name, _sep, what = str(entry).partition(":")
             by_name.setdefault(name, []).append(what)
         would_change = by_name
     restarts, keeps = {}, {}
