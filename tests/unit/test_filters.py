@@ -16,6 +16,7 @@ from ansible_collections.openfuyao.pd.plugins.filter.instance_probes import inst
 from ansible_collections.openfuyao.pd.plugins.filter.instance_services import instance_services
 from ansible_collections.openfuyao.pd.plugins.filter.instance_wait_specs import instance_wait_specs
 from ansible_collections.openfuyao.pd.plugins.filter.ports_out_of_range import ports_out_of_range
+from ansible_collections.openfuyao.pd.plugins.filter.proxy_urls import proxy_urls
 from ansible_collections.openfuyao.pd.plugins.filter.removed_backend_hosts import (
     host_address,
     removed_backend_hosts,
@@ -161,3 +162,14 @@ def test_ansible_resolves_the_filters_by_fqcn() -> None:
     msg = json.loads(run.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
     value = json.loads(msg) if isinstance(msg, str) else msg
     assert value == {"a": [[{"start": 0}], ["x 1 -> 2"], 7]}
+
+
+def test_proxy_urls_reach_each_proxy_at_its_address_or_its_host():
+    proxies = [{"host": "px1", "address": "10.0.0.21", "port": 9090},
+               {"host": "px2", "address": "0.0.0.0", "port": 9090},
+               {"host": "px3", "address": "fd00::23", "port": 9091},
+               {"host": "px4", "address": "", "port": 9092}]
+    hostvars = {"px2": {"ansible_host": "10.0.0.22"}, "px4": {}}
+    assert proxy_urls(proxies, hostvars) == [
+        "http://10.0.0.21:9090", "http://10.0.0.22:9090", "http://[fd00::23]:9091", "http://px4:9092"]
+    assert proxy_urls([], hostvars) == []
