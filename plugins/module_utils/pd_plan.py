@@ -1093,6 +1093,157 @@ def instance_identity(host: str, role: str, index_on_host: int) -> tuple[str, in
     return f"{role}-{host}-{index_on_host}", 0 if role == "prefill" else 1
 
 
+def _assign_engine_ids(ctx, instances):
+    """Apply explicit pd_<role>_engine_ids and report duplicate engine ids."""
+    # Explicit engine ids (pd_<role>_engine_ids: one per instance on that host) win.
+    for inst in instances:
+        ids, ids_name = ctx.var(inst["host"], "engine_ids", None, inst["role"])
+        if ids is None:
+            continue
+        if not isinstance(ids, list) or len(ids) <= inst["_index_on_host"]:
+            ctx.error(
+                "host {}: {} must list one engine id per {} instance on the host".format(
+                    inst["host"], ids_name, inst["role"]
+                )
+            )
+            continue
+        inst["engine_id"] = str(ids[inst["_index_on_host"]])
+    seen_ids = {}
+    for inst in instances:
+        other = seen_ids.get(inst["engine_id"])
+        if other:
+            ctx.error(
+                "duplicate engine id {!r} on {} and {}: engine ids must be unique; fix pd_{}_engine_ids "
+                "on host {}".format(inst["engine_id"], other, inst["name"], inst["role"], inst["host"])
+            )
+        else:
+            seen_ids[inst["engine_id"]] = inst["name"]
+
+
+def _assign_devices(ctx, pd_hosts, settings, instances):
+    """Claim each accelerator host's devices for its instances (cpu hosts have none)."""
+    # Devices.
+    for h in pd_hosts:
+        s = settings[h]
+        mine = [i for i in instances if i["host"] == h]
+        if s["platform"] == "cpu":
+            continue
+        wanted = [
+            (
+                i["name"],
+                i["role"],
+                i["tensor_parallel_size"] * i["data_parallel_size"],
+                i["_explicit"],
+                i["_devices_var"],
+            )
+            for i in mine
+        ]
+        mem_share = {}
+        for i in mine:
+            gmu = ctx.var(h, "gpu_memory_utilization", None, i["role"])[0]
+            try:
+                mem_share[i["name"]] = float(gmu) if gmu is not None else None
+            except (TypeError, ValueError):
+                mem_share[i["name"]] = None  # reported with the engine settings below
+        got = _claim_devices(ctx, h, s, wanted, mem_share)
+        for i in mine:
+            i["devices"] = got.get(i["name"], [])
+
+
+def _engine_options(ctx, instances, connector):
+    """Per-instance engine settings by instance name; dtype and block size must agree."""
+    opts_by_name = {}
+    for inst in instances:
+        h, role, platform = inst["host"], inst["role"], inst["platform"]
+        o = {}
+        dtype, dt_name = ctx.var(h, "dtype", "bfloat16" if platform == "cpu" else None)
+        if dtype is not None and dtype not in DTYPES:
+            ctx.error(f"host {h}: {dt_name}={brief(dtype)} is not one of {', '.join(DTYPES)}")
+        o["dtype"] = dtype
+        bs, bs_name = ctx.var(h, "block_size", 128 if connector == "ucm" else None)
+        o["block_size"] = _as_int(ctx, h, bs_name, bs) if bs is not None else None
+        for key in ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "seed"):
+            v, vname = ctx.var(h, key, None, role)
+            o[key] = _as_int(ctx, h, vname, v, 0 if key == "seed" else 1) if v is not None else None
+        gmu, gname = ctx.var(h, "gpu_memory_utilization", None, role)
+        if gmu is not None:
+            try:
+                # YAML `yes` is True and float(True) is 1.0: a boolean is no fraction.
+                gmu_f = -1.0 if isinstance(gmu, bool) else float(gmu)
+            except (TypeError, ValueError):
+                gmu_f = -1.0
+            if not 0 < gmu_f <= 1:
+                ctx.error(f"host {h}: {gname}={gmu!r} must be a number in (0, 1], e.g. 0.9")
+            if platform == "cpu":
+                ctx.warn(f"host {h}: {gname} is ignored by vLLM on cpu (use pd_cpu_kvcache_space)")
+        o["gpu_memory_utilization"] = gmu
+        trc, tname = ctx.var(h, "trust_remote_code", True)
+        o["trust_remote_code"] = _as_bool(ctx, h, tname, trc)
+        ee, ename = ctx.var(h, "enforce_eager", platform == "cpu", role)
+        o["enforce_eager"] = _as_bool(ctx, h, ename, ee)
+        pc, pname = ctx.var(h, "enable_prefix_caching", None, role)
+        o["enable_prefix_caching"] = _as_bool(ctx, h, pname, pc)
+        o["bind_host"] = _as_address(ctx, h, *ctx.var(h, "bind_host", None))
+        o["dp_address"] = _as_address(ctx, h, *ctx.var(h, "dp_address", "localhost", role))
+        xa, xname = ctx.var(h, "extra_args", None, role)
+        o["extra_args"] = _as_args(ctx, h, xname, xa)
+        for why in extra_args_problems(o["extra_args"], xname, role):
+            ctx.error(f"host {h}: {why}")
+        bi, biname = ctx.var(h, "batch_integration", False)
+        bi = _as_bool(ctx, h, biname, bi)
+        inst["scheduling_policy"] = "priority" if (bi and role == "prefill") else None
+        opts_by_name[inst["name"]] = o
+    for key, var in (("dtype", "pd_dtype"), ("block_size", "pd_block_size")):
+        values = {}
+        for inst in instances:
+            values.setdefault(opts_by_name[inst["name"]][key], []).append(inst["name"])
+        if len(values) > 1:
+            shown = "; ".join(
+                "{} on {}".format(v if v is not None else "unset (auto)", ",".join(n))
+                for v, n in values.items()
+            )
+            ctx.error(
+                f"{var} differs between instances ({shown}): KV caches must match; set one {var} in "
+                "group_vars/all.yml"
+            )
+    return opts_by_name
+
+
+def _side_sizes(ctx, instances, connector):
+    """Each role's (first) tp/dp layout, checked for the P2P connectors."""
+    side_sizes = {}
+    for role in ROLES:
+        layouts_r = {
+            (i["tensor_parallel_size"], i["data_parallel_size"]) for i in instances if i["role"] == role
+        }
+        tp, dp = sorted(layouts_r)[0] if layouts_r else (1, 1)
+        side_sizes[role] = {"dp_size": dp, "tp_size": tp}
+        if family.is_mooncake(connector) and len(layouts_r) > 1:
+            ctx.error(
+                "{r} instances use different tp/dp ({sizes}) but MooncakeConnectorV1 describes one {r} layout: "
+                "set one pd_{r}_tp/pd_{r}_dp for all {r} hosts".format(
+                    r=role, sizes=", ".join("tp{} dp{}".format(*x) for x in sorted(layouts_r))
+                )
+            )
+    if connector in P2P_CONNECTORS:
+        p_low = min((i for i in instances if i["role"] == "prefill"), key=lambda i: i["tensor_parallel_size"])
+        d_high = max((i for i in instances if i["role"] == "decode"), key=lambda i: i["tensor_parallel_size"])
+        if p_low["tensor_parallel_size"] < d_high["tensor_parallel_size"]:
+            ctx.error(
+                "prefill tp {} ({} on {}) < decode tp {} ({} on {}) with connector {}: the prefill tp must be "
+                ">= the decode tp; raise pd_prefill_tp or lower pd_decode_tp".format(
+                    p_low["tensor_parallel_size"],
+                    p_low["name"],
+                    p_low["host"],
+                    d_high["tensor_parallel_size"],
+                    d_high["name"],
+                    d_high["host"],
+                    connector,
+                )
+            )
+    return side_sizes
+
+
 def build_plan(inventory):
     """Validate the inventory and return the plan; raise PlanError listing every problem."""
     ctx = _Ctx(inventory)
@@ -1176,145 +1327,16 @@ def build_plan(inventory):
     for inst in instances:
         inst["engine_id"], inst["kv_rank"] = instance_identity(inst["host"], inst["role"], inst["_index_on_host"])
     _family_settings(ctx, connector, instances, settings)
-    # Explicit engine ids (pd_<role>_engine_ids: one per instance on that host) win.
-    for inst in instances:
-        ids, ids_name = ctx.var(inst["host"], "engine_ids", None, inst["role"])
-        if ids is None:
-            continue
-        if not isinstance(ids, list) or len(ids) <= inst["_index_on_host"]:
-            ctx.error(
-                "host {}: {} must list one engine id per {} instance on the host".format(
-                    inst["host"], ids_name, inst["role"]
-                )
-            )
-            continue
-        inst["engine_id"] = str(ids[inst["_index_on_host"]])
-    seen_ids = {}
-    for inst in instances:
-        other = seen_ids.get(inst["engine_id"])
-        if other:
-            ctx.error(
-                "duplicate engine id {!r} on {} and {}: engine ids must be unique; fix pd_{}_engine_ids "
-                "on host {}".format(inst["engine_id"], other, inst["name"], inst["role"], inst["host"])
-            )
-        else:
-            seen_ids[inst["engine_id"]] = inst["name"]
+    _assign_engine_ids(ctx, instances)
 
-    # Devices.
-    for h in pd_hosts:
-        s = settings[h]
-        mine = [i for i in instances if i["host"] == h]
-        if s["platform"] == "cpu":
-            continue
-        wanted = [
-            (
-                i["name"],
-                i["role"],
-                i["tensor_parallel_size"] * i["data_parallel_size"],
-                i["_explicit"],
-                i["_devices_var"],
-            )
-            for i in mine
-        ]
-        mem_share = {}
-        for i in mine:
-            gmu = ctx.var(h, "gpu_memory_utilization", None, i["role"])[0]
-            try:
-                mem_share[i["name"]] = float(gmu) if gmu is not None else None
-            except (TypeError, ValueError):
-                mem_share[i["name"]] = None  # reported with the engine settings below
-        got = _claim_devices(ctx, h, s, wanted, mem_share)
-        for i in mine:
-            i["devices"] = got.get(i["name"], [])
+    _assign_devices(ctx, pd_hosts, settings, instances)
     _check_shared_devices(ctx, pd_hosts, settings, instances)
 
     # Cluster-wide engine settings that must agree.
-    opts_by_name = {}
-    for inst in instances:
-        h, role, platform = inst["host"], inst["role"], inst["platform"]
-        o = {}
-        dtype, dt_name = ctx.var(h, "dtype", "bfloat16" if platform == "cpu" else None)
-        if dtype is not None and dtype not in DTYPES:
-            ctx.error(f"host {h}: {dt_name}={brief(dtype)} is not one of {', '.join(DTYPES)}")
-        o["dtype"] = dtype
-        bs, bs_name = ctx.var(h, "block_size", 128 if connector == "ucm" else None)
-        o["block_size"] = _as_int(ctx, h, bs_name, bs) if bs is not None else None
-        for key in ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "seed"):
-            v, vname = ctx.var(h, key, None, role)
-            o[key] = _as_int(ctx, h, vname, v, 0 if key == "seed" else 1) if v is not None else None
-        gmu, gname = ctx.var(h, "gpu_memory_utilization", None, role)
-        if gmu is not None:
-            try:
-                # YAML `yes` is True and float(True) is 1.0: a boolean is no fraction.
-                gmu_f = -1.0 if isinstance(gmu, bool) else float(gmu)
-            except (TypeError, ValueError):
-                gmu_f = -1.0
-            if not 0 < gmu_f <= 1:
-                ctx.error(f"host {h}: {gname}={gmu!r} must be a number in (0, 1], e.g. 0.9")
-            if platform == "cpu":
-                ctx.warn(f"host {h}: {gname} is ignored by vLLM on cpu (use pd_cpu_kvcache_space)")
-        o["gpu_memory_utilization"] = gmu
-        trc, tname = ctx.var(h, "trust_remote_code", True)
-        o["trust_remote_code"] = _as_bool(ctx, h, tname, trc)
-        ee, ename = ctx.var(h, "enforce_eager", platform == "cpu", role)
-        o["enforce_eager"] = _as_bool(ctx, h, ename, ee)
-        pc, pname = ctx.var(h, "enable_prefix_caching", None, role)
-        o["enable_prefix_caching"] = _as_bool(ctx, h, pname, pc)
-        o["bind_host"] = _as_address(ctx, h, *ctx.var(h, "bind_host", None))
-        o["dp_address"] = _as_address(ctx, h, *ctx.var(h, "dp_address", "localhost", role))
-        xa, xname = ctx.var(h, "extra_args", None, role)
-        o["extra_args"] = _as_args(ctx, h, xname, xa)
-        for why in extra_args_problems(o["extra_args"], xname, role):
-            ctx.error(f"host {h}: {why}")
-        bi, biname = ctx.var(h, "batch_integration", False)
-        bi = _as_bool(ctx, h, biname, bi)
-        inst["scheduling_policy"] = "priority" if (bi and role == "prefill") else None
-        opts_by_name[inst["name"]] = o
-    for key, var in (("dtype", "pd_dtype"), ("block_size", "pd_block_size")):
-        values = {}
-        for inst in instances:
-            values.setdefault(opts_by_name[inst["name"]][key], []).append(inst["name"])
-        if len(values) > 1:
-            shown = "; ".join(
-                "{} on {}".format(v if v is not None else "unset (auto)", ",".join(n))
-                for v, n in values.items()
-            )
-            ctx.error(
-                f"{var} differs between instances ({shown}): KV caches must match; set one {var} in "
-                "group_vars/all.yml"
-            )
+    opts_by_name = _engine_options(ctx, instances, connector)
 
     # P2P: both sides must describe each other's layout.
-    side_sizes = {}
-    for role in ROLES:
-        layouts_r = {
-            (i["tensor_parallel_size"], i["data_parallel_size"]) for i in instances if i["role"] == role
-        }
-        tp, dp = sorted(layouts_r)[0] if layouts_r else (1, 1)
-        side_sizes[role] = {"dp_size": dp, "tp_size": tp}
-        if family.is_mooncake(connector) and len(layouts_r) > 1:
-            ctx.error(
-                "{r} instances use different tp/dp ({sizes}) but MooncakeConnectorV1 describes one {r} layout: "
-                "set one pd_{r}_tp/pd_{r}_dp for all {r} hosts".format(
-                    r=role, sizes=", ".join("tp{} dp{}".format(*x) for x in sorted(layouts_r))
-                )
-            )
-    if connector in P2P_CONNECTORS:
-        p_low = min((i for i in instances if i["role"] == "prefill"), key=lambda i: i["tensor_parallel_size"])
-        d_high = max((i for i in instances if i["role"] == "decode"), key=lambda i: i["tensor_parallel_size"])
-        if p_low["tensor_parallel_size"] < d_high["tensor_parallel_size"]:
-            ctx.error(
-                "prefill tp {} ({} on {}) < decode tp {} ({} on {}) with connector {}: the prefill tp must be "
-                ">= the decode tp; raise pd_prefill_tp or lower pd_decode_tp".format(
-                    p_low["tensor_parallel_size"],
-                    p_low["name"],
-                    p_low["host"],
-                    d_high["tensor_parallel_size"],
-                    d_high["name"],
-                    d_high["host"],
-                    connector,
-                )
-            )
+    side_sizes = _side_sizes(ctx, instances, connector)
 
     # Ports, host by host.
     proxy_host = proxy_hosts[0]
