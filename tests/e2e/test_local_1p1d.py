@@ -247,6 +247,10 @@ def test_pd_outputs_equal_a_single_instance_and_kv_moved(deployed: dict[str, Any
     problems = {k: why for k, (a, b) in enumerate(zip(pd_ids, single_ids, strict=True))
                 if (why := greedy_mismatch(a, b))}
     assert not problems, problems
+    parted = [next((k for k, (a, b) in enumerate(zip(x.ids, y.ids, strict=False)) if a != b), None)
+              for x, y in zip(pd_ids, single_ids, strict=True)]
+    print(f"greedy continuations: {parted.count(None)} of {len(parted)} equal; parted at a near-tie "
+          f"at tokens {[k for k in parted if k is not None]}")
 
 
 def _g(ids: list[int], logprobs: list[float], top: list[dict[str, float]]) -> Greedy:
