@@ -93,7 +93,7 @@ def test_site_installs_from_the_wheelhouse_with_no_network(tmp_path, netns):
     }
     vars_file = tmp_path / "vars.yml"
     vars_file.write_text(yaml.safe_dump(extra))
-    cmd = ["flock", "/tmp/pd-heavy.lock", "ip", "netns", "exec", netns,
+    cmd = ["ip", "netns", "exec", netns,
            "ansible-playbook", str(ROOT / "playbooks" / "site.yml"), "-i", str(INVENTORY), "-e", f"@{vars_file}"]
     try:
         site = subprocess.run(cmd, cwd=tmp_path, env=_env(link), capture_output=True, text=True, timeout=900,
