@@ -193,3 +193,25 @@ def test_layerwise_refuses_several_workers():
     with pytest.raises(ConfigError, match=r"options\.workers must be 1 with protocol mooncake_layerwise"):
         build_config(plan)
     assert build_config({**plan, "options": {"workers": 1}}).options["workers"] == 1
+
+
+def test_a_live_masters_directory_is_kept_even_where_its_pid_looks_dead(tmp_path: Any) -> None:
+    """remove_stale across pid namespaces: the pid in master.pid may name nobody here, the flock decides."""
+    import fcntl
+    import os
+
+    from openfuyao_pd.proxy import shared
+
+    live, gone = tmp_path / "pd-proxy-live", tmp_path / "pd-proxy-gone"
+    for directory in (live, gone):
+        directory.mkdir()
+        (directory / "master.pid").write_text("2147480000")  # no such process on this host
+    owner = os.open(live / "master.pid", os.O_RDONLY)
+    fcntl.flock(owner, fcntl.LOCK_SH)  # what State.create holds for the master's life
+    try:
+        shared.remove_stale(str(tmp_path))
+        assert live.is_dir() and not gone.exists()
+    finally:
+        os.close(owner)
+    shared.remove_stale(str(tmp_path))
+    assert not live.exists()

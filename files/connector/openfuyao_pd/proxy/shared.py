@@ -58,6 +58,8 @@ def base_dir() -> str | None:
 class State:
     """The mapped `state` file of one master's directory."""
 
+    owner_fd: int | None = None  # the master's flock on master.pid (see create)
+
     def __init__(self, directory: str | Path, row: int | None = None, generation: int = 0) -> None:
         self.dir = Path(directory)
         self.row = row
@@ -74,6 +76,11 @@ class State:
         directory = tempfile.mkdtemp(prefix="pd-proxy-", dir=base_dir())
         (Path(directory) / "metrics").mkdir()
         (Path(directory) / "master.pid").write_text(str(os.getpid()))
+        # Held (shared flock) for the master's life and inherited by its workers: a master in
+        # another pid namespace sharing this /dev/shm (a container with --ipc=host) sees our pid
+        # as dead, but not this lock as free.
+        owner = os.open(Path(directory) / "master.pid", os.O_RDONLY)
+        fcntl.flock(owner, fcntl.LOCK_SH)
         with open(Path(directory) / "state", "wb") as out:
             out.truncate(SIZE)
         state = cls.__new__(cls)
@@ -83,6 +90,7 @@ class State:
         state.map = mmap.mmap(state.fd, SIZE)
         state.cells = memoryview(state.map).cast("q")
         state.cells[H_MAGIC] = MAGIC
+        state.owner_fd = owner
         return state
 
     def close(self) -> None:
@@ -256,8 +264,22 @@ def remove_stale(parent: str) -> None:
     """Remove the directories of masters that are gone (killed with SIGKILL, so they could not)."""
     for directory in Path(parent).glob("pd-proxy-*"):
         with contextlib.suppress(OSError, ValueError):
-            if directory.stat().st_uid == os.getuid() and not _alive(int((directory / "master.pid").read_text())):
+            owner = directory / "master.pid"
+            if (directory.stat().st_uid == os.getuid() and not _alive(int(owner.read_text()))
+                    and not _owner_holds(owner)):
                 shutil.rmtree(directory, ignore_errors=True)
+
+
+def _owner_holds(path: Path) -> bool:
+    """Whether a live master (or one of its workers) still holds the directory's flock."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
