@@ -145,11 +145,16 @@ def greedy(url: str, model: str, prompt: str) -> Greedy:
 TIE = 0.125
 
 
+def first_difference(a: Greedy, b: Greedy) -> int | None:
+    """The first token where two continuations differ; None where one is a prefix of the other."""
+    return next((k for k, (x, y) in enumerate(zip(a.ids, b.ids, strict=False)) if x != y), None)
+
+
 def greedy_mismatch(pd: Greedy, single: Greedy) -> str | None:
     """Why the disaggregated continuation is not the single instance's, or None when it is."""
     if pd.ids == single.ids:
         return None
-    at = next((k for k, (a, b) in enumerate(zip(pd.ids, single.ids, strict=False)) if a != b), None)
+    at = first_difference(pd, single)
     if at is None:
         return f"lengths differ: {len(pd.ids)} vs {len(single.ids)} tokens"
     for k in range(at):  # same context so far: the same logprob for the same token
@@ -247,8 +252,7 @@ def test_pd_outputs_equal_a_single_instance_and_kv_moved(deployed: dict[str, Any
     problems = {k: why for k, (a, b) in enumerate(zip(pd_ids, single_ids, strict=True))
                 if (why := greedy_mismatch(a, b))}
     assert not problems, problems
-    parted = [next((k for k, (a, b) in enumerate(zip(x.ids, y.ids, strict=False)) if a != b), None)
-              for x, y in zip(pd_ids, single_ids, strict=True)]
+    parted = [first_difference(a, b) for a, b in zip(pd_ids, single_ids, strict=True)]
     print(f"greedy continuations: {parted.count(None)} of {len(parted)} equal; parted at a near-tie "
           f"at tokens {[k for k in parted if k is not None]}")
 

@@ -58,8 +58,6 @@ def base_dir() -> str | None:
 class State:
     """The mapped `state` file of one master's directory."""
 
-    owner_fd: int | None = None  # the master's flock on master.pid (see create)
-
     def __init__(self, directory: str | Path, row: int | None = None, generation: int = 0) -> None:
         self.dir = Path(directory)
         self.row = row
@@ -76,11 +74,10 @@ class State:
         directory = tempfile.mkdtemp(prefix="pd-proxy-", dir=base_dir())
         (Path(directory) / "metrics").mkdir()
         (Path(directory) / "master.pid").write_text(str(os.getpid()))
-        # Held (shared flock) for the master's life and inherited by its workers: a master in
-        # another pid namespace sharing this /dev/shm (a container with --ipc=host) sees our pid
-        # as dead, but not this lock as free.
-        owner = os.open(Path(directory) / "master.pid", os.O_RDONLY)
-        fcntl.flock(owner, fcntl.LOCK_SH)
+        # A shared flock held by this open file until the master exits (the fd is never closed;
+        # workers forked from it share it): a master in another pid namespace sharing this
+        # /dev/shm (a container with --ipc=host) sees our pid as dead, but not this lock as free.
+        fcntl.flock(os.open(Path(directory) / "master.pid", os.O_RDONLY), fcntl.LOCK_SH)
         with open(Path(directory) / "state", "wb") as out:
             out.truncate(SIZE)
         state = cls.__new__(cls)
@@ -90,7 +87,6 @@ class State:
         state.map = mmap.mmap(state.fd, SIZE)
         state.cells = memoryview(state.map).cast("q")
         state.cells[H_MAGIC] = MAGIC
-        state.owner_fd = owner
         return state
 
     def close(self) -> None:
