@@ -144,7 +144,7 @@ async def one_request(session: aiohttp.ClientSession, url: str, body: dict[str, 
 
 
 async def closed_loop(url: str, n: int, concurrency: int, prompt_tokens: int, max_tokens: int, stream: bool,
-                      seed: int, warmup: int = 20) -> tuple[list[Sample], float]:
+                      seed: int, warmup: int = 20, before_start: Any = None) -> tuple[list[Sample], float]:
     rng = random.Random(seed)
     bodies = [{"model": "tiny-llama", "prompt": prompt(rng, prompt_tokens), "max_tokens": max_tokens,
                "stream": stream, "ignore_eos": True} for _ in range(n)]
@@ -159,9 +159,62 @@ async def closed_loop(url: str, n: int, concurrency: int, prompt_tokens: int, ma
             for body in queue:
                 samples.append(await one_request(session, url, body))
 
+        if before_start is not None:
+            await before_start()
+        START[0] = time.time()
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
+        START[1] = time.time()
         return samples, time.perf_counter() - start
+
+
+async def client_procs_loop(url: str, n: int, concurrency: int, prompt_tokens: int, max_tokens: int, stream: bool,
+                            seed: int, procs: int, warmup: int = 20) -> tuple[list[Sample], float]:
+    """`closed_loop` split over `procs` client processes, so that one Python client's event loop is not
+    what limits (and times) every target. Each process warms up, says `ready`, and starts on `go` once
+    all are ready; the wall time runs from the first start to the last end (one host clock)."""
+    share, extra = divmod(n, procs)
+    children = []
+    for i in range(procs):
+        spec = {"url": url, "n": share + (1 if i < extra else 0), "concurrency": max(1, concurrency // procs),
+                "prompt_tokens": prompt_tokens, "max_tokens": max_tokens, "stream": stream,
+                "seed": seed * 1000 + i, "warmup": warmup}
+        children.append(await asyncio.create_subprocess_exec(
+            sys.executable, str(Path(__file__).resolve()), "client", "--spec", json.dumps(spec),
+            stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE))
+    for child in children:
+        assert child.stdout is not None
+        if (await child.stdout.readline()).strip() != b"ready":
+            raise RuntimeError(f"a bench client process for {url} exited before it was ready")
+    for child in children:
+        assert child.stdin is not None
+        child.stdin.write(b"go\n")
+        await child.stdin.drain()
+    samples: list[Sample] = []
+    starts, ends = [], []
+    for child in children:
+        out, _ = await child.communicate()
+        got = json.loads(out)
+        starts.append(got["start"])
+        ends.append(got["end"])
+        samples.extend(Sample(**s) for s in got["samples"])
+    return samples, max(ends) - min(starts)
+
+
+async def client_main(spec: dict[str, Any]) -> None:
+    """One client process of `client_procs_loop`: warm up, `ready`, wait for `go`, run, print samples."""
+    async def wait_go() -> None:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+    samples, _ = await closed_loop(spec["url"], spec["n"], spec["concurrency"], spec["prompt_tokens"],
+                                   spec["max_tokens"], spec["stream"], spec["seed"], spec["warmup"],
+                                   before_start=wait_go)
+    print(json.dumps({"start": START[0], "end": START[1], "samples": [s.__dict__ for s in samples]}))
+
+
+START = [0.0, 0.0]  # the client process's wall-clock window, set by closed_loop
 
 
 def pct(values: list[float], q: float) -> float:
@@ -280,7 +333,7 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
     topologies = [t.strip().lower() for t in args.topologies.split(",") if t.strip()]
     results: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("requests", "concurrency", "prompt_tokens",
                                                                           "max_tokens", "rounds", "engine",
-                                                                          "proxy_workers")},
+                                                                          "proxy_workers", "client_procs")},
                                "rows": [], "skipped": [], "topologies": topologies}
     with processes() as procs:
         targets: dict[str, list[Target]] = {}
@@ -324,9 +377,14 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
                 # else on the host hits every target alike.
                 for round_no in range(args.rounds):
                     for target in (row if round_no % 2 == 0 else row[::-1]):
-                        samples, wall = await closed_loop(target.url, per_round, args.concurrency,
-                                                          args.prompt_tokens, args.max_tokens, stream, seed=round_no,
-                                                          warmup=20 if round_no == 0 else 0)
+                        if args.client_procs > 1:
+                            samples, wall = await client_procs_loop(
+                                target.url, per_round, args.concurrency, args.prompt_tokens, args.max_tokens, stream,
+                                seed=round_no, procs=args.client_procs, warmup=4)
+                        else:
+                            samples, wall = await closed_loop(
+                                target.url, per_round, args.concurrency, args.prompt_tokens, args.max_tokens, stream,
+                                seed=round_no, warmup=20 if round_no == 0 else 0)
                         old, old_wall = collected[target.name]
                         collected[target.name] = (old + samples, old_wall + wall)
                 direct = None
@@ -463,7 +521,7 @@ def markdown(over: dict[str, Any] | None, good: dict[str, Any] | None) -> str:
         engine = "zero-delay mock engines (bench/mock_engine.py)" if s["engine"] == "mock" else "zero-delay simulator"
         out.append(f"### Proxy overhead ({s['requests']} requests per target and mode in {s['rounds']} interleaved "
                    f"rounds, {s['concurrency']} concurrent, {s['prompt_tokens']}-token prompts, {s['max_tokens']} "
-                   f"output tokens, {engine})\n")
+                   f"output tokens, {engine}, {s.get('client_procs', 1)} client process(es))\n")
         out.append("| target | mode | req/s | p50 ms | p99 ms | added p50 ms | added p99 ms | errors |")
         out.append("|---|---|---|---|---|---|---|---|")
         for r in over["rows"]:
@@ -499,7 +557,10 @@ def markdown(over: dict[str, Any] | None, good: dict[str, Any] | None) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=("overhead", "goodput", "all"))
+    parser.add_argument("what", choices=("overhead", "goodput", "all", "client"))
+    parser.add_argument("--spec", help=argparse.SUPPRESS)  # `client`: one load-generator process's job (JSON)
+    parser.add_argument("--client-procs", type=int, default=1,
+                        help="overhead: load-generator processes sharing --concurrency (1: one asyncio client)")
     parser.add_argument("--peers-venv", default=os.environ.get("PEERS_VENV"),
                         help="virtualenv holding vllm-router and mooncake-transfer-engine-non-cuda (+ httpx)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results"))
@@ -526,6 +587,9 @@ def main() -> int:
     parser.add_argument("--prefill-max-seqs", type=int, default=2,
                         help="concurrent sequences per simulated prefill engine (a small value makes P queue)")
     args = parser.parse_args()
+    if args.what == "client":
+        asyncio.run(client_main(json.loads(args.spec)))
+        return 0
     Path(args.out).mkdir(parents=True, exist_ok=True)
     over = good = None
     if args.what in ("overhead", "all"):
