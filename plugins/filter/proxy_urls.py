@@ -7,6 +7,8 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ansible_collections.openfuyao.pd.plugins.filter.url_host import WILDCARDS, url_host
+
 DOCUMENTATION = r"""
 ---
 name: proxy_urls
@@ -16,7 +18,7 @@ description:
   - One C(http://HOST:PORT) per entry of C(pd_plan.proxies), in plan order.
   - A proxy that listens on its planned address is reached there. One whose address is a wildcard
     (C(0.0.0.0), C(::) or empty) is reached at its host's C(ansible_host), else the host's name.
-  - An IPv6 address is put in brackets.
+  - An IPv6 address is put in brackets (the C(openfuyao.pd.url_host) filter).
 positional: hostvars
 options:
   _input:
@@ -43,14 +45,12 @@ _value:
   elements: str
 """
 
-_WILDCARDS = ("0.0.0.0", "::", "")
-
-
 def proxy_url(proxy: Mapping[str, Any], hostvars: Mapping[str, Mapping[str, Any]]) -> str:
-    host = str(proxy.get("address") or "")
-    if host in _WILDCARDS:
-        host = str((hostvars.get(proxy["host"]) or {}).get("ansible_host", proxy["host"]))
-    return f"http://{f'[{host}]' if ':' in host else host}:{proxy['port']}"
+    address = str(proxy.get("address") or "")
+    reach = None
+    if address in WILDCARDS:
+        reach = str((hostvars.get(proxy["host"]) or {}).get("ansible_host", proxy["host"]))
+    return f"http://{url_host(address, reach)}:{proxy['port']}"
 
 
 def proxy_urls(proxies: Sequence[Mapping[str, Any]], hostvars: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -3,12 +3,15 @@ in Jinja, as pure functions, plus one check that Ansible resolves them by their 
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import subprocess
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
+from ansible.errors import AnsibleFilterError
 from ansible_collections.openfuyao.pd.plugins.filter.bind_port_probes import bind_port_probes
 from ansible_collections.openfuyao.pd.plugins.filter.docker_run_options import docker_run_options
 from ansible_collections.openfuyao.pd.plugins.filter.instance_files import instance_files
@@ -24,7 +27,10 @@ from ansible_collections.openfuyao.pd.plugins.filter.removed_backend_hosts impor
 from ansible_collections.openfuyao.pd.plugins.filter.sim_serve_flags import sim_serve_flags
 from ansible_collections.openfuyao.pd.plugins.filter.smallest_max_model_len import smallest_max_model_len
 from ansible_collections.openfuyao.pd.plugins.filter.unwanted_programs import unwanted_programs
+from ansible_collections.openfuyao.pd.plugins.filter.url_host import url_host
 from ansible_collections.openfuyao.pd.plugins.filter.version_changes import version_changes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFILL = {"name": "prefill-0", "role": "prefill", "address": "10.0.0.1", "health_url": "http://10.0.0.1:8100/health",
@@ -153,7 +159,9 @@ def test_ansible_resolves_the_filters_by_fqcn() -> None:
     """Through Ansible's own templating: the collection path of ansible.cfg finds every filter."""
     expr = ("{{ {'a': [[{'start': 0}] | openfuyao.pd.ports_out_of_range, "
             "{'x': '1'} | openfuyao.pd.version_changes({'x': '2'}), "
-            "[{'argv': ['vllm', 'serve', 'm', '--max-model-len', '7']}] | openfuyao.pd.smallest_max_model_len]} | to_json }}")
+            "[{'argv': ['vllm', 'serve', 'm', '--max-model-len', '7']}] | openfuyao.pd.smallest_max_model_len], "
+            "'u': ['fd00::1' | openfuyao.pd.url_host, '::' | openfuyao.pd.url_host('127.0.0.1'), "
+            "[{'host': 'localhost', 'address': '::', 'port': 1}] | openfuyao.pd.proxy_urls(hostvars)]} | to_json }}")
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_STDOUT_CALLBACK": "json",
            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
     run = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.debug",
@@ -161,7 +169,8 @@ def test_ansible_resolves_the_filters_by_fqcn() -> None:
     assert run.returncode == 0, run.stdout + run.stderr
     msg = json.loads(run.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
     value = json.loads(msg) if isinstance(msg, str) else msg
-    assert value == {"a": [[{"start": 0}], ["x 1 -> 2"], 7]}
+    assert value == {"a": [[{"start": 0}], ["x 1 -> 2"], 7],
+                     "u": ["[fd00::1]", "127.0.0.1", ["http://localhost:1"]]}
 
 
 def test_proxy_urls_reach_each_proxy_at_its_address_or_its_host():
@@ -173,3 +182,95 @@ def test_proxy_urls_reach_each_proxy_at_its_address_or_its_host():
     assert proxy_urls(proxies, hostvars) == [
         "http://10.0.0.21:9090", "http://10.0.0.22:9090", "http://[fd00::23]:9091", "http://px4:9092"]
     assert proxy_urls([], hostvars) == []
+
+
+@pytest.mark.parametrize(("host", "wildcard_host", "want"), [
+    ("10.0.0.1", None, "10.0.0.1"), ("10.0.0.1", "127.0.0.1", "10.0.0.1"),
+    ("node1", None, "node1"), ("node-1.example.com", None, "node-1.example.com"), ("node_1", None, "node_1"),
+    ("fd00::1", None, "[fd00::1]"), ("::1", "127.0.0.1", "[::1]"), ("fe80::1%eth0", None, "[fe80::1%eth0]"),
+    ("[fd00::1]", None, "[fd00::1]"), ("[fd00::1]", "127.0.0.1", "[fd00::1]"),
+    # A wildcard bind address: kept in URL form without a replacement, else the replacement in URL form.
+    ("0.0.0.0", None, "0.0.0.0"), ("::", None, "[::]"), ("[::]", None, "[::]"),
+    ("0.0.0.0", "127.0.0.1", "127.0.0.1"), ("::", "127.0.0.1", "127.0.0.1"), ("[::]", "127.0.0.1", "127.0.0.1"),
+    ("", "127.0.0.1", "127.0.0.1"), ("0.0.0.0", "::1", "[::1]"), ("::", "node1", "node1"),
+    ("::", "[fd00::2]", "[fd00::2]"),
+])
+def test_url_host(host: str, wildcard_host: str | None, want: str) -> None:
+    assert url_host(host, wildcard_host) == want
+
+
+@pytest.mark.parametrize(("host", "wildcard_host", "why"), [
+    (None, None, "None is not a host name or IP address (a string), got NoneType"),
+    (8080, None, "8080 is not a host name or IP address (a string), got int"),
+    (["fd00::1"], None, "['fd00::1'] is not a host name or IP address (a string), got list"),
+    ("", None, "'' is empty: give a host name or IP address, or a wildcard_host to use in its place"),
+    ("10.0.0.1:8000", None, "'10.0.0.1:8000' is not an IPv6 address (a host:port? give the host only)"),
+    ("fd00::1::2", None, "'fd00::1::2' is not an IPv6 address (a host:port? give the host only)"),
+    ("[10.0.0.1]", None, "'[10.0.0.1]' is not an IPv6 address in brackets ([fd00::1])"),
+    ("[fd00::1", None, "'[fd00::1' is not an IPv6 address in brackets ([fd00::1])"),
+    ("fd00::1]", None, "'fd00::1]' is not an IPv6 address in brackets ([fd00::1])"),
+    ("[[fd00::1]]", None, "'[[fd00::1]]' is not an IPv6 address in brackets ([fd00::1])"),
+    ("[fd00::1]:80", None, "'[fd00::1]:80' is not an IPv6 address in brackets ([fd00::1])"),
+    ("node 1", None, "'node 1' is not an IP address or host name"),
+    ("10.0.0.999", None, "'10.0.0.999' is not an IP address or host name"),
+    ("http://node1", None, "'http://node1' is not an IPv6 address (a host:port? give the host only)"),
+    ("node1/x", None, "'node1/x' is not an IP address or host name"),
+    ("0.0.0.0", "::", "'::' cannot replace the wildcard address '0.0.0.0': it is a wildcard itself"),
+    ("::", "", "'' cannot replace the wildcard address '::': it is a wildcard itself"),
+    ("0.0.0.0", "10.0.0.1:80", "'10.0.0.1:80' is not an IPv6 address (a host:port? give the host only)"),
+])
+def test_url_host_refuses_bad_input_naming_the_value(host: object, wildcard_host: str | None, why: str) -> None:
+    with pytest.raises(AnsibleFilterError) as err:
+        url_host(host, wildcard_host)
+    assert str(err.value) == f"url_host: {why}"
+
+
+_HOST_NAMES = st.from_regex(r"[a-z][a-z0-9-]{0,20}(\.[a-z][a-z0-9-]{0,20}){0,3}", fullmatch=True).filter(
+    lambda h: not h.endswith("-") and "-." not in h)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)), st.sampled_from([None, "127.0.0.1"]))
+def test_url_host_any_ip_address_reads_back_from_a_url(address: ipaddress.IPv4Address | ipaddress.IPv6Address,
+                                                       wildcard_host: str | None) -> None:
+    """What a URL's parser reads back as the host is the address itself (or the replacement of a wildcard)."""
+    text = str(address)
+    host = url_host(text, wildcard_host)
+    assert url_host(host, wildcard_host) == host, "a host in URL form stays as it is"
+    parsed = urlsplit(f"http://{host}:8000/health")
+    assert parsed.port == 8000
+    if wildcard_host is not None and text in ("0.0.0.0", "::"):
+        assert host == wildcard_host
+    else:
+        assert ipaddress.ip_address(parsed.hostname) == address
+        assert host == (f"[{text}]" if address.version == 6 else text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(_HOST_NAMES)
+def test_url_host_any_host_name_is_kept(name: str) -> None:
+    assert url_host(name) == name
+    assert urlsplit(f"http://{url_host(name)}:80/").hostname == name
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.text(max_size=40), st.text(alphabet="0123456789abcdef:.[]% -/", max_size=40)),
+       st.sampled_from([None, "127.0.0.1"]))
+def test_url_host_any_text_gives_a_url_host_or_the_filter_error(text: str, wildcard_host: str | None) -> None:
+    """No other exception escapes, and what comes back parses as the host of a URL."""
+    try:
+        host = url_host(text, wildcard_host)
+    except AnsibleFilterError as err:
+        assert repr(text) in str(err)
+        return
+    parsed = urlsplit(f"http://{host}:8000/")
+    assert parsed.port == 8000
+    assert parsed.hostname
+
+
+def test_proxy_urls_bracket_an_ipv6_host_address_once_and_refuse_a_bad_one():
+    proxies = [{"host": "px1", "address": "::", "port": 9090}, {"host": "px2", "address": "[fd00::22]", "port": 9090}]
+    hostvars = {"px1": {"ansible_host": "fd00::21"}}
+    assert proxy_urls(proxies, hostvars) == ["http://[fd00::21]:9090", "http://[fd00::22]:9090"]
+    with pytest.raises(AnsibleFilterError, match=r"url_host: '10\.0\.0\.1:22' is not an IPv6 address"):
+        proxy_urls([{"host": "px1", "address": "0.0.0.0", "port": 9090}], {"px1": {"ansible_host": "10.0.0.1:22"}})
