@@ -7,7 +7,9 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from ansible_collections.openfuyao.pd.plugins.filter.url_host import WILDCARDS, url_host
+from ansible.errors import AnsibleFilterError
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_url import WILDCARDS
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_url import url_host as _url_host
 
 DOCUMENTATION = r"""
 ---
@@ -45,12 +47,16 @@ _value:
   elements: str
 """
 
+
 def proxy_url(proxy: Mapping[str, Any], hostvars: Mapping[str, Mapping[str, Any]]) -> str:
     address = str(proxy.get("address") or "")
     reach = None
     if address in WILDCARDS:
         reach = str((hostvars.get(proxy["host"]) or {}).get("ansible_host", proxy["host"]))
-    return f"http://{url_host(address, reach)}:{proxy['port']}"
+    try:
+        return f"http://{_url_host(address, reach)}:{proxy['port']}"
+    except ValueError as exc:
+        raise AnsibleFilterError(str(exc)) from None
 
 
 def proxy_urls(proxies: Sequence[Mapping[str, Any]], hostvars: Mapping[str, Mapping[str, Any]]) -> list[str]:

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from ansible.errors import AnsibleFilterError
-from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import address_problem
+from ansible_collections.openfuyao.pd.plugins.module_utils import pd_url
 
 DOCUMENTATION = r"""
 ---
@@ -51,38 +51,15 @@ _value:
   type: str
 """
 
-WILDCARDS = ("0.0.0.0", "::", "[::]", "")
-
-
-def _fail(host: Any, why: str) -> AnsibleFilterError:
-    return AnsibleFilterError(f"url_host: {host!r} {why}")
-
-
-def _ipv6(text: str) -> bool:
-    return ":" in text and address_problem(text) is None
+WILDCARDS = pd_url.WILDCARDS
 
 
 def url_host(host: Any, wildcard_host: str | None = None) -> str:
     """``host`` as the host part of a URL; a wildcard bind address becomes ``wildcard_host`` when given."""
-    if not isinstance(host, str):
-        raise _fail(host, f"is not a host name or IP address (a string), got {type(host).__name__}")
-    if host in WILDCARDS and wildcard_host is not None:
-        if wildcard_host in WILDCARDS:
-            raise _fail(wildcard_host, f"cannot replace the wildcard address {host!r}: it is a wildcard itself")
-        return url_host(wildcard_host)
-    if host == "":
-        raise _fail(host, "is empty: give a host name or IP address, or a wildcard_host to use in its place")
-    if host.startswith("[") or host.endswith("]"):
-        if host.startswith("[") and host.endswith("]") and _ipv6(host[1:-1]):
-            return host
-        raise _fail(host, "is not an IPv6 address in brackets ([fd00::1])")
-    if ":" in host:
-        if _ipv6(host):
-            return f"[{host}]"
-        raise _fail(host, "is not an IPv6 address (a host:port? give the host only)")
-    if address_problem(host) is not None:
-        raise _fail(host, "is not an IP address or host name")
-    return host
+    try:
+        return pd_url.url_host(host, wildcard_host)
+    except ValueError as exc:
+        raise AnsibleFilterError(str(exc)) from None
 
 
 class FilterModule:
