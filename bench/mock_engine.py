@@ -13,7 +13,7 @@ that the proxy in front of it is what the benchmark measures:
     the event loop yielded between tokens like an engine emitting them one by one), then a usage
     chunk when `stream_options.include_usage` is set, then `data: [DONE]`.
 
-    python bench/mock_engine.py --port 8100
+    python bench/mock_engine.py --port 8100 [--procs N]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import os
 import signal
 import sys
 import time
@@ -141,9 +142,9 @@ class Engine(asyncio.Protocol):
         self._next()
 
 
-async def serve(host: str, port: int) -> None:
+async def serve(host: str, port: int, reuse_port: bool) -> None:
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(Engine, host, port, backlog=1024)
+    server = await loop.create_server(Engine, host, port, backlog=1024, reuse_port=reuse_port or None)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
@@ -155,13 +156,30 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--procs", type=int, default=1,
+                        help="processes serving the port (SO_REUSEPORT), so that one engine's single core "
+                             "does not bound a proxy that has more")
     args = parser.parse_args()
     run = asyncio.run
     with contextlib.suppress(ImportError):
         import uvloop  # the engine should not be the bottleneck: use the fastest loop there is
 
         run = uvloop.run
-    run(serve(args.host, args.port))
+    children = []
+    for _ in range(args.procs - 1):
+        pid = os.fork()
+        if pid == 0:
+            run(serve(args.host, args.port, True))
+            os._exit(0)
+        children.append(pid)
+    try:
+        run(serve(args.host, args.port, args.procs > 1))
+    finally:
+        for pid in children:  # a stopped engine takes its helpers with it
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
     return 0
 
 

@@ -245,9 +245,9 @@ def our_proxy_config(port: int, prefill: list[int], decode: list[int], options: 
     return path
 
 
-def engine_argv(engine: str, role: str, port: int) -> list[str]:
+def engine_argv(engine: str, role: str, port: int, procs: int = 1) -> list[str]:
     if engine == "mock":
-        return [sys.executable, str(ROOT / "bench" / "mock_engine.py"), "--port", str(port)]
+        return [sys.executable, str(ROOT / "bench" / "mock_engine.py"), "--port", str(port), "--procs", str(procs)]
     zero = ["--sim-kv-bytes-per-token", "16", "--sim-max-seqs", "1024", "--sim-kv-capacity-blocks", "200000"]
     return sim_argv(role, port, zero)
 
@@ -333,7 +333,7 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
     topologies = [t.strip().lower() for t in args.topologies.split(",") if t.strip()]
     results: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("requests", "concurrency", "prompt_tokens",
                                                                           "max_tokens", "rounds", "engine",
-                                                                          "proxy_workers", "client_procs")},
+                                                                          "proxy_workers", "client_procs", "engine_procs")},
                                "rows": [], "skipped": [], "topologies": topologies}
     with processes() as procs:
         targets: dict[str, list[Target]] = {}
@@ -344,7 +344,7 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
             d_ports = [free_port() for _ in range(n_d)]
             for role, ports in (("prefill", p_ports), ("decode", d_ports)):
                 for i, port in enumerate(ports):
-                    procs.start(engine_argv(args.engine, role, port), log=logs / f"{args.engine}-{topo}-{role}-{i}.log")
+                    procs.start(engine_argv(args.engine, role, port, args.engine_procs), log=logs / f"{args.engine}-{topo}-{role}-{i}.log")
                     engines.append(f"http://127.0.0.1:{port}/health")
             row: list[Target] = []
             if n_d == 1:
@@ -518,7 +518,9 @@ def markdown(over: dict[str, Any] | None, good: dict[str, Any] | None) -> str:
     out: list[str] = []
     if over:
         s = over["settings"]
-        engine = "zero-delay mock engines (bench/mock_engine.py)" if s["engine"] == "mock" else "zero-delay simulator"
+        engine = ("zero-delay mock engines (bench/mock_engine.py" + (f", {s['engine_procs']} processes each"
+                                                                     if s.get("engine_procs", 1) > 1 else "") + ")"
+                  if s["engine"] == "mock" else "zero-delay simulator")
         out.append(f"### Proxy overhead ({s['requests']} requests per target and mode in {s['rounds']} interleaved "
                    f"rounds, {s['concurrency']} concurrent, {s['prompt_tokens']}-token prompts, {s['max_tokens']} "
                    f"output tokens, {engine}, {s.get('client_procs', 1)} client process(es))\n")
@@ -569,6 +571,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the targets")
     parser.add_argument("--engine", choices=("mock", "sim"), default="mock",
                         help="overhead: bench/mock_engine.py (the proxy is the limit) or the simulator")
+    parser.add_argument("--engine-procs", type=int, default=1,
+                        help="overhead, mock engines: processes per engine (SO_REUSEPORT), so that a single "
+                             "engine process does not bound the targets on a host with cores to spare")
     parser.add_argument("--topologies", default="1p1d,2p2d", help="overhead: comma-separated, e.g. 1p1d,2p2d")
     parser.add_argument("--no-local-route", dest="local_route", action="store_false",
                         help="overhead: leave out our proxy's local-route row")

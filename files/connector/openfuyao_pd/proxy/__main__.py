@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     from openfuyao_pd.proxy import master
 
     try:
-        sockets = master.bind(cfg.listen_host, cfg.port, cfg.options["workers"])
+        sock = master.bind(cfg.listen_host, cfg.port)
     except OSError as exc:
         print(f"pd-proxy: cannot listen on {cfg.listen_host}:{cfg.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         fresh = load(args)
         return fresh.listen_host, fresh.port, fresh.options["workers"], fresh.options["drain_timeout"]
 
-    listen = master.Listen(cfg.listen_host, cfg.port, cfg.options["workers"], sockets)
+    listen = master.Listen(cfg.listen_host, cfg.port, cfg.options["workers"], sock)
     return master.Master(sys.argv[1:] if argv is None else argv, listen, reload_config,
                          cfg.options["drain_timeout"]).run()
 

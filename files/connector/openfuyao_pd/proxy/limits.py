@@ -25,7 +25,7 @@ from typing import Any
 from aiohttp import web, web_protocol
 
 from openfuyao_pd.common import prom
-from openfuyao_pd.proxy import codec
+from openfuyao_pd.proxy import accept, codec
 
 LOG = logging.getLogger("openfuyao_pd.proxy")
 GENERATE_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
@@ -109,6 +109,8 @@ class _Guarded:
         self.guard.connections[transport] = self
         self.deadline = time.monotonic() + self.guard.header_timeout
         self.inner.connection_made(transport)
+        if self.guard.on_change is not None:
+            self.guard.on_change()
 
     def data_received(self, data: bytes) -> None:
         if self.refused:
@@ -126,6 +128,8 @@ class _Guarded:
             return
         self.guard.connections.pop(self.transport, None)  # type: ignore[arg-type]
         self.inner.connection_lost(exc)
+        if self.guard.on_change is not None:
+            self.guard.on_change()
 
     def pause_writing(self) -> None:
         if not self.refused:
@@ -145,6 +149,7 @@ class ConnectionGuard:
         self.limits = limits
         self.connections: dict[asyncio.BaseTransport, _Guarded] = {}
         self.draining = False  # set by drain(): every response from then on closes its connection
+        self.on_change: Callable[[], None] | None = None  # told when a connection opens or closes
         self._sweeper: asyncio.Task[None] | None = None
         limits.registry.gauge("pd_proxy_client_connections", "Open client connections (max_connections caps them).",
                               (), collect=lambda: [((), len(self.connections))], merge=True)
@@ -243,13 +248,15 @@ GUARD_KEY = web.AppKey("pd_guard", ConnectionGuard)  # the app's guard, for on_p
 class GuardedSite(web.BaseSite):
     """A TCP site whose connections pass through a ConnectionGuard."""
 
-    __slots__ = ("_guard", "_host", "_port", "_reuse_port", "_sock", "bound_port")
+    __slots__ = ("_counts", "_guard", "_host", "_port", "_reuse_port", "_sock", "bound_port")
 
     def __init__(self, runner: web.BaseRunner, guard: ConnectionGuard, host: str, port: int,
-                 backlog: int = 1024, reuse_port: bool = False, sock: socket.socket | None = None) -> None:
+                 backlog: int = 1024, reuse_port: bool = False, sock: socket.socket | None = None,
+                 counts: accept.Counts | None = None) -> None:
         super().__init__(runner, backlog=backlog)
         self._guard = guard
         self._sock = sock  # a listening socket handed down by the master process (master.py)
+        self._counts = counts  # with a sock: the workers' shared counts, to accept in balance (accept.py)
         self._host = host
         self._port = port
         self._reuse_port = reuse_port  # several worker processes on one port (SO_REUSEPORT)
@@ -266,7 +273,12 @@ class GuardedSite(web.BaseSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         factory = self._guard.factory(handler_factory(server))
-        if self._sock is not None:
+        if self._sock is not None and self._counts is not None:
+            balanced = accept.BalancedServer(self._sock, factory, self._counts, lambda: len(self._guard.connections))
+            self._guard.on_change = balanced.publish
+            balanced.start()
+            self._server = balanced  # type: ignore[assignment]
+        elif self._sock is not None:
             self._server = await loop.create_server(factory, sock=self._sock, backlog=self._backlog)
         else:
             self._server = await loop.create_server(factory, self._host, self._port, backlog=self._backlog,

@@ -1,8 +1,8 @@
-"""The pd-proxy master process: it owns the listening sockets and runs the workers that serve them.
+"""The pd-proxy master process: it owns the listening socket and runs the workers that serve it.
 
 The supervisor (systemd, supervisord, a container runtime) starts and signals only the master:
 - SIGHUP reloads without refusing a connection: new workers start in fresh interpreters (the
-  config file and the code are read again from disk) on the same listening sockets, the master
+  config file and the code are read again from disk) on the same listening socket, the master
   waits until each says it is ready, then asks the old ones to stop. An old worker closes its
   copy of the listener at once, so new connections go to the new generation only; the requests
   it has in progress, streams included, run to their end within the drain_timeout option
@@ -11,10 +11,12 @@ The supervisor (systemd, supervisord, a container runtime) starts and signals on
 - A worker that dies is started again; a crash loop stops the master (exit 1), so the
   supervisor's own restart policy takes over.
 
-The sockets are bound here, once, and inherited by every generation of workers, so a
+The socket is bound here, once, and inherited by every generation of workers, so a
 connection waiting in a listener's accept queue during a hand-over is never lost (closing the
-last descriptor of a listening socket would reset them). With `workers: N` there is one
-SO_REUSEPORT socket per worker slot, so the kernel spreads connections over the slots.
+last descriptor of a listening socket would reset them). Every worker of every slot accepts from
+the one socket, each only while it holds no more client connections than the least loaded
+accepting worker plus one (accept.py): SO_REUSEPORT's hash spread 64 kept-alive connections
+over 8 sockets as unevenly as 3 to 17, and the worker with 17 set the tail.
 
 Workers learn of a dead master through a pipe (end of file) and stop gracefully, so a master
 killed with SIGKILL does not leave workers behind.
@@ -33,7 +35,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 LOG = logging.getLogger("openfuyao_pd.proxy")
@@ -59,32 +61,27 @@ class Listen:
     host: str
     port: int
     workers: int
-    sockets: list[socket.socket] = field(default_factory=list)
+    sock: socket.socket
 
 
-def bind(host: str, port: int, count: int) -> list[socket.socket]:
-    """`count` SO_REUSEPORT listening sockets on one (host, port) (port 0: any free one, the same for all)."""
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket on (host, port) (port 0: any free one) that every worker accepts from."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    out: list[socket.socket] = []
+    sock = socket.socket(family, socket.SOCK_STREAM)
     try:
-        for _ in range(count):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            out.append(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            # Always SO_REUSEPORT, one worker too: a reload that changes the worker count adds
-            # sockets on the same port next to the ones in use.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-            if family == socket.AF_INET6 and host == "::":
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # :: serves IPv4 too
-            sock.bind((host, port))
-            port = sock.getsockname()[1]  # port 0: the others join the port the first one got
-            sock.listen(1024)
-            sock.set_inheritable(True)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # SO_REUSEPORT: a reload that moves to another address binds its socket while the old
+        # one still serves; a reload on the same address keeps the socket.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)  # :: serves IPv4 too
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.set_inheritable(True)
     except OSError:
-        for sock in out:
-            sock.close()
+        sock.close()
         raise
-    return out
+    return sock
 
 
 def _event(name: str, **fields: object) -> None:
@@ -114,7 +111,7 @@ class Master:
     def spawn(self, slot: int, generation: int) -> Worker:
         ready_r, ready_w = os.pipe()
         life_r, life_w = os.pipe()
-        sock = self.listen.sockets[slot]
+        sock = self.listen.sock
         row = self.state.claim_row(-1)
         argv = [sys.executable, "-m", "openfuyao_pd.proxy", *self.argv,
                 "--worker-fd", str(sock.fileno()), "--worker-ready-fd", str(ready_w),
@@ -232,21 +229,21 @@ class Master:
             _event("reload_failed", generation=self.generation, reason=str(exc)[:300])
             return
         old_listen = self.listen
-        if (host, port, workers) != (old_listen.host, old_listen.port, old_listen.workers):
-            keep = old_listen.sockets[:workers] if (host, port) == (old_listen.host, old_listen.port) else []
+        if (host, port) != (old_listen.host, old_listen.port):
             try:
-                extra = bind(host, port or old_listen.port, workers - len(keep)) if workers > len(keep) else []
+                sock = bind(host, port or old_listen.port)
             except OSError as exc:
                 _event("reload_failed", generation=self.generation,
                        reason=f"cannot listen on {host}:{port} with {workers} worker(s): {exc.strerror or exc}")
                 return
-            self.listen = Listen(host, port, workers, [*keep, *extra])
+            self.listen = Listen(host, port, workers, sock)
+        elif workers != old_listen.workers:
+            self.listen = Listen(host, port, workers, old_listen.sock)
         generation = self.generation + 1
         ok, why = self.start_generation(generation)
         if not ok:
-            for sock in self.listen.sockets:
-                if sock not in old_listen.sockets:
-                    sock.close()
+            if self.listen.sock is not old_listen.sock:
+                self.listen.sock.close()
             self.listen = old_listen
             _event("reload_failed", generation=self.generation, reason=why)
             return
@@ -255,11 +252,10 @@ class Master:
         self.drain_timeout = drain
         for worker in old:
             self.retire(worker)
-        # Sockets no slot uses any more (fewer workers, another address): closed now, so the kernel
-        # stops queueing connections on them while their old workers drain.
-        for sock in old_listen.sockets:
-            if sock not in self.listen.sockets:
-                sock.close()
+        # The old address's socket: closed now, so the kernel stops queueing connections on it
+        # while its old workers drain.
+        if old_listen.sock is not self.listen.sock:
+            old_listen.sock.close()
         _event("reloaded", generation=generation, workers=[w.proc.pid for w in self.current()],
                retiring=[w.proc.pid for w in old])
 

@@ -916,8 +916,10 @@ async def start(cfg: ProxyConfig, host: str | None = None, port: int | None = No
                            shutdown_timeout=1.0,  # after drain(): only what outlived the drain timeout is left
                            lingering_time=1.0)  # unread body after a 408/413: read at most 1 s of it, then close
     await runner.setup()
+    # Several workers on the master's one socket accept in balance; one worker needs no gate.
+    counts = shared if sock is not None and shared is not None and cfg.options["workers"] > 1 else None
     site = limits.GuardedSite(runner, proxy.guard, host if host is not None else cfg.listen_host,
-                              cfg.port if port is None else port, backlog=1024, sock=sock)
+                              cfg.port if port is None else port, backlog=1024, sock=sock, counts=counts)
     await site.start()
     advertise = cfg.advertise_host or cfg.listen_host
     if advertise in ("0.0.0.0", "::", ""):

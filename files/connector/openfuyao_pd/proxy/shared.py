@@ -8,8 +8,9 @@ One directory per master (under /dev/shm when it exists), removed when the maste
     single writer per cell and no lock on the request path. The master gives each worker a row
     of its own (a reloading slot's old and new workers never share one) and zeroes the row of a
     worker that exited, so a killed worker's requests do not stay counted.
-  - Per row: the worker's pid (0 = free), the instance-change version it has applied and the
-    metrics epoch it has published.
+  - Per row: the worker's pid (0 = free), the instance-change version it has applied, the
+    metrics epoch it has published and its open client connections while it accepts (-1 when
+    it does not, e.g. a worker still starting or already draining): accept.py balances on it.
   - A column is claimed for a backend name once, under a lock, and keeps that name.
 - `instances-<generation>.json`: the instance API's changes (added specs, draining and deleted
   names) on top of the config file, with their version in `state`. A worker that takes a change
@@ -41,8 +42,8 @@ NAME_BYTES = 128
 # Header cells
 H_MAGIC, H_VERSION, H_ROWS, H_EPOCH = 0, 1, 2, 3
 HEADER = 8
-# Per-row cells: pid, applied version, published metrics epoch
-ROW_PID, ROW_VERSION, ROW_EPOCH = 0, 1, 2
+# Per-row cells: pid, applied version, published metrics epoch, open client connections (-1: not accepting)
+ROW_PID, ROW_VERSION, ROW_EPOCH, ROW_CONNS = 0, 1, 2, 3
 ROW_CELLS = 4
 ROWS_AT = HEADER
 MATRIX_AT = ROWS_AT + MAX_ROWS * ROW_CELLS
@@ -114,6 +115,8 @@ class State:
         for row in range(MAX_ROWS):
             if self.cells[ROWS_AT + row * ROW_CELLS + ROW_PID] == 0:
                 self.free_row(row)
+                # Not accepting until its worker says so: a starting worker's 0 would hold the others back.
+                self.cells[ROWS_AT + row * ROW_CELLS + ROW_CONNS] = -1
                 self.cells[ROWS_AT + row * ROW_CELLS + ROW_PID] = pid
                 self.cells[H_ROWS] = max(self.cells[H_ROWS], row + 1)
                 return row
@@ -138,6 +141,22 @@ class State:
             if pid:
                 out.append((row, pid))
         return out
+
+    # ------------------------------------------------------------------------------ accepting
+    def set_connections(self, count: int) -> None:
+        """This worker's open client connections (-1: it does not accept)."""
+        if self.row is not None:
+            self.cells[ROWS_AT + self.row * ROW_CELLS + ROW_CONNS] = count
+
+    def fewest_connections(self) -> int | None:
+        """The least open client connections of a worker that accepts; None when none does."""
+        least: int | None = None
+        for row in range(self.cells[H_ROWS]):
+            base = ROWS_AT + row * ROW_CELLS
+            count = self.cells[base + ROW_CONNS]
+            if self.cells[base + ROW_PID] and count >= 0 and (least is None or count < least):
+                least = count
+        return least
 
     # ------------------------------------------------------------------------------ columns
     def column(self, name: str) -> int:
