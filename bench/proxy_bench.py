@@ -286,15 +286,16 @@ def peer_targets(procs: Procs, peers: Path | None, topo: str, p_ports: list[int]
 
 
 def our_proxy(procs: Procs, p_ports: list[int], d_ports: list[int], options: dict[str, Any], log: Path,
-              py_spy: str | None) -> str:
+              py_spy: str | None, connector: Path = CONNECTOR) -> str:
     port = free_port()
     argv = [sys.executable, "-m", "openfuyao_pd.proxy", "--config", our_proxy_config(port, p_ports, d_ports, options),
             "--log-level", "WARNING"]
-    if py_spy:  # sample the proxy for the whole run (self time per function goes into bench/README.md)
-        argv = [py_spy, "record", "--nonblocking", "--rate", "200", "--format", "raw", "-o",
+    if py_spy:  # sample the proxy (master and workers) for the whole run (self time per function: bench/README.md)
+        argv = [py_spy, "record", "--subprocesses", "--nonblocking", "--rate", "200", "--format", "raw", "-o",
                 str(log.with_suffix(".pyspy.txt")), "--", *argv]
     # py-spy writes its profile on SIGINT (and forwards it to the proxy, which stops on it too).
-    procs.start(argv, log=log, stop_signal=signal.SIGINT if py_spy else signal.SIGTERM)
+    procs.start(argv, env={**os.environ, "PYTHONPATH": str(connector)}, log=log,
+                stop_signal=signal.SIGINT if py_spy else signal.SIGTERM)
     return f"http://127.0.0.1:{port}"
 
 
@@ -316,7 +317,7 @@ def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for ours in (r for r in rows if r["kind"] in ("ours", "ours-1w")):
         for peer in rows:
-            if peer["kind"] in ("vllm-router", "mooncake", "direct") and (peer["topology"], peer["stream"]) == (
+            if peer["kind"] in ("vllm-router", "mooncake", "direct", "baseline") and (peer["topology"], peer["stream"]) == (
                     ours["topology"], ours["stream"]) and peer["rps"] and peer["p50_ms"]:
                 out.append({"topology": ours["topology"], "stream": ours["stream"], "ours": ours["target"],
                             "peer": peer["kind"],
@@ -333,7 +334,8 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
     topologies = [t.strip().lower() for t in args.topologies.split(",") if t.strip()]
     results: dict[str, Any] = {"settings": {k: getattr(args, k) for k in ("requests", "concurrency", "prompt_tokens",
                                                                           "max_tokens", "rounds", "engine",
-                                                                          "proxy_workers", "client_procs", "engine_procs")},
+                                                                          "proxy_workers", "client_procs", "engine_procs",
+                                                                          "baseline_label")},
                                "rows": [], "skipped": [], "topologies": topologies}
     with processes() as procs:
         targets: dict[str, list[Target]] = {}
@@ -354,6 +356,11 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
             url = our_proxy(procs, p_ports, d_ports, ours_opts, logs / f"pd-proxy-{topo}.log", args.py_spy)
             workers = f", {args.proxy_workers} workers" if args.proxy_workers > 1 else ""
             row.append(Target(f"pd-proxy (ours{workers}), {topo}", url, "nixl, least_load" + workers, kind="ours"))
+            if args.baseline:  # an earlier revision of our proxy, same options: an A/B in one run
+                url = our_proxy(procs, p_ports, d_ports, ours_opts, logs / f"pd-proxy-baseline-{topo}.log", None,
+                                Path(args.baseline) / "files" / "connector")
+                row.append(Target(f"pd-proxy (baseline {args.baseline_label}{workers}), {topo}", url,
+                                  "nixl, least_load" + workers, kind="baseline"))
             if args.proxy_workers > 1:  # the one-process proxy too, in the same run
                 url = our_proxy(procs, p_ports, d_ports, {}, logs / f"pd-proxy-1w-{topo}.log", None)
                 row.append(Target(f"pd-proxy (ours, 1 worker), {topo}", url, "nixl, least_load", kind="ours-1w"))
@@ -571,6 +578,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds over the targets")
     parser.add_argument("--engine", choices=("mock", "sim"), default="mock",
                         help="overhead: bench/mock_engine.py (the proxy is the limit) or the simulator")
+    parser.add_argument("--baseline", help="overhead: a tree of an earlier revision (e.g. `git worktree add DIR REV`); "
+                                           "its proxy runs beside ours with the same options, and the ratios include it")
+    parser.add_argument("--baseline-label", default="earlier revision", help="overhead: the baseline's name in the tables")
     parser.add_argument("--engine-procs", type=int, default=1,
                         help="overhead, mock engines: processes per engine (SO_REUSEPORT), so that a single "
                              "engine process does not bound the targets on a host with cores to spare")
