@@ -23,6 +23,8 @@ import json
 import math
 import re
 import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_ascend_env as ascend_env
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_budget as budget
@@ -980,9 +982,11 @@ def _machine_label(address, names):
     return "hosts {} (one machine: all are {})".format(", ".join(names), address)
 
 
-def _entries_by_machine(hosts, settings, host_entries):
+def _claims_by_machine(
+    hosts: list[str], settings: dict[str, dict], claims: dict[str, list[PortClaim]]
+) -> Iterator[tuple[str, list[PortClaim]]]:
     for address, names in _machines(hosts, settings).items():
-        yield _machine_label(address, names), [e for h in names for e in host_entries[h]]
+        yield _machine_label(address, names), [c for h in names for c in claims[h]]
 
 
 def _check_shared_devices(ctx, pd_hosts, settings, instances):
@@ -1008,32 +1012,50 @@ def _check_shared_devices(ctx, pd_hosts, settings, instances):
             )
 
 
-def _check_host_ports(ctx, label, entries):
-    """entries: [(start, end, purpose, owner, kind, var)]; bind/bind overlap is an error,
-    bind/pool overlap a warning (a random pick may collide, the seed itself does this)."""
-    binds = [e for e in entries if e[4] == "bind"]
-    pools = [e for e in entries if e[4] == "pool"]
+@dataclass(frozen=True)
+class PortClaim:
+    """One port or range on a host: bound by its owner ("bind"), or a pool it may pick from at
+    random ("pool"); var is the variable a clash message tells the user to change."""
+
+    start: int
+    end: int
+    purpose: str
+    owner: str
+    kind: str
+    var: str
+
+    def as_dict(self) -> dict:
+        """The plan's form, in a host's "ports"."""
+        return {"start": self.start, "end": self.end, "purpose": f"{self.owner} {self.purpose}", "kind": self.kind}
+
+
+def _check_host_ports(ctx: _Ctx, label: str, claims: list[PortClaim]) -> None:
+    """bind/bind overlap is an error, bind/pool overlap a warning (a random pick may collide,
+    the seed itself does this)."""
+    binds = [c for c in claims if c.kind == "bind"]
+    pools = [c for c in claims if c.kind == "pool"]
     for i, a in enumerate(binds):
-        if a[0] < 1 or a[1] > 65535:
+        if a.start < 1 or a.end > 65535:
             ctx.error(
-                f"{label}: {a[3]} {a[2]} port range {_fmt_range(a[0], a[1])} leaves 1..65535: lower {a[5]}"
+                f"{label}: {a.owner} {a.purpose} port range {_fmt_range(a.start, a.end)} leaves 1..65535: lower {a.var}"
             )
         for b in binds[i + 1 :]:
-            if a[0] <= b[1] and b[0] <= a[1]:
+            if a.start <= b.end and b.start <= a.end:
                 ctx.error(
-                    f"{label}: port clash: {a[3]} {a[2]} {_fmt_range(a[0], a[1])} overlaps {b[3]} {b[2]} {_fmt_range(b[0], b[1])}: change {b[5]}"
+                    f"{label}: port clash: {a.owner} {a.purpose} {_fmt_range(a.start, a.end)} "
+                    f"overlaps {b.owner} {b.purpose} {_fmt_range(b.start, b.end)}: change {b.var}"
                 )
     seen = set()
     for a in binds:
         for p in pools:
-            if a[0] <= p[1] and p[0] <= a[1]:
-                kind = p[2].split(" (")[0].split(" device")[0]
-                if (a[3], a[2], kind) in seen:
+            if a.start <= p.end and p.start <= a.end:
+                kind = p.purpose.split(" (")[0].split(" device")[0]
+                if (a.owner, a.purpose, kind) in seen:
                     continue
-                seen.add((a[3], a[2], kind))
+                seen.add((a.owner, a.purpose, kind))
                 ctx.warn(
-                    f"{label}: {a[3]} {a[2]} port {_fmt_range(a[0], a[1])} lies inside the {kind} range {_fmt_range(p[0], p[1])}; a random pick there may "
-                    f"collide: move {a[5]} outside it"
+                    f"{label}: {a.owner} {a.purpose} port {_fmt_range(a.start, a.end)} lies inside the {kind} range "
+                    f"{_fmt_range(p.start, p.end)}; a random pick there may collide: move {a.var} outside it"
                 )
 
 
@@ -1344,7 +1366,7 @@ def build_plan(inventory):
     for h in proxy_hosts:
         port, pp_name = ctx.var(h, "proxy_port", 9090)
         proxy_ports[h] = (_as_port(ctx, h, pp_name, port) or 9090, pp_name)
-    host_entries = {h: [] for h in all_hosts}
+    claims: dict[str, list[PortClaim]] = {h: [] for h in all_hosts}
     for h in pd_hosts:
         s = settings[h]
         mine = [i for i in instances if i["host"] == h]
@@ -1405,10 +1427,10 @@ def build_plan(inventory):
                 var = {"http": inst["_http_var"], "data parallel rpc": inst["_rpc_var"]}.get(
                     p["purpose"], inst["_kv_var"]
                 )
-                host_entries[h].append((p["start"], p["end"], p["purpose"], inst["name"], p["kind"], var))
+                claims[h].append(PortClaim(p["start"], p["end"], p["purpose"], inst["name"], p["kind"], var))
     for h in proxy_hosts:
         port, name = proxy_ports[h]
-        host_entries[h].append((port, port, "http", "proxy", "bind", name))
+        claims[h].append(PortClaim(port, port, "http", "proxy", "bind", name))
     master = None
     master_hosts = ctx.groups.get("mooncake_master") or []
     if master_hosts:
@@ -1421,12 +1443,12 @@ def build_plan(inventory):
             "port": _as_port(ctx, mh, mname, mport) or DEFAULT_MASTER_PORT,
             "metrics_port": _as_port(ctx, mh, mmname, metrics) or DEFAULT_MASTER_METRICS_PORT,
         }
-        host_entries[mh].append((master["port"], master["port"], "rpc", "mooncake_master", "bind", mname))
-        host_entries[mh].append(
-            (master["metrics_port"], master["metrics_port"], "metrics", "mooncake_master", "bind", mmname)
+        claims[mh].append(PortClaim(master["port"], master["port"], "rpc", "mooncake_master", "bind", mname))
+        claims[mh].append(
+            PortClaim(master["metrics_port"], master["metrics_port"], "metrics", "mooncake_master", "bind", mmname)
         )
-    for label, entries in _entries_by_machine(all_hosts, settings, host_entries):
-        _check_host_ports(ctx, label, entries)
+    for label, machine_claims in _claims_by_machine(all_hosts, settings, claims):
+        _check_host_ports(ctx, label, machine_claims)
 
     # Shared KV path (shared_storage) and UCM files.
     shared_path = None
@@ -1544,10 +1566,7 @@ def build_plan(inventory):
             "address": s["address"],
             "groups": groups,
             "instances": [i["name"] for i in mine],
-            "ports": [
-                {"start": e[0], "end": e[1], "purpose": f"{e[3]} {e[2]}", "kind": e[4]}
-                for e in host_entries[h]
-            ],
+            "ports": [c.as_dict() for c in claims[h]],
             "devices": sorted(d for i in mine for d in i["devices"]),
             "ping_targets": [],
         }
