@@ -558,7 +558,7 @@ def _kv_footprint(inst):
     return inst["data_parallel_size"] * inst["tensor_parallel_size"]
 
 
-def _binds_kv(connector, platform, kv_role):
+def _binds_kv(connector: str, kv_role: str | None) -> bool:
     """Whether an instance listens on its kv_port range.
 
     vllm-ascend MooncakeConnectorV1: only the kv_producer worker starts the sending thread
@@ -574,7 +574,7 @@ def _binds_kv(connector, platform, kv_role):
 # ----------------------------------------------------------------------------- connectors
 
 
-def _ucm_files(ctx, host, inst, settings, first_instance):
+def _ucm_files(ctx: _Ctx, host: str, first_instance: bool) -> tuple[str, str]:
     path = ctx.var(host, "ucm_config_file", None)[0]
     data_dir = ctx.var(host, "data_dir", DEFAULT_DATA_DIR)[0]
     path = path or "{}/ucm/ucm_config.yaml".format(str(data_dir).rstrip("/"))
@@ -691,7 +691,7 @@ def _yaml_dump(obj, indent=0):
     return "\n".join(lines) + ("\n" if indent == 0 else "")
 
 
-def _kv_transfer_config(ctx, inst, settings, side_sizes, shared_path):
+def _kv_transfer_config(ctx: _Ctx, inst: dict, side_sizes: dict, shared_path: str | None) -> dict:
     host = inst["host"]
     connector = inst["connector"]
     platform = inst["platform"]
@@ -768,7 +768,7 @@ def _kv_role(ctx, host, connector, role):
 # ----------------------------------------------------------------------------- argv and env
 
 
-def _argv(ctx, inst, model, settings, opts):
+def _argv(ctx: _Ctx, inst: dict, model: dict, opts: dict) -> list[str]:
     platform = inst["platform"]
     host = inst["host"]
     if platform == "cpu":
@@ -823,7 +823,7 @@ def _argv(ctx, inst, model, settings, opts):
     return argv
 
 
-def _env(ctx, inst, settings, opts):
+def _env(ctx: _Ctx, inst: dict) -> dict[str, str]:
     host, role, platform = inst["host"], inst["role"], inst["platform"]
     env = {}
     if platform == "ascend":
@@ -935,7 +935,7 @@ def _instance_ports(inst, settings, adxl):
             }
         )
     kv = inst["kv_port"]
-    if kv is not None and _binds_kv(inst["connector"], inst["platform"], inst["kv_role"]):
+    if kv is not None and _binds_kv(inst["connector"], inst["kv_role"]):
         if inst["connector"] == "mooncake" and inst["platform"] != "ascend":
             ports.append({"start": kv, "end": kv, "purpose": "mooncake bootstrap", "kind": "bind"})
         else:
@@ -1473,7 +1473,7 @@ def build_plan(inventory):
     for n, inst in enumerate(instances):
         inst["files"] = {}
         if connector == "ucm":
-            path, text = _ucm_files(ctx, inst["host"], inst, settings[inst["host"]], n == 0)
+            path, text = _ucm_files(ctx, inst["host"], n == 0)
             inst["_ucm_path"] = path
             prior = files_by_host.setdefault(inst["host"], {}).get(path)
             if prior is not None and prior != text:
@@ -1482,7 +1482,7 @@ def build_plan(inventory):
                 inst["_ucm_path"] = path
             files_by_host[inst["host"]][path] = text
             inst["files"] = {path: text}
-    _family_plan(ctx, connector, instances, settings, pd_hosts, master)
+    _family_plan(ctx, connector, instances, pd_hosts, master)
 
     if ctx.problems:
         raise PlanError(ctx.problems, ctx.warnings)
@@ -1490,13 +1490,11 @@ def build_plan(inventory):
     # Final per-instance documents.
     for inst in instances:
         o = opts_by_name[inst["name"]]
-        inst["kv_transfer_config"] = _kv_transfer_config(
-            ctx, inst, settings[inst["host"]], side_sizes, shared_path
-        )
+        inst["kv_transfer_config"] = _kv_transfer_config(ctx, inst, side_sizes, shared_path)
         if inst.get("_failure_policy"):
             inst["kv_transfer_config"]["kv_load_failure_policy"] = inst["_failure_policy"]
-        inst["env"] = _env(ctx, inst, settings[inst["host"]], o)
-        inst["argv"] = _argv(ctx, inst, model, settings[inst["host"]], o)
+        inst["env"] = _env(ctx, inst)
+        inst["argv"] = _argv(ctx, inst, model, o)
         inst["health_url"] = "http://{}:{}/health".format(_url_host(inst["address"]), inst["http_port"])
         inst["dtype"] = o["dtype"]
         inst["block_size"] = o["block_size"]
@@ -1676,7 +1674,9 @@ def _family_settings(ctx, connector, instances, settings):
         inst["_hugepages"] = ascend_env.hugepages(connector, gen, profile) if inst["platform"] == "ascend" else None
 
 
-def _family_plan(ctx, connector, instances, settings, pd_hosts, master):
+def _family_plan(
+    ctx: _Ctx, connector: str | None, instances: list[dict], pd_hosts: list[str], master: dict | None
+) -> None:
     """kv_load_failure_policy, one hash seed, and the KV pool's lookup_rpc_port / master / mooncake.json."""
     for inst in instances:
         policy, var = ctx.var(inst["host"], "kv_load_failure_policy", None, inst["role"])
