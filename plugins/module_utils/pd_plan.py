@@ -23,6 +23,8 @@ import json
 import math
 import re
 import shlex
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_ascend_env as ascend_env
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_budget as budget
@@ -556,7 +558,7 @@ def _kv_footprint(inst):
     return inst["data_parallel_size"] * inst["tensor_parallel_size"]
 
 
-def _binds_kv(connector, platform, kv_role):
+def _binds_kv(connector: str, kv_role: str | None) -> bool:
     """Whether an instance listens on its kv_port range.
 
     vllm-ascend MooncakeConnectorV1: only the kv_producer worker starts the sending thread
@@ -572,7 +574,7 @@ def _binds_kv(connector, platform, kv_role):
 # ----------------------------------------------------------------------------- connectors
 
 
-def _ucm_files(ctx, host, inst, settings, first_instance):
+def _ucm_files(ctx: _Ctx, host: str, first_instance: bool) -> tuple[str, str]:
     path = ctx.var(host, "ucm_config_file", None)[0]
     data_dir = ctx.var(host, "data_dir", DEFAULT_DATA_DIR)[0]
     path = path or "{}/ucm/ucm_config.yaml".format(str(data_dir).rstrip("/"))
@@ -689,7 +691,7 @@ def _yaml_dump(obj, indent=0):
     return "\n".join(lines) + ("\n" if indent == 0 else "")
 
 
-def _kv_transfer_config(ctx, inst, settings, side_sizes, shared_path):
+def _kv_transfer_config(ctx: _Ctx, inst: dict, side_sizes: dict, shared_path: str | None) -> dict:
     host = inst["host"]
     connector = inst["connector"]
     platform = inst["platform"]
@@ -766,7 +768,7 @@ def _kv_role(ctx, host, connector, role):
 # ----------------------------------------------------------------------------- argv and env
 
 
-def _argv(ctx, inst, model, settings, opts):
+def _argv(ctx: _Ctx, inst: dict, model: dict, opts: dict) -> list[str]:
     platform = inst["platform"]
     host = inst["host"]
     if platform == "cpu":
@@ -821,7 +823,7 @@ def _argv(ctx, inst, model, settings, opts):
     return argv
 
 
-def _env(ctx, inst, settings, opts):
+def _env(ctx: _Ctx, inst: dict) -> dict[str, str]:
     host, role, platform = inst["host"], inst["role"], inst["platform"]
     env = {}
     if platform == "ascend":
@@ -933,7 +935,7 @@ def _instance_ports(inst, settings, adxl):
             }
         )
     kv = inst["kv_port"]
-    if kv is not None and _binds_kv(inst["connector"], inst["platform"], inst["kv_role"]):
+    if kv is not None and _binds_kv(inst["connector"], inst["kv_role"]):
         if inst["connector"] == "mooncake" and inst["platform"] != "ascend":
             ports.append({"start": kv, "end": kv, "purpose": "mooncake bootstrap", "kind": "bind"})
         else:
@@ -980,9 +982,11 @@ def _machine_label(address, names):
     return "hosts {} (one machine: all are {})".format(", ".join(names), address)
 
 
-def _entries_by_machine(hosts, settings, host_entries):
+def _claims_by_machine(
+    hosts: list[str], settings: dict[str, dict], claims: dict[str, list[PortClaim]]
+) -> Iterator[tuple[str, list[PortClaim]]]:
     for address, names in _machines(hosts, settings).items():
-        yield _machine_label(address, names), [e for h in names for e in host_entries[h]]
+        yield _machine_label(address, names), [c for h in names for c in claims[h]]
 
 
 def _check_shared_devices(ctx, pd_hosts, settings, instances):
@@ -1008,32 +1012,50 @@ def _check_shared_devices(ctx, pd_hosts, settings, instances):
             )
 
 
-def _check_host_ports(ctx, label, entries):
-    """entries: [(start, end, purpose, owner, kind, var)]; bind/bind overlap is an error,
-    bind/pool overlap a warning (a random pick may collide, the seed itself does this)."""
-    binds = [e for e in entries if e[4] == "bind"]
-    pools = [e for e in entries if e[4] == "pool"]
+@dataclass(frozen=True)
+class PortClaim:
+    """One port or range on a host: bound by its owner ("bind"), or a pool it may pick from at
+    random ("pool"); var is the variable a clash message tells the user to change."""
+
+    start: int
+    end: int
+    purpose: str
+    owner: str
+    kind: str
+    var: str
+
+    def as_dict(self) -> dict:
+        """The plan's form, in a host's "ports"."""
+        return {"start": self.start, "end": self.end, "purpose": f"{self.owner} {self.purpose}", "kind": self.kind}
+
+
+def _check_host_ports(ctx: _Ctx, label: str, claims: list[PortClaim]) -> None:
+    """bind/bind overlap is an error, bind/pool overlap a warning (a random pick may collide,
+    the seed itself does this)."""
+    binds = [c for c in claims if c.kind == "bind"]
+    pools = [c for c in claims if c.kind == "pool"]
     for i, a in enumerate(binds):
-        if a[0] < 1 or a[1] > 65535:
+        if a.start < 1 or a.end > 65535:
             ctx.error(
-                f"{label}: {a[3]} {a[2]} port range {_fmt_range(a[0], a[1])} leaves 1..65535: lower {a[5]}"
+                f"{label}: {a.owner} {a.purpose} port range {_fmt_range(a.start, a.end)} leaves 1..65535: lower {a.var}"
             )
         for b in binds[i + 1 :]:
-            if a[0] <= b[1] and b[0] <= a[1]:
+            if a.start <= b.end and b.start <= a.end:
                 ctx.error(
-                    f"{label}: port clash: {a[3]} {a[2]} {_fmt_range(a[0], a[1])} overlaps {b[3]} {b[2]} {_fmt_range(b[0], b[1])}: change {b[5]}"
+                    f"{label}: port clash: {a.owner} {a.purpose} {_fmt_range(a.start, a.end)} "
+                    f"overlaps {b.owner} {b.purpose} {_fmt_range(b.start, b.end)}: change {b.var}"
                 )
     seen = set()
     for a in binds:
         for p in pools:
-            if a[0] <= p[1] and p[0] <= a[1]:
-                kind = p[2].split(" (")[0].split(" device")[0]
-                if (a[3], a[2], kind) in seen:
+            if a.start <= p.end and p.start <= a.end:
+                kind = p.purpose.split(" (")[0].split(" device")[0]
+                if (a.owner, a.purpose, kind) in seen:
                     continue
-                seen.add((a[3], a[2], kind))
+                seen.add((a.owner, a.purpose, kind))
                 ctx.warn(
-                    f"{label}: {a[3]} {a[2]} port {_fmt_range(a[0], a[1])} lies inside the {kind} range {_fmt_range(p[0], p[1])}; a random pick there may "
-                    f"collide: move {a[5]} outside it"
+                    f"{label}: {a.owner} {a.purpose} port {_fmt_range(a.start, a.end)} lies inside the {kind} range "
+                    f"{_fmt_range(p.start, p.end)}; a random pick there may collide: move {a.var} outside it"
                 )
 
 
@@ -1244,347 +1266,109 @@ def _side_sizes(ctx, instances, connector):
     return side_sizes
 
 
-def build_plan(inventory):
+@dataclass(frozen=True)
+class _Hosts:
+    """Inventory hosts by part, each once and in group order (pd: prefill hosts, then decode hosts)."""
+
+    pd: list[str]
+    proxy: list[str]
+    all: list[str]
+
+
+@dataclass(frozen=True)
+class _Cluster:
+    """What every stage after the connector/platform agreement reads."""
+
+    hosts: _Hosts
+    settings: dict[str, dict]
+    model: dict
+    connector: str | None
+    platforms: list[str]
+
+
+# Instance keys that reach the plan; the others (leading "_") are the planner's working state.
+PUBLIC_INSTANCE_KEYS = (
+    "name",
+    "host",
+    "address",
+    "role",
+    "kv_role",
+    "platform",
+    "connector",
+    "runtime",
+    "devices",
+    "visible_devices_env",
+    "tensor_parallel_size",
+    "data_parallel_size",
+    "http_port",
+    "kv_port",
+    "dp_rpc_port",
+    "ports",
+    "engine_id",
+    "kv_rank",
+    "lookup_rpc_port",
+    "kv_transfer_config",
+    "files",
+    "env",
+    "argv",
+    "health_url",
+    "scheduling_policy",
+    "dtype",
+    "block_size",
+)
+
+
+def build_plan(inventory: dict) -> dict:
     """Validate the inventory and return the plan; raise PlanError listing every problem."""
     ctx = _Ctx(inventory)
     for line in group_problems(inventory):
         ctx.error(line)
     if ctx.problems:
         raise PlanError(ctx.problems)
-    # Several [proxy] hosts are each a full proxy with the same backends (pd_plan_ha).
-    proxy_hosts = ctx.groups["proxy"]
-    pd_hosts = []
-    for role in ROLES:
-        for h in ctx.groups[role]:
-            if h not in pd_hosts:
-                pd_hosts.append(h)
-    all_hosts = list(pd_hosts)
-    for group in ("proxy", "mooncake_master", "storage"):
-        for h in ctx.groups.get(group, []):
-            if h not in all_hosts:
-                all_hosts.append(h)
-    for h in all_hosts:
-        for w in typo_warnings(h, (ctx.hostvars.get(h) or {}).keys()):
-            ctx.warn(w)
-
-    settings = {h: _host_settings(ctx, h, h in pd_hosts) for h in all_hosts}
-    for h in pd_hosts:
-        _check_host_texts(ctx, h)
-    model = _model(ctx, pd_hosts)
-
-    connectors = sorted({settings[h]["connector"] for h in pd_hosts if settings[h]["connector"]})
-    platforms = sorted({settings[h]["platform"] for h in pd_hosts if settings[h]["platform"]})
-    if len(connectors) > 1:
-        per = ", ".join("{}: {}".format(h, settings[h]["connector"]) for h in pd_hosts)
-        ctx.error(f"pd_connector differs between hosts ({per}): set one pd_connector in group_vars/all.yml")
-    connector = connectors[0] if connectors else None
-    if connector in P2P_CONNECTORS and len(platforms) > 1:
-        ctx.error(
-            "platforms {} are mixed with the P2P connector {}: only a centralized connector (ucm) "
-            "may mix platforms; use one platform or pd_connector=ucm".format("+".join(platforms), connector)
-        )
-    # Without a usable platform/connector for every host nothing below can be checked.
-    unusable = any(settings[h]["platform"] is None or settings[h]["connector"] is None for h in pd_hosts)
-    if unusable or len(connectors) > 1:
-        raise PlanError(ctx.problems, ctx.warnings)
-
-    # Per-host layout requests, prefill instances first (the seed's device order).
-    layouts = {}
-    for role in ROLES:
-        for h in ctx.groups[role]:
-            layouts[(h, role)] = _role_layout(ctx, h, role, settings[h])
-
-    # Names over the whole cluster (prefill-0.., decode-0..); engine ids and kv_ranks per instance
-    # from its host, role and index on the host only (instance_identity), so that scaling one role
-    # or host never changes a running instance's connector identity.
-    instances = []
-    counters = {"prefill": 0, "decode": 0}
-    for role in ROLES:
-        for h in ctx.groups[role]:
-            tp, dp, n, devices, d_var = layouts[(h, role)]
-            for k in range(n):
-                s = settings[h]
-                instances.append(
-                    {
-                        "name": f"{role}-{counters[role]}",
-                        "host": h,
-                        "address": s["address"],
-                        "role": role,
-                        "kv_role": _kv_role(ctx, h, connector, role),
-                        "platform": s["platform"],
-                        "connector": connector,
-                        "runtime": s["runtime"],
-                        "devices": [],
-                        "visible_devices_env": VISIBLE_DEVICES_ENV[s["platform"]],
-                        "tensor_parallel_size": tp,
-                        "data_parallel_size": dp,
-                        "_index_on_host": k,
-                        "_explicit": devices[k] if devices is not None else None,
-                        "_devices_var": d_var,
-                    }
-                )
-                counters[role] += 1
-    for inst in instances:
-        inst["engine_id"], inst["kv_rank"] = instance_identity(inst["host"], inst["role"], inst["_index_on_host"])
+    cluster = _agree_stack(ctx, _collect_hosts(ctx))
+    hosts, settings, connector = cluster.hosts, cluster.settings, cluster.connector
+    instances = _new_instances(ctx, cluster)
     _family_settings(ctx, connector, instances, settings)
     _assign_engine_ids(ctx, instances)
-
-    _assign_devices(ctx, pd_hosts, settings, instances)
-    _check_shared_devices(ctx, pd_hosts, settings, instances)
-
-    # Cluster-wide engine settings that must agree.
+    _assign_devices(ctx, hosts.pd, settings, instances)
+    _check_shared_devices(ctx, hosts.pd, settings, instances)
     opts_by_name = _engine_options(ctx, instances, connector)
-
-    # P2P: both sides must describe each other's layout.
     side_sizes = _side_sizes(ctx, instances, connector)
 
-    # Ports, host by host.
-    proxy_host = proxy_hosts[0]
-    proxy_ports = {}
-    for h in proxy_hosts:
-        port, pp_name = ctx.var(h, "proxy_port", 9090)
-        proxy_ports[h] = (_as_port(ctx, h, pp_name, port) or 9090, pp_name)
-    host_entries = {h: [] for h in all_hosts}
-    for h in pd_hosts:
-        s = settings[h]
-        mine = [i for i in instances if i["host"] == h]
-        adxl_base, ab_name = ctx.var(h, "adxl_base_port", DEFAULT_ADXL_BASE)
-        release = None
-        if family.is_mooncake(connector) and s["platform"] == "ascend":
-            release = _mooncake_version(ctx, h)[1]
-        by_version = adxl_ports_per_device(release) if release else ADXL_PORTS_OLD
-        adxl_per, ap_name = ctx.var(h, "adxl_ports_per_device", by_version)
-        adxl = (
-            _as_port(ctx, h, ab_name, adxl_base) or DEFAULT_ADXL_BASE,
-            _as_int(ctx, h, ap_name, adxl_per) or by_version,
-        )
-        avoid = [TE_RPC_RANGE]
-        if s["platform"] == "ascend":
-            avoid.append((adxl[0], adxl[0] + max(s["device_count"], 1) * adxl[1] - 1))
-        kv_cursor = {}
-        for role in ROLES:
-            for inst in (i for i in mine if i["role"] == role):
-                k = inst["_index_on_host"]
-                base, bname = ctx.var(h, "http_port_base", DEFAULT_HTTP_BASE[role], role)
-                base = _as_port(ctx, h, bname, base) or DEFAULT_HTTP_BASE[role]
-                inst["http_port"] = base + k
-                inst["_http_var"] = f"pd_{role}_http_port_base"  # the fix names the role form
-                rbase, rname = ctx.var(h, "dp_rpc_port_base", DEFAULT_DP_RPC_BASE[role], role)
-                rbase = _as_port(ctx, h, rname, rbase) or DEFAULT_DP_RPC_BASE[role]
-                inst["dp_rpc_port"] = rbase + k
-                inst["_rpc_var"] = f"pd_{role}_dp_rpc_port_base"
-                inst["kv_port"] = None
-                inst["_kv_var"] = f"pd_{role}_kv_port_base"
-                if connector == "mooncake" and s["platform"] != "ascend":
-                    if role == "prefill":
-                        kbase, kname = ctx.var(h, "kv_port_base", DEFAULT_MOONCAKE_BOOTSTRAP, role)
-                        inst["kv_port"] = (_as_port(ctx, h, kname, kbase) or DEFAULT_MOONCAKE_BOOTSTRAP) + k
-                elif connector in P2P_CONNECTORS:
-                    kbase, kname = ctx.var(h, "kv_port_base", None, role)
-                    if role not in kv_cursor:
-                        if kbase is not None:
-                            kv_cursor[role] = _as_port(ctx, h, kname, kbase) or 1
-                        elif connector == "nixl":
-                            kv_cursor[role] = DEFAULT_NIXL_BASE[role]
-                        else:
-                            # Auto: past the ADXL block of the old 1000-port rule even on newer
-                            # Mooncake (the vllm-ascend tutorial's kv_port >= 28000 for 8 NPUs), so
-                            # a Mooncake upgrade or downgrade never moves a deployment's kv ports;
-                            # decode 1000 ports above prefill.
-                            start = adxl[0] + max(s["device_count"], 1) * max(adxl[1], ADXL_PORTS_OLD)
-                            if role == "decode":
-                                start += 1000
-                            kv_cursor[role] = _auto_base(start, _kv_footprint(inst), avoid)
-                    inst["kv_port"] = kv_cursor[role]
-                    kv_cursor[role] += _kv_footprint(inst)
-        for inst in mine:
-            if inst["connector"] == "ucm":
-                inst["_pipeline"] = str(ctx.var(h, "ucm_store_pipeline", "Cache|Posix")[0])
-            inst["ports"] = _instance_ports(inst, s, adxl)
-            for p in inst["ports"]:
-                var = {"http": inst["_http_var"], "data parallel rpc": inst["_rpc_var"]}.get(
-                    p["purpose"], inst["_kv_var"]
-                )
-                host_entries[h].append((p["start"], p["end"], p["purpose"], inst["name"], p["kind"], var))
-    for h in proxy_hosts:
+    proxy_ports = _proxy_ports(ctx, hosts.proxy)
+    claims = _instance_claims(ctx, cluster, instances)
+    for h in hosts.proxy:
         port, name = proxy_ports[h]
-        host_entries[h].append((port, port, "http", "proxy", "bind", name))
-    master = None
-    master_hosts = ctx.groups.get("mooncake_master") or []
-    if master_hosts:
-        mh = master_hosts[0]
-        mport, mname = ctx.var(mh, "mooncake_master_port", DEFAULT_MASTER_PORT)
-        metrics, mmname = ctx.var(mh, "mooncake_master_metrics_port", DEFAULT_MASTER_METRICS_PORT)
-        master = {
-            "host": mh,
-            "address": settings[mh]["address"],
-            "port": _as_port(ctx, mh, mname, mport) or DEFAULT_MASTER_PORT,
-            "metrics_port": _as_port(ctx, mh, mmname, metrics) or DEFAULT_MASTER_METRICS_PORT,
-        }
-        host_entries[mh].append((master["port"], master["port"], "rpc", "mooncake_master", "bind", mname))
-        host_entries[mh].append(
-            (master["metrics_port"], master["metrics_port"], "metrics", "mooncake_master", "bind", mmname)
-        )
-    for label, entries in _entries_by_machine(all_hosts, settings, host_entries):
-        _check_host_ports(ctx, label, entries)
-
-    # Shared KV path (shared_storage) and UCM files.
-    shared_path = None
-    if connector == "shared_storage":
-        first = instances[0]["host"]
-        data_dir = ctx.var(first, "data_dir", DEFAULT_DATA_DIR)[0]
-        shared_path, sname = ctx.var(first, "kv_shared_path", "{}/kv".format(str(data_dir).rstrip("/")))
-        if not str(shared_path).startswith("/"):
-            ctx.error(f"{sname}={shared_path!r} must be an absolute directory")
-        for h in pd_hosts:
-            if ctx.var(h, "kv_shared_path", shared_path)[0] != shared_path:
-                ctx.error(
-                    f"host {h}: pd_kv_shared_path differs from host {first}: every instance must use the same "
-                    "shared directory"
-                )
-        if len(pd_hosts) > 1:
-            ctx.warn(
-                f"connector shared_storage spans {len(pd_hosts)} hosts: {shared_path} must be the same shared filesystem on all of "
-                "them (list its server under [storage])"
-            )
-    files_by_host = {}
-    for n, inst in enumerate(instances):
-        inst["files"] = {}
-        if connector == "ucm":
-            path, text = _ucm_files(ctx, inst["host"], inst, settings[inst["host"]], n == 0)
-            inst["_ucm_path"] = path
-            prior = files_by_host.setdefault(inst["host"], {}).get(path)
-            if prior is not None and prior != text:
-                # Same path, different content (e.g. GC on one instance only): keep them apart.
-                path = path.rsplit(".", 1)[0] + "-{}.yaml".format(inst["name"])
-                inst["_ucm_path"] = path
-            files_by_host[inst["host"]][path] = text
-            inst["files"] = {path: text}
-    _family_plan(ctx, connector, instances, settings, pd_hosts, master)
-
+        claims[h].append(PortClaim(port, port, "http", "proxy", "bind", name))
+    master = _mooncake_master(ctx, settings, claims)
+    for label, machine_claims in _claims_by_machine(hosts.all, settings, claims):
+        _check_host_ports(ctx, label, machine_claims)
+    shared_path = _shared_path(ctx, connector, instances, hosts.pd)
+    _attach_ucm_files(ctx, connector, instances)
+    _family_plan(ctx, connector, instances, hosts.pd, master)
     if ctx.problems:
         raise PlanError(ctx.problems, ctx.warnings)
 
-    # Final per-instance documents.
-    for inst in instances:
-        o = opts_by_name[inst["name"]]
-        inst["kv_transfer_config"] = _kv_transfer_config(
-            ctx, inst, settings[inst["host"]], side_sizes, shared_path
-        )
-        if inst.get("_failure_policy"):
-            inst["kv_transfer_config"]["kv_load_failure_policy"] = inst["_failure_policy"]
-        inst["env"] = _env(ctx, inst, settings[inst["host"]], o)
-        inst["argv"] = _argv(ctx, inst, model, settings[inst["host"]], o)
-        inst["health_url"] = "http://{}:{}/health".format(_url_host(inst["address"]), inst["http_port"])
-        inst["dtype"] = o["dtype"]
-        inst["block_size"] = o["block_size"]
-    timeouts = _timeout_budget(ctx, instances, proxy_host, _proxy_options(ctx, proxy_host))
+    _finish_instances(ctx, cluster, instances, opts_by_name, side_sizes, shared_path)
+    timeouts = _timeout_budget(ctx, instances, hosts.proxy[0], _proxy_options(ctx, hosts.proxy[0]))
     timeouts = _master_lease(ctx, connector, instances, master, timeouts)
-    for h in proxy_hosts:
-        _as_address(ctx, h, *ctx.var(h, "proxy_bind_host", None))
-        _check_layerwise_workers(ctx, h, connector)
-    vip = ha.parse_vip(
-        ctx,
-        proxy_hosts,
-        {h: settings[h]["address"] for h in all_hosts},
-        {h: _proxy_bind(ctx, h, settings[h]) for h in proxy_hosts},
-        {h: proxy_ports[h][0] for h in proxy_hosts},
-    )
+    vip = _check_proxies(ctx, cluster, {h: port for h, (port, _var) in proxy_ports.items()})
     if ctx.problems:
         raise PlanError(ctx.problems, ctx.warnings)
 
-    public_keys = (
-        "name",
-        "host",
-        "address",
-        "role",
-        "kv_role",
-        "platform",
-        "connector",
-        "runtime",
-        "devices",
-        "visible_devices_env",
-        "tensor_parallel_size",
-        "data_parallel_size",
-        "http_port",
-        "kv_port",
-        "dp_rpc_port",
-        "ports",
-        "engine_id",
-        "kv_rank",
-        "lookup_rpc_port",
-        "kv_transfer_config",
-        "files",
-        "env",
-        "argv",
-        "health_url",
-        "scheduling_policy",
-        "dtype",
-        "block_size",
-    )
-    out_instances = [{k: copy.deepcopy(inst[k]) for k in public_keys if k in inst} for inst in instances]
-
+    out_instances = [{k: copy.deepcopy(i[k]) for k in PUBLIC_INSTANCE_KEYS if k in i} for i in instances]
     proxies = [
-        _proxy_section(ctx, h, settings[h], proxy_ports[h][0], connector, platforms, model, out_instances)
-        for h in proxy_hosts
+        _proxy_section(
+            ctx, h, settings[h], proxy_ports[h][0], connector, cluster.platforms, cluster.model, out_instances
+        )
+        for h in hosts.proxy
     ]
     proxy = proxies[0]
-    hosts = {}
-    for h in all_hosts:
-        s = settings[h]
-        mine = [i for i in out_instances if i["host"] == h]
-        groups = [
-            g
-            for g in ("prefill", "decode", "proxy", "mooncake_master", "storage")
-            if h in ctx.groups.get(g, [])
-        ]
-        hosts[h] = {
-            "platform": s["platform"],
-            "runtime": s["runtime"],
-            "address": s["address"],
-            "groups": groups,
-            "instances": [i["name"] for i in mine],
-            "ports": [
-                {"start": e[0], "end": e[1], "purpose": f"{e[3]} {e[2]}", "kind": e[4]}
-                for e in host_entries[h]
-            ],
-            "devices": sorted(d for i in mine for d in i["devices"]),
-            "ping_targets": [],
-        }
-        pages = next((i["_hugepages"] for i in instances if i["host"] == h and i.get("_hugepages")), None)
-        if pages:
-            hosts[h]["hugepages"] = pages
-    # Ascend P2P: each NPU host pings the device IPs of the other NPU hosts it exchanges KV with.
-    ips = {
-        h: sorted(
-            {
-                f["ip"]
-                for d, f in (settings[h]["facts"] or {}).items()
-                if f.get("ip") and d in hosts[h]["devices"]
-            }
-        )
-        for h in pd_hosts
-    }
-    if family.is_mooncake(connector):
-        for h in pd_hosts:
-            if settings[h]["platform"] == "ascend":
-                hosts[h]["ping_targets"] = sorted({ip for o in pd_hosts if o != h for ip in ips[o]})
-    # Hosts that need the Mooncake transfer engine: P2P Mooncake, or a UCM Mooncake pipeline.
-    mooncake_hosts = sorted(
-        i["host"] for i in instances if family.is_mooncake(i["connector"]) or "Mooncake" in i.get("_pipeline", "")
-    )
-    storage = None
-    if connector in ("ucm", "shared_storage"):
-        first = instances[0]["host"]
-        path = shared_path
-        if connector == "ucm":
-            path = ctx.var(first, "ucm_storage_backends", None)[0] or ctx.var(first, "kv_shared_path", "")[0]
-        storage = {"path": str(path), "hosts": list(ctx.groups.get("storage") or []), "clients": pd_hosts}
-    plan = {
+    return {
         "schema_version": SCHEMA_VERSION,
-        "platforms": platforms,
+        "platforms": cluster.platforms,
         "connector": connector,
-        "model": {k: model[k] for k in ("source", "path", "served_name", "builtin")},
+        "model": {k: cluster.model[k] for k in ("source", "path", "served_name", "builtin")},
         "instances": out_instances,
         "proxy": proxy,
         # Every [proxy] host's section (the first is "proxy"), the virtual IP in front of them
@@ -1593,14 +1377,340 @@ def build_plan(inventory):
         "proxy_vip": vip.as_dict([{"host": p["host"], "address": p["address"]} for p in proxies]) if vip else None,
         "endpoint": ha.endpoint(vip, proxy),
         "proxy_risk": ha.risk(len(proxies), vip),
-        "hosts": hosts,
+        "hosts": _host_sections(ctx, cluster, instances, out_instances, claims),
         # A master-only host needs the wheel too: mooncake_master ships in it.
-        "mooncake": {"hosts": sorted(set(mooncake_hosts) | ({master["host"]} if master else set())), "master": master},
-        "storage": storage,
+        "mooncake": {"hosts": _mooncake_hosts(instances, master), "master": master},
+        "storage": _storage(ctx, cluster, instances, shared_path),
         "timeouts": timeouts,
         "warnings": collapse(ctx.warnings),
     }
-    return plan
+
+
+def _collect_hosts(ctx: _Ctx) -> _Hosts:
+    """Every host once, in group order; a misspelt pd_* variable is a warning on its host."""
+    pd_hosts = list(dict.fromkeys(h for role in ROLES for h in ctx.groups[role]))
+    others = (h for group in ("proxy", "mooncake_master", "storage") for h in ctx.groups.get(group, []))
+    all_hosts = list(dict.fromkeys([*pd_hosts, *others]))
+    for h in all_hosts:
+        for w in typo_warnings(h, (ctx.hostvars.get(h) or {}).keys()):
+            ctx.warn(w)
+    # Several [proxy] hosts are each a full proxy with the same backends (pd_plan_ha).
+    return _Hosts(pd=pd_hosts, proxy=ctx.groups["proxy"], all=all_hosts)
+
+
+def _agree_stack(ctx: _Ctx, hosts: _Hosts) -> _Cluster:
+    """Host settings and the model; one connector for all, one platform unless it is centralized."""
+    settings = {h: _host_settings(ctx, h, h in hosts.pd) for h in hosts.all}
+    for h in hosts.pd:
+        _check_host_texts(ctx, h)
+    model = _model(ctx, hosts.pd)
+
+    connectors = sorted({settings[h]["connector"] for h in hosts.pd if settings[h]["connector"]})
+    platforms = sorted({settings[h]["platform"] for h in hosts.pd if settings[h]["platform"]})
+    if len(connectors) > 1:
+        per = ", ".join("{}: {}".format(h, settings[h]["connector"]) for h in hosts.pd)
+        ctx.error(f"pd_connector differs between hosts ({per}): set one pd_connector in group_vars/all.yml")
+    connector = connectors[0] if connectors else None
+    if connector in P2P_CONNECTORS and len(platforms) > 1:
+        ctx.error(
+            "platforms {} are mixed with the P2P connector {}: only a centralized connector (ucm) "
+            "may mix platforms; use one platform or pd_connector=ucm".format("+".join(platforms), connector)
+        )
+    # Without a usable platform/connector for every host nothing below can be checked.
+    unusable = any(settings[h]["platform"] is None or settings[h]["connector"] is None for h in hosts.pd)
+    if unusable or len(connectors) > 1:
+        raise PlanError(ctx.problems, ctx.warnings)
+    return _Cluster(hosts, settings, model, connector, platforms)
+
+
+def _new_instances(ctx: _Ctx, cluster: _Cluster) -> list[dict]:
+    """Names over the whole cluster (prefill-0.., decode-0..); engine ids and kv_ranks per instance
+    from its host, role and index on the host only (instance_identity), so that scaling one role
+    or host never changes a running instance's connector identity."""
+    # All layouts first: their problems are reported before any instance's, as they always were.
+    layouts = {(h, role): _role_layout(ctx, h, role, cluster.settings[h]) for role in ROLES for h in ctx.groups[role]}
+    instances = []
+    counters = dict.fromkeys(ROLES, 0)
+    for role in ROLES:
+        for h in ctx.groups[role]:
+            tp, dp, n, devices, d_var = layouts[(h, role)]
+            s = cluster.settings[h]
+            for k in range(n):
+                inst = {
+                    "name": f"{role}-{counters[role]}",
+                    "host": h,
+                    "address": s["address"],
+                    "role": role,
+                    "kv_role": _kv_role(ctx, h, cluster.connector, role),
+                    "platform": s["platform"],
+                    "connector": cluster.connector,
+                    "runtime": s["runtime"],
+                    "devices": [],
+                    "visible_devices_env": VISIBLE_DEVICES_ENV[s["platform"]],
+                    "tensor_parallel_size": tp,
+                    "data_parallel_size": dp,
+                    "_index_on_host": k,
+                    "_explicit": devices[k] if devices is not None else None,
+                    "_devices_var": d_var,
+                }
+                inst["engine_id"], inst["kv_rank"] = instance_identity(h, role, k)
+                instances.append(inst)
+                counters[role] += 1
+    return instances
+
+
+def _proxy_ports(ctx: _Ctx, proxy_hosts: list[str]) -> dict[str, tuple[int, str]]:
+    """(port, the variable that sets it) of every proxy host."""
+    ports = {}
+    for h in proxy_hosts:
+        port, name = ctx.var(h, "proxy_port", 9090)
+        ports[h] = (_as_port(ctx, h, name, port) or 9090, name)
+    return ports
+
+
+def _adxl(ctx: _Ctx, host: str, settings: dict, connector: str | None) -> tuple[int, int]:
+    """(base port, ports per device) of the host's Ascend direct transfer (ADXL) pools."""
+    adxl_base, ab_name = ctx.var(host, "adxl_base_port", DEFAULT_ADXL_BASE)
+    release = None
+    if family.is_mooncake(connector) and settings["platform"] == "ascend":
+        release = _mooncake_version(ctx, host)[1]
+    by_version = adxl_ports_per_device(release) if release else ADXL_PORTS_OLD
+    adxl_per, ap_name = ctx.var(host, "adxl_ports_per_device", by_version)
+    return (
+        _as_port(ctx, host, ab_name, adxl_base) or DEFAULT_ADXL_BASE,
+        _as_int(ctx, host, ap_name, adxl_per) or by_version,
+    )
+
+
+def _port_var(role: str, purpose: str) -> str:
+    """The variable a port clash message tells to change; the role form, which always applies."""
+    if purpose == "http":
+        return f"pd_{role}_http_port_base"
+    if purpose == "data parallel rpc":
+        return f"pd_{role}_dp_rpc_port_base"
+    return f"pd_{role}_kv_port_base"
+
+
+def _instance_claims(ctx: _Ctx, cluster: _Cluster, instances: list[dict]) -> dict[str, list[PortClaim]]:
+    """Every host's port claims so far: its instances' ports, host by host."""
+    claims: dict[str, list[PortClaim]] = {h: [] for h in cluster.hosts.all}
+    for h in cluster.hosts.pd:
+        s = cluster.settings[h]
+        mine = [i for i in instances if i["host"] == h]
+        adxl = _adxl(ctx, h, s, cluster.connector)
+        _assign_ports(ctx, h, s, mine, cluster.connector, adxl)
+        for inst in mine:
+            if inst["connector"] == "ucm":
+                inst["_pipeline"] = str(ctx.var(h, "ucm_store_pipeline", "Cache|Posix")[0])
+            inst["ports"] = _instance_ports(inst, s, adxl)
+            for p in inst["ports"]:
+                var = _port_var(inst["role"], p["purpose"])
+                claims[h].append(PortClaim(p["start"], p["end"], p["purpose"], inst["name"], p["kind"], var))
+    return claims
+
+
+def _assign_ports(
+    ctx: _Ctx, host: str, settings: dict, mine: list[dict], connector: str | None, adxl: tuple[int, int]
+) -> None:
+    """http, data parallel rpc and kv ports of the host's instances (mine), prefill first."""
+    avoid = [TE_RPC_RANGE]
+    if settings["platform"] == "ascend":
+        avoid.append((adxl[0], adxl[0] + max(settings["device_count"], 1) * adxl[1] - 1))
+    kv_cursor: dict[str, int] = {}
+    for role in ROLES:
+        for inst in (i for i in mine if i["role"] == role):
+            k = inst["_index_on_host"]
+            base, bname = ctx.var(host, "http_port_base", DEFAULT_HTTP_BASE[role], role)
+            inst["http_port"] = (_as_port(ctx, host, bname, base) or DEFAULT_HTTP_BASE[role]) + k
+            rbase, rname = ctx.var(host, "dp_rpc_port_base", DEFAULT_DP_RPC_BASE[role], role)
+            inst["dp_rpc_port"] = (_as_port(ctx, host, rname, rbase) or DEFAULT_DP_RPC_BASE[role]) + k
+            inst["kv_port"] = None
+            if connector == "mooncake" and settings["platform"] != "ascend":
+                if role == "prefill":
+                    kbase, kname = ctx.var(host, "kv_port_base", DEFAULT_MOONCAKE_BOOTSTRAP, role)
+                    inst["kv_port"] = (_as_port(ctx, host, kname, kbase) or DEFAULT_MOONCAKE_BOOTSTRAP) + k
+            elif connector in P2P_CONNECTORS:
+                if role not in kv_cursor:
+                    kv_cursor[role] = _first_kv_port(ctx, host, settings, inst, adxl, avoid)
+                inst["kv_port"] = kv_cursor[role]
+                kv_cursor[role] += _kv_footprint(inst)
+
+
+def _first_kv_port(
+    ctx: _Ctx, host: str, settings: dict, inst: dict, adxl: tuple[int, int], avoid: list[tuple[int, int]]
+) -> int:
+    """Where the P2P side channels of inst's role start on host (the next ones follow on)."""
+    role = inst["role"]
+    kbase, kname = ctx.var(host, "kv_port_base", None, role)
+    if kbase is not None:
+        return _as_port(ctx, host, kname, kbase) or 1
+    if inst["connector"] == "nixl":
+        return DEFAULT_NIXL_BASE[role]
+    # Auto: past the ADXL block of the old 1000-port rule even on newer Mooncake (the
+    # vllm-ascend tutorial's kv_port >= 28000 for 8 NPUs), so a Mooncake upgrade or downgrade
+    # never moves a deployment's kv ports; decode 1000 ports above prefill.
+    start = adxl[0] + max(settings["device_count"], 1) * max(adxl[1], ADXL_PORTS_OLD)
+    if role == "decode":
+        start += 1000
+    return _auto_base(start, _kv_footprint(inst), avoid)
+
+
+def _mooncake_master(ctx: _Ctx, settings: dict[str, dict], claims: dict[str, list[PortClaim]]) -> dict | None:
+    """The first [mooncake_master] host's master, its two ports claimed there; None without one."""
+    master_hosts = ctx.groups.get("mooncake_master") or []
+    if not master_hosts:
+        return None
+    mh = master_hosts[0]
+    mport, mname = ctx.var(mh, "mooncake_master_port", DEFAULT_MASTER_PORT)
+    metrics, mmname = ctx.var(mh, "mooncake_master_metrics_port", DEFAULT_MASTER_METRICS_PORT)
+    master = {
+        "host": mh,
+        "address": settings[mh]["address"],
+        "port": _as_port(ctx, mh, mname, mport) or DEFAULT_MASTER_PORT,
+        "metrics_port": _as_port(ctx, mh, mmname, metrics) or DEFAULT_MASTER_METRICS_PORT,
+    }
+    claims[mh].append(PortClaim(master["port"], master["port"], "rpc", "mooncake_master", "bind", mname))
+    claims[mh].append(
+        PortClaim(master["metrics_port"], master["metrics_port"], "metrics", "mooncake_master", "bind", mmname)
+    )
+    return master
+
+
+def _shared_path(ctx: _Ctx, connector: str | None, instances: list[dict], pd_hosts: list[str]) -> str | None:
+    """shared_storage's KV directory: one absolute path, the same on every host."""
+    if connector != "shared_storage":
+        return None
+    first = instances[0]["host"]
+    data_dir = ctx.var(first, "data_dir", DEFAULT_DATA_DIR)[0]
+    shared_path, sname = ctx.var(first, "kv_shared_path", "{}/kv".format(str(data_dir).rstrip("/")))
+    if not str(shared_path).startswith("/"):
+        ctx.error(f"{sname}={shared_path!r} must be an absolute directory")
+    for h in pd_hosts:
+        if ctx.var(h, "kv_shared_path", shared_path)[0] != shared_path:
+            ctx.error(
+                f"host {h}: pd_kv_shared_path differs from host {first}: every instance must use the same "
+                "shared directory"
+            )
+    if len(pd_hosts) > 1:
+        ctx.warn(
+            f"connector shared_storage spans {len(pd_hosts)} hosts: {shared_path} must be the same shared filesystem on all of "
+            "them (list its server under [storage])"
+        )
+    return shared_path
+
+
+def _attach_ucm_files(ctx: _Ctx, connector: str | None, instances: list[dict]) -> None:
+    """Every instance's files: its UCM config under ucm, none otherwise."""
+    files_by_host: dict[str, dict[str, str]] = {}
+    for n, inst in enumerate(instances):
+        inst["files"] = {}
+        if connector != "ucm":
+            continue
+        path, text = _ucm_files(ctx, inst["host"], n == 0)
+        prior = files_by_host.setdefault(inst["host"], {}).get(path)
+        if prior is not None and prior != text:
+            # Same path, different content (e.g. GC on one instance only): keep them apart.
+            path = path.rsplit(".", 1)[0] + "-{}.yaml".format(inst["name"])
+        inst["_ucm_path"] = path
+        files_by_host[inst["host"]][path] = text
+        inst["files"] = {path: text}
+
+
+def _finish_instances(
+    ctx: _Ctx,
+    cluster: _Cluster,
+    instances: list[dict],
+    opts_by_name: dict[str, dict],
+    side_sizes: dict,
+    shared_path: str | None,
+) -> None:
+    """Each instance's launch documents: kv_transfer_config, env, argv and health URL."""
+    for inst in instances:
+        o = opts_by_name[inst["name"]]
+        inst["kv_transfer_config"] = _kv_transfer_config(ctx, inst, side_sizes, shared_path)
+        if inst.get("_failure_policy"):
+            inst["kv_transfer_config"]["kv_load_failure_policy"] = inst["_failure_policy"]
+        inst["env"] = _env(ctx, inst)
+        inst["argv"] = _argv(ctx, inst, cluster.model, o)
+        inst["health_url"] = "http://{}:{}/health".format(_url_host(inst["address"]), inst["http_port"])
+        inst["dtype"] = o["dtype"]
+        inst["block_size"] = o["block_size"]
+
+
+def _check_proxies(ctx: _Ctx, cluster: _Cluster, proxy_ports: dict[str, int]) -> ha.Vip | None:
+    """Each proxy host's bind address and workers; the virtual IP in front of them."""
+    hosts, settings = cluster.hosts, cluster.settings
+    for h in hosts.proxy:
+        _as_address(ctx, h, *ctx.var(h, "proxy_bind_host", None))
+        _check_layerwise_workers(ctx, h, cluster.connector)
+    return ha.parse_vip(
+        ctx,
+        hosts.proxy,
+        {h: settings[h]["address"] for h in hosts.all},
+        {h: _proxy_bind(ctx, h, settings[h]) for h in hosts.proxy},
+        proxy_ports,
+    )
+
+
+def _host_sections(
+    ctx: _Ctx,
+    cluster: _Cluster,
+    instances: list[dict],
+    out_instances: list[dict],
+    claims: dict[str, list[PortClaim]],
+) -> dict[str, dict]:
+    """The plan's "hosts": what each host runs, binds, uses and pings."""
+    hosts = {}
+    for h in cluster.hosts.all:
+        s = cluster.settings[h]
+        mine = [i for i in out_instances if i["host"] == h]
+        hosts[h] = {
+            "platform": s["platform"],
+            "runtime": s["runtime"],
+            "address": s["address"],
+            "groups": [g for g in ("prefill", "decode", "proxy", "mooncake_master", "storage") if h in ctx.groups.get(g, [])],
+            "instances": [i["name"] for i in mine],
+            "ports": [c.as_dict() for c in claims[h]],
+            "devices": sorted(d for i in mine for d in i["devices"]),
+            "ping_targets": [],
+        }
+        pages = next((i["_hugepages"] for i in instances if i["host"] == h and i.get("_hugepages")), None)
+        if pages:
+            hosts[h]["hugepages"] = pages
+    if family.is_mooncake(cluster.connector):
+        _set_ping_targets(cluster, hosts)
+    return hosts
+
+
+def _set_ping_targets(cluster: _Cluster, hosts: dict[str, dict]) -> None:
+    """Ascend P2P: each NPU host pings the device IPs of the other NPU hosts it exchanges KV with."""
+    pd_hosts, settings = cluster.hosts.pd, cluster.settings
+    ips = {
+        h: sorted({f["ip"] for d, f in (settings[h]["facts"] or {}).items() if f.get("ip") and d in hosts[h]["devices"]})
+        for h in pd_hosts
+    }
+    for h in pd_hosts:
+        if settings[h]["platform"] == "ascend":
+            hosts[h]["ping_targets"] = sorted({ip for o in pd_hosts if o != h for ip in ips[o]})
+
+
+def _mooncake_hosts(instances: list[dict], master: dict | None) -> list[str]:
+    """Hosts that need the Mooncake wheel: P2P Mooncake, a UCM Mooncake pipeline, the master."""
+    users = {
+        i["host"] for i in instances if family.is_mooncake(i["connector"]) or "Mooncake" in i.get("_pipeline", "")
+    }
+    return sorted(users | ({master["host"]} if master else set()))
+
+
+def _storage(ctx: _Ctx, cluster: _Cluster, instances: list[dict], shared_path: str | None) -> dict | None:
+    """The shared KV storage of a centralized connector, its servers and its clients."""
+    if cluster.connector not in ("ucm", "shared_storage"):
+        return None
+    first = instances[0]["host"]
+    path = shared_path
+    if cluster.connector == "ucm":
+        path = ctx.var(first, "ucm_storage_backends", None)[0] or ctx.var(first, "kv_shared_path", "")[0]
+    return {"path": str(path), "hosts": list(ctx.groups.get("storage") or []), "clients": cluster.hosts.pd}
 
 
 def _env_source(ctx, inst, key):
@@ -1657,7 +1767,9 @@ def _family_settings(ctx, connector, instances, settings):
         inst["_hugepages"] = ascend_env.hugepages(connector, gen, profile) if inst["platform"] == "ascend" else None
 
 
-def _family_plan(ctx, connector, instances, settings, pd_hosts, master):
+def _family_plan(
+    ctx: _Ctx, connector: str | None, instances: list[dict], pd_hosts: list[str], master: dict | None
+) -> None:
     """kv_load_failure_policy, one hash seed, and the KV pool's lookup_rpc_port / master / mooncake.json."""
     for inst in instances:
         policy, var = ctx.var(inst["host"], "kv_load_failure_policy", None, inst["role"])

@@ -67,11 +67,51 @@ def _same_everywhere(values: dict[str, object]) -> tuple[object, list[str]]:
     return first, [h for h, v in items[1:] if v != first]
 
 
-def parse_vip(ctx, proxy_hosts, addresses, binds, ports):
+def parse_vip(ctx, proxy_hosts: list[str], addresses: dict[str, str], binds: dict[str, str], ports: dict[str, int]):
     """The Vip of pd_proxy_vip (None when unset); each mistake is one ctx.error line.
 
     addresses: every host of the deployment -> its address; binds/ports: per proxy host.
     """
+    parsed = _vip_address(ctx, proxy_hosts, addresses)
+    if parsed is None:
+        return None
+    text, ip = parsed
+    first = proxy_hosts[0]
+    max_prefix = 32 if ip.version == 4 else 128
+    prefix_raw, prefix_var = ctx.var(first, "proxy_vip_prefix", max_prefix)
+    prefix = _int_in(prefix_raw, 1, max_prefix)
+    if prefix is None:
+        ctx.error(f"{prefix_var}={prefix_raw!r} must be an integer in 1..{max_prefix} (the prefix length of pd_proxy_vip={text})")
+    iface_raw = _vip_interface(ctx, first, text)
+    rid_raw, rid_var = ctx.var(first, "proxy_vrrp_router_id", DEFAULT_ROUTER_ID)
+    router_id = _int_in(rid_raw, 1, 255)
+    if router_id is None:
+        ctx.error(
+            f"{rid_var}={rid_raw!r} must be an integer in 1..255 (the VRRP virtual router id, unique on the network)"
+        )
+    uni_raw, uni_var = ctx.var(first, "proxy_vrrp_unicast", True)
+    unicast = _bool(uni_raw)
+    if unicast is None:
+        ctx.error(f"{uni_var}={uni_raw!r} must be true or false")
+    _check_vip_proxies(ctx, proxy_hosts, text, binds, ports)
+    # Two proxies on one address clash on the port (the planner's port check says so).
+    if unicast:
+        for h in proxy_hosts:
+            if not _is_ip(addresses[h]):
+                ctx.error(
+                    f"host {h}: VRRP unicast peers need IP addresses, and {addresses[h]} is a name: set pd_address "
+                    "to the host's IP address"
+                )
+    if None in (prefix, router_id, unicast) or iface_raw in (None, "") or not _IFNAME.match(str(iface_raw)):
+        return None
+    return Vip(text, prefix, str(iface_raw), router_id, unicast)
+
+
+def _vip_address(
+    ctx, proxy_hosts: list[str], addresses: dict[str, str]
+) -> tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
+    """(text, ip) of a usable pd_proxy_vip; None when unset or wrong (a host already holding it is
+    reported and still returned, so the settings after it are checked too)."""
     raw = {h: ctx.var(h, "proxy_vip", None)[0] for h in proxy_hosts}
     value, differ = _same_everywhere(raw)
     if differ:
@@ -103,12 +143,11 @@ def parse_vip(ctx, proxy_hosts, addresses, binds, ports):
             f"pd_proxy_vip={text} is the address of host {', '.join(taken)}: the virtual IP must be a free address, "
             "not one a host already has"
         )
-    first = proxy_hosts[0]
-    max_prefix = 32 if ip.version == 4 else 128
-    prefix_raw, prefix_var = ctx.var(first, "proxy_vip_prefix", max_prefix)
-    prefix = _int_in(prefix_raw, 1, max_prefix)
-    if prefix is None:
-        ctx.error(f"{prefix_var}={prefix_raw!r} must be an integer in 1..{max_prefix} (the prefix length of pd_proxy_vip={text})")
+    return text, ip
+
+
+def _vip_interface(ctx, first: str, text: str) -> object:
+    """The raw interface setting (pd_nic_name stands in for pd_proxy_vip_interface)."""
     iface_raw, iface_var = ctx.var(first, "proxy_vip_interface", None)
     if iface_raw in (None, ""):
         iface_raw, iface_var = ctx.var(first, "nic_name", None)
@@ -119,16 +158,11 @@ def parse_vip(ctx, proxy_hosts, addresses, binds, ports):
         )
     elif not isinstance(iface_raw, str) or not _IFNAME.match(iface_raw):
         ctx.error(f"{iface_var}={iface_raw!r} is not a network interface name (at most 15 letters, digits, '.', '-', '_')")
-    rid_raw, rid_var = ctx.var(first, "proxy_vrrp_router_id", DEFAULT_ROUTER_ID)
-    router_id = _int_in(rid_raw, 1, 255)
-    if router_id is None:
-        ctx.error(
-            f"{rid_var}={rid_raw!r} must be an integer in 1..255 (the VRRP virtual router id, unique on the network)"
-        )
-    uni_raw, uni_var = ctx.var(first, "proxy_vrrp_unicast", True)
-    unicast = _bool(uni_raw)
-    if unicast is None:
-        ctx.error(f"{uni_var}={uni_raw!r} must be true or false")
+    return iface_raw
+
+
+def _check_vip_proxies(ctx, proxy_hosts: list[str], text: str, binds: dict[str, str], ports: dict[str, int]) -> None:
+    """Every proxy must answer on the VIP, on one port."""
     for h in proxy_hosts:
         if binds[h] not in ("0.0.0.0", "::"):
             ctx.error(
@@ -141,17 +175,6 @@ def parse_vip(ctx, proxy_hosts, addresses, binds, ports):
             "pd_proxy_port differs between the proxy hosts ({}): behind pd_proxy_vip every proxy listens on one "
             "port; set one pd_proxy_port for group proxy".format(", ".join(f"{h}: {ports[h]}" for h in proxy_hosts))
         )
-    # Two proxies on one address clash on the port (the planner's port check says so).
-    if unicast:
-        for h in proxy_hosts:
-            if not _is_ip(addresses[h]):
-                ctx.error(
-                    f"host {h}: VRRP unicast peers need IP addresses, and {addresses[h]} is a name: set pd_address "
-                    "to the host's IP address"
-                )
-    if None in (prefix, router_id, unicast) or iface_raw in (None, "") or not _IFNAME.match(str(iface_raw)):
-        return None
-    return Vip(text, prefix, str(iface_raw), router_id, unicast)
 
 
 def endpoint(vip, first_proxy):
