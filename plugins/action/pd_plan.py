@@ -20,6 +20,13 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import (
     render_table,
 )
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import collapse
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_file import (
+    PlanFileError,
+    check_plan,
+    diff_plans,
+    diff_warning,
+    load_plan_file,
+)
 
 GROUPS = ("prefill", "decode", "proxy", "mooncake_master", "storage")
 # Besides pd_*, the planner reads these per host.
@@ -110,7 +117,7 @@ def _remove_stale(path, check_mode):
 
 class ActionModule(ActionBase):
     TRANSFERS_FILES = False
-    _VALID_ARGS = frozenset(("use_facts", "fail_on_warnings", "inventory_only", "output"))
+    _VALID_ARGS = frozenset(("use_facts", "fail_on_warnings", "inventory_only", "output", "plan_file"))
     _requires_connection = False
 
     def run(self, tmp=None, task_vars=None):
@@ -131,9 +138,31 @@ class ActionModule(ActionBase):
         if output is not None and (not isinstance(output, str) or not os.path.isabs(output)):
             result.update(failed=True, msg=f"pd_plan: option output must be an absolute path, got {output!r}")
             return result
+        plan_file = args.get("plan_file")
+        if plan_file is not None and (not isinstance(plan_file, str) or not plan_file.strip()):
+            result.update(
+                failed=True,
+                msg=f"pd_plan_file={plan_file!r} is not a path: give the JSON file that playbooks/plan.yml wrote",
+            )
+            return result
+        if plan_file is not None and (output is not None or opts["inventory_only"]):
+            result.update(failed=True, msg="pd_plan: option plan_file cannot be combined with output or inventory_only")
+            return result
         check_mode = bool(self._task.check_mode)
 
         groups = task_vars.get("groups") or {}
+        reviewed = None
+        if plan_file is not None:
+            # The reviewed file first: it is what will be applied, so its problems come first.
+            try:
+                reviewed = check_plan(
+                    load_plan_file(os.path.abspath(os.path.expanduser(plan_file)), plan_file),
+                    list(groups.get("all") or []),
+                    plan_file,
+                )
+            except PlanFileError as exc:
+                result.update(failed=True, msg=str(exc), problems=[str(exc)])
+                return result
         all_hostvars = task_vars.get("hostvars") or {}
         inventory = {
             "groups": {g: list(groups.get(g) or []) for g in GROUPS},
@@ -186,6 +215,8 @@ class ActionModule(ActionBase):
         if opts["inventory_only"]:
             result.update(changed=False, msg="the inventory loads and has the prefill, decode and proxy groups")
             return result
+        if reviewed is not None:
+            return self._apply_reviewed(result, reviewed, plan_file, inventory)
         try:
             plan = build_plan(inventory)
         except PlanError as exc:
@@ -213,5 +244,36 @@ class ActionModule(ActionBase):
             plan=plan,
             table=render_table(plan),
             ansible_facts={"pd_plan": plan},
+        )
+        return result
+
+    @staticmethod
+    def _apply_reviewed(result, reviewed, plan_file, inventory):
+        """Publish the reviewed plan; warn, in one line, where the inventory now plans otherwise."""
+        try:
+            current = build_plan(inventory)
+        except PlanError as exc:
+            first = exc.problems[0] if exc.problems else "no plan"
+            warning = (
+                f"pd_plan_file={plan_file} is applied as reviewed, but the current inventory does not plan "
+                f"({first}), so it could not be compared with it"
+            )
+            differences = None
+        else:
+            differences = diff_plans(reviewed, current)
+            warning = diff_warning(plan_file, differences)
+        if warning:
+            result["warnings"] = [warning]
+        try:
+            table = render_table(reviewed)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            # A field the table shows but no role needs, in an unexpected shape: no table then.
+            table = [f"(no table: {plan_file} has fields in shapes the table does not read)"]
+        result.update(
+            changed=False,
+            plan=reviewed,
+            plan_file_differences=differences,
+            table=table,
+            ansible_facts={"pd_plan": reviewed},
         )
         return result

@@ -45,6 +45,18 @@ options:
         the file is removed, so a plan from an earlier run never passes for this one. In check
         mode nothing is written or removed.
     type: path
+  plan_file:
+    description:
+      - Path of a reviewed plan on the controller (the JSON that O(output) wrote; C(-e pd_plan_file=FILE)
+        in the playbooks), applied instead of the computed plan. A relative path is taken from the
+        current directory.
+      - The file must be a schema-1 plan (its sections present with their JSON types) whose hosts are
+        all in the inventory; otherwise the task fails with one line naming the file, the field and
+        the fix.
+      - The plan of the current inventory is computed too, and where the file differs from it is
+        reported in one warning; the file's plan is the one set as C(pd_plan).
+      - Cannot be combined with O(output) or O(inventory_only).
+    type: path
 attributes:
   check_mode:
     description: Can run in check_mode and return changed status prediction without modifying target.
@@ -72,6 +84,11 @@ EXAMPLES = r"""
 - name: Write the plan to a file on the controller
   openfuyao.pd.pd_plan:
     output: /srv/pd/pd_plan.json
+  run_once: true
+
+- name: Apply a reviewed plan file, warning where the inventory now plans otherwise
+  openfuyao.pd.pd_plan:
+    plan_file: /srv/pd/pd_plan.json
   run_once: true
 
 - name: Check only that the inventory loads and has the required groups
@@ -103,6 +120,13 @@ output:
   description: The file the plan was written to (option O(output)).
   returned: success and O(output) given
   type: str
+plan_file_differences:
+  description:
+    - Where the reviewed plan file differs from the plan of the current inventory, one phrase each
+      (also the warning); null when the current inventory does not plan.
+  returned: success and O(plan_file) given
+  type: list
+  elements: str
 problems:
   description: Every validation error, one line each.
   returned: failed

@@ -333,27 +333,52 @@ def local_plan(tmp_path_factory) -> str:
     return plan.read_text()
 
 
-def _site_plan_play(tmp_path: Path) -> Path:
-    """site.yml's plan play alone (the play that applies pd_plan_file), runnable from tmp_path."""
+PLAYBOOKS_WITH_THE_PLAN = ["site.yml", "verify.yml", "bench.yml", "status.yml", "rolling_restart.yml",
+                           "upgrade.yml", "scale.yml"]
+
+
+def _imports(playbook: str) -> list[str]:
+    import yaml
+
+    plays = yaml.safe_load((ROOT / "playbooks" / playbook).read_text())
+    return [p["ansible.builtin.import_playbook"] for p in plays if "ansible.builtin.import_playbook" in p]
+
+
+@pytest.mark.parametrize("playbook", PLAYBOOKS_WITH_THE_PLAN)
+def test_every_playbook_plans_through_the_one_plan_play(playbook):
+    """One planning play (plan_gate.yml), imported after the inventory check; no copy of it elsewhere."""
+    imports = _imports(playbook)
+    assert imports[0] == "inventory_check.yml"
+    assert "plan_gate.yml" in imports
+    # Neither the planner nor the plan file is called anywhere else: plan_gate.yml is the only copy.
+    text = (ROOT / "playbooks" / playbook).read_text()
+    assert "openfuyao.pd.pd_plan:" not in text and "lookup('ansible.builtin.file', pd_plan_file)" not in text
+
+
+def _site_plan_play(tmp_path: Path, *after: str) -> Path:
+    """site.yml's plan play (the play that applies pd_plan_file, imported from plan_gate.yml), runnable
+    from tmp_path, followed by plays over the deployment's hosts that run the tasks ``after``."""
     import yaml
 
     plays = yaml.safe_load((ROOT / "playbooks" / "site.yml").read_text())
     (play,) = [p for p in plays if p.get("name") == "Plan the layout once and publish it to every host"]
-    for task in play["tasks"]:
-        if "ansible.builtin.include_tasks" in task:
-            task["ansible.builtin.include_tasks"] = str(ROOT / "playbooks" / task["ansible.builtin.include_tasks"])
-    book = tmp_path / "site_plan_play.yml"
-    book.write_text(yaml.safe_dump([play], sort_keys=False))
-    return book
+    assert play["ansible.builtin.import_playbook"] == "plan_gate.yml"
+    book = [{"ansible.builtin.import_playbook": str(ROOT / "playbooks" / "plan_gate.yml")}]
+    for task in after:
+        book.append({"name": "After the plan", "hosts": "prefill:decode:proxy", "gather_facts": False,
+                     "tasks": [yaml.safe_load(task)]})
+    path = tmp_path / "site_plan_play.yml"
+    path.write_text(yaml.safe_dump(book, sort_keys=False))
+    return path
 
 
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ('{"schema_version": 2}', "is not a plan (schema_version 1) of this inventory; write it again with "
-         "playbooks/plan.yml on this inventory"),
-        ("[1, 2]", "is not a plan (schema_version 1) of this inventory; write it again with playbooks/plan.yml "
-         "on this inventory"),
+        ('{"schema_version": 2}', "is not a plan (schema_version 1) of this inventory: schema_version is 2, "
+         "this collection reads 1; write it again with playbooks/plan.yml on this inventory"),
+        ("[1, 2]", "is not a plan (schema_version 1) of this inventory: it holds an array, not an object; write it "
+         "again with playbooks/plan.yml on this inventory"),
         (None, "is not a plan (schema_version 1) of this inventory: hosts a2-p01 are not in it; write it again "
          "with playbooks/plan.yml on this inventory"),
         ("good", None),
@@ -377,3 +402,120 @@ def test_site_refuses_a_plan_file_that_is_not_of_this_inventory(tmp_path, local_
     else:
         assert result.returncode != 0
         assert problem_lines(text) == [f"pd_plan_file={plan} {expected}"]
+
+
+def words(text: str) -> str:
+    """The output with ansible's line wrapping of long messages undone."""
+    return " ".join(text.split())
+
+
+def show_plan(out: Path) -> str:
+    """A task that writes the pd_plan each host holds to out/<host>.json on the controller."""
+    out.mkdir(exist_ok=True)
+    return (
+        "{name: Write the plan this host holds, ansible.builtin.copy: {content: '{{ pd_plan | to_json }}', "
+        f"dest: '{out}/{{{{ inventory_hostname }}}}.json', mode: '0600'}}, delegate_to: localhost, "
+        "vars: {ansible_python_interpreter: '{{ ansible_playbook_python }}'}}"
+    )
+
+
+def applied_plans(out: Path) -> dict[str, dict]:
+    """The pd_plan each host held (show_plan), by host."""
+    return {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")} if out.exists() else {}
+
+
+@pytest.fixture(scope="module")
+def multihost_plan(tmp_path_factory) -> str:
+    """The plan playbooks/plan.yml writes for inventories/ascend-2p2d (four hosts, no facts)."""
+    plan = tmp_path_factory.mktemp("2p2d-plan") / "plan.json"
+    result = run_playbook(ROOT / "inventories" / "ascend-2p2d" / "cluster.ini", "-e", f"pd_plan_output={plan}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    return plan.read_text()
+
+
+def test_reviewed_plan_file_is_applied_to_every_host(tmp_path, multihost_plan):
+    inventory = ROOT / "inventories" / "ascend-2p2d" / "cluster.ini"
+    plan, out = tmp_path / "reviewed.json", tmp_path / "applied"
+    plan.write_text(multihost_plan)
+    result = run_playbook(inventory, "-e", f"pd_plan_file={plan}",
+                          playbook=str(_site_plan_play(tmp_path, show_plan(out))))
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text
+    assert "Traceback" not in text and "differs from the plan" not in text and "[WARNING]" not in text
+    hosts = json.loads(multihost_plan)["hosts"]
+    assert applied_plans(out) == {h: json.loads(multihost_plan) for h in hosts}
+
+
+def test_tampered_plan_file_is_applied_with_one_warning(tmp_path, multihost_plan):
+    """A reviewed file edited by hand (a port, an instance's env) is what is applied, and the one
+    warning says where it parts from the inventory's plan."""
+    inventory = ROOT / "inventories" / "ascend-2p2d" / "cluster.ini"
+    doc = json.loads(multihost_plan)
+    inst = doc["instances"][0]
+    original_port = inst["http_port"]
+    inst["http_port"] = original_port + 7
+    inst["env"]["EXTRA"] = "1"
+    plan, out = tmp_path / "tampered.json", tmp_path / "applied"
+    plan.write_text(json.dumps(doc))
+    result = run_playbook(inventory, "-e", f"pd_plan_file={plan}", playbook=str(_site_plan_play(tmp_path, show_plan(out))))
+    text = result.stdout + result.stderr
+    assert result.returncode == 0, text
+    assert "Traceback" not in text
+    name = inst["name"]
+    assert (
+        f"[WARNING]: pd_plan_file={plan} differs from the plan of the current inventory in 2 places: "
+        f"instances[{name}].env.EXTRA only in the file; instances[{name}].http_port: file {original_port + 7}, "
+        f"inventory {original_port}. The file is applied as reviewed; to apply the inventory instead, review and "
+        "write it again with playbooks/plan.yml, or run without pd_plan_file"
+    ) in words(text)
+    assert words(text).count("differs from the plan of the current inventory") == 1
+    applied = applied_plans(out)
+    assert set(applied) == set(doc["hosts"])
+    assert all(p == doc for p in applied.values())
+
+
+@pytest.mark.parametrize(
+    ("tamper", "expected"),
+    [
+        (lambda d: d.pop("proxy"), "section proxy is missing"),
+        (lambda d: d["instances"][0].update(http_port="8100"), "instances[0].http_port must be an integer, it is a string"),
+        (lambda d: d["hosts"].update({"a2-x09": {}}), "hosts a2-x09 are not in it"),
+    ],
+    ids=["missing-section", "wrong-type", "other-hosts"],
+)
+def test_tampered_plan_file_stops_every_host(tmp_path, multihost_plan, tamper, expected):
+    inventory = ROOT / "inventories" / "ascend-2p2d" / "cluster.ini"
+    doc = json.loads(multihost_plan)
+    tamper(doc)
+    plan, out = tmp_path / "tampered.json", tmp_path / "applied"
+    plan.write_text(json.dumps(doc))
+    result = run_playbook(inventory, "-e", f"pd_plan_file={plan}", playbook=str(_site_plan_play(tmp_path, show_plan(out))))
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Traceback" not in text
+    assert problem_lines(text) == [
+        f"pd_plan_file={plan} is not a plan (schema_version 1) of this inventory: {expected}; write it again with "
+        "playbooks/plan.yml on this inventory"
+    ]
+    assert not applied_plans(out) and "PLAY [After the plan]" not in text
+
+
+@pytest.mark.parametrize("content", [None, "{not json"], ids=["missing-file", "not-json"])
+def test_unreadable_plan_file_is_one_line(tmp_path, content):
+    plan, out = tmp_path / "plan.json", tmp_path / "applied"
+    if content is not None:
+        plan.write_text(content)
+    result = run_playbook(ROOT / "inventories" / "local" / "cluster.ini", "-e", f"pd_plan_file={plan}",
+                          playbook=str(_site_plan_play(tmp_path, show_plan(out))))
+    text = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "Traceback" not in text
+    expected = (
+        f"pd_plan_file={plan} does not exist: give the path of the JSON that playbooks/plan.yml wrote "
+        "(pd_plan_output, default ./pd_plan.json)"
+        if content is None
+        else f"pd_plan_file={plan} is not JSON (line 1 column 2: Expecting property name enclosed in double quotes); "
+        "write it again with playbooks/plan.yml on this inventory"
+    )
+    assert problem_lines(text) == [expected]
+    assert not applied_plans(out)
