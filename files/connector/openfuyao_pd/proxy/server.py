@@ -5,7 +5,7 @@ Each concern lives in its own module, and Proxy is put together from their parts
 - handoffs.py: the upstream Mooncake and layerwise request paths;
 - sse.py: D's stream to the client and the usage rewrite;
 - health.py: probes, ejection and readmission, /health;
-- metrics.py: the metrics and /metrics;
+- metrics.py: the metrics and /metrics (prometheus_client);
 - admin.py: the instance API and its authentication;
 - workers.py: what several workers share (instance changes, metrics);
 - errors.py and context.py: the flow's errors and per-request state;
