@@ -12,7 +12,7 @@ from __future__ import annotations
 import collections
 import sys
 
-LAYERS = (("codec.py", "json"), ("json/", "json"), ("prom.py", "metrics"), ("routing.py", "routing"),
+LAYERS = (("codec.py", "json"), ("json/", "json"), ("proxy/metrics.py", "metrics"), ("prometheus_client", "metrics"), ("routing.py", "routing"),
           ("relay.py", "upstream client (relay.py)"), ("aiohttp/client", "aiohttp client"),
           ("aiohttp/connector", "aiohttp client"), ("aiohttp/payload", "aiohttp client"),
           ("aiohttp/web", "aiohttp server"), ("aiohttp/http", "aiohttp server"), ("aiohttp/streams", "aiohttp server"),

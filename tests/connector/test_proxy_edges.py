@@ -221,7 +221,7 @@ async def test_connections_beyond_the_cap_get_a_json_503(tmp_path):
     async with proxy_process(tmp_path, {"max_connections": 50, "header_timeout": 30}) as p:
         held = [await _open(p.port, b"") for _ in range(49)]
         async with aiohttp.ClientSession() as s:  # the 50th connection is this scrape itself
-            assert "pd_proxy_client_connections 50" in (await _call(s, "GET", p.url + "/metrics"))[1]
+            assert "pd_proxy_client_connections 50.0" in (await _call(s, "GET", p.url + "/metrics"))[1]
         held.append(await _open(p.port, b""))
         await asyncio.sleep(0.2)
         reader, writer, opened = await _open(p.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -292,7 +292,7 @@ async def test_models_health_metrics_and_request_log(tmp_path, caplog):
         for stage in ("prefill", "handoff", "ttft", "e2e"):
             assert metric(text, "pd_proxy_stage_seconds_count", stage=stage) >= 1, stage
         assert metric(text, "pd_proxy_backend_healthy", backend="decode-0", role="decode") == 1
-        assert 'pd_proxy_backend_inflight_requests{backend="prefill-0",role="prefill"} 0' in text
+        assert 'pd_proxy_backend_inflight_requests{backend="prefill-0",role="prefill"} 0.0' in text
     lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith('{"event": "request"')]
     assert len(lines) == 1
     line = lines[0]

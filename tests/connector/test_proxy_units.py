@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from openfuyao_pd.common import prom
+from openfuyao_pd.proxy import metrics as prom
 from openfuyao_pd.proxy import protocols
 from openfuyao_pd.proxy.__main__ import main
 from openfuyao_pd.proxy.config import ConfigError, build_config, load_file
@@ -251,11 +251,11 @@ def test_prometheus_text_format():
     h.observe("e2e", value=0.5)
     h.observe("e2e", value=5)
     text = reg.render()
-    assert 'pd_proxy_x_total{a="q\\"uote"} 1' in text
-    assert 'pd_proxy_h_seconds_bucket{stage="e2e",le="0.1"} 0' in text
-    assert 'pd_proxy_h_seconds_bucket{stage="e2e",le="1"} 1' in text
-    assert 'pd_proxy_h_seconds_bucket{stage="e2e",le="+Inf"} 2' in text
-    assert 'pd_proxy_h_seconds_count{stage="e2e"} 2' in text and "# TYPE pd_proxy_h_seconds histogram" in text
+    assert 'pd_proxy_x_total{a="q\\"uote"} 1.0' in text
+    assert 'pd_proxy_h_seconds_bucket{le="0.1",stage="e2e"} 0.0' in text
+    assert 'pd_proxy_h_seconds_bucket{le="1.0",stage="e2e"} 1.0' in text
+    assert 'pd_proxy_h_seconds_bucket{le="+Inf",stage="e2e"} 2.0' in text
+    assert 'pd_proxy_h_seconds_count{stage="e2e"} 2.0' in text and "# TYPE pd_proxy_h_seconds histogram" in text
 
 
 def test_planner_backend_entries_are_accepted():

@@ -157,7 +157,7 @@ async def test_two_workers_share_counts_instances_and_metrics(tmp_path):
 
 
 def test_registry_adds_up_other_workers_snapshots():
-    from openfuyao_pd.common import prom
+    from openfuyao_pd.proxy import metrics as prom
 
     def registry() -> tuple[prom.Registry, Any, Any, Any, Any]:
         reg = prom.Registry()
@@ -177,11 +177,12 @@ def test_registry_adds_up_other_workers_snapshots():
     own2.set(value=100)
     snap = json.loads(json.dumps(other.snapshot()))  # what goes through the file
     text = mine.render([(True, snap)])
-    assert 'c_total{k="a"} 5' in text and 'c_total{k="b"} 1' in text
-    assert 'h_seconds_bucket{le="0.1"} 1' in text and 'h_seconds_bucket{le="1"} 2' in text and "h_seconds_count 2" in text
-    assert "g_merged 10" in text and "g_own 1" in text  # a gauge of this worker's own view is not added
+    assert 'c_total{k="a"} 5.0' in text and 'c_total{k="b"} 1.0' in text
+    assert 'h_seconds_bucket{le="0.1"} 1.0' in text and 'h_seconds_bucket{le="1.0"} 2.0' in text
+    assert "h_seconds_count 2.0" in text
+    assert "g_merged 10.0" in text and "g_own 1.0" in text  # a gauge of this worker's own view is not added
     gone = mine.render([(False, snap)])  # an exited worker: its counts stay, its gauges do not
-    assert 'c_total{k="a"} 5' in gone and "g_merged 4" in gone
+    assert 'c_total{k="a"} 5.0' in gone and "g_merged 4.0" in gone
     assert mine.render() == mine.render([])
 
 

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiohttp
 
-from openfuyao_pd.common import prom
+from openfuyao_pd.proxy.metrics import Registry
 
 LOG = logging.getLogger("openfuyao_pd.proxy")
 HOLDING_PROTOCOLS = ("mooncake_v1", "nixl", "mooncake")
@@ -47,7 +47,7 @@ def release_body(decode_body: dict[str, Any]) -> dict[str, Any]:
 class KvReleaser:
     """Background release requests, bounded in time and number."""
 
-    def __init__(self, opts: dict[str, Any], registry: prom.Registry) -> None:
+    def __init__(self, opts: dict[str, Any], registry: Registry) -> None:
         self.enabled = bool(opts["kv_release"])
         self.timeout = float(opts["kv_release_timeout"])
         self.concurrency = int(opts["kv_release_concurrency"])

@@ -24,8 +24,8 @@ from typing import Any
 
 from aiohttp import web, web_protocol
 
-from openfuyao_pd.common import prom
 from openfuyao_pd.proxy import accept, codec
+from openfuyao_pd.proxy.metrics import Registry
 
 LOG = logging.getLogger("openfuyao_pd.proxy")
 GENERATE_PATHS = frozenset({"/v1/completions", "/v1/chat/completions"})
@@ -78,7 +78,7 @@ def handler_factory(server: Any) -> Callable[[], Any]:
 class ClientLimits:
     """Counters for the limits, registered on the proxy's Prometheus registry."""
 
-    def __init__(self, registry: prom.Registry) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.rejected = registry.counter("pd_proxy_client_rejected_total",
                                          "Client requests or connections refused by a limit, by reason.", ("reason",))

@@ -2,7 +2,9 @@
 
 ``build_app(SimConfig)`` returns an aiohttp Application; ``SimRunner`` starts/stops it on a
 port (with the side-channel and bootstrap listeners the protocol needs). The engine state the
-handlers share is ``SimEngine`` in sim/engine.py.
+handlers share is ``SimEngine`` in sim/engine.py; a request's run on it (KV sourcing, prefill,
+token generation, the prefill's kv_transfer_params) is in sim/execution.py. This module only
+turns HTTP into those calls and their results into OpenAI-shaped answers.
 """
 
 from __future__ import annotations
@@ -19,13 +21,12 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from openfuyao_pd.sim import kvpool, layerwise, model
+from openfuyao_pd.sim import execution, kvpool, layerwise, model
 from openfuyao_pd.sim.config import SimConfig
 from openfuyao_pd.sim.engine import (
     ApiError,
     CapacityError,
     HeldKv,
-    KvLoad,
     Request,
     SimEngine,
 )
@@ -43,10 +44,6 @@ class Died(Exception):
 def _error_body(status: int, message: str, kind: str) -> dict:
     return {"error": {"message": message, "type": kind, "param": None, "code": status},
             "object": "error", "message": message, "type": kind, "code": status}
-
-
-class _Abort(Exception):
-    """Drop the client connection without an answer (crash-like faults)."""
 
 
 ENGINE_KEY: web.AppKey[SimEngine] = web.AppKey("sim_engine", SimEngine)
@@ -106,7 +103,7 @@ async def _serve(request: web.Request, kind: str) -> web.StreamResponse:
             return failure
         req = engine.parse(kind, await _json_body(request), request.headers)
         return await _run(engine, request, req)
-    except (Died, _Abort):
+    except (Died, execution.Abort):
         if request.transport is not None:
             request.transport.abort()
         return web.Response(status=500)
@@ -144,49 +141,13 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
     engine.metrics.observe("vllm:request_queue_time_seconds", admitted - arrival)
     finished = kv_settled = False
     try:
-        # --- where the prompt's KV comes from
-        local_hits = min(engine.prefix_cache.hits(hashes) * cfg.block_size, prompt_len - 1)
-        need_kv = cfg.kv_bytes_per_token > 0 and (
-            cfg.protocol == "centralized" or bool(req.ktp.get("do_remote_prefill") or req.ktp.get("do_remote_decode")))
-        expected = (model.kv_content(req.prompt_ids, cfg.kv_bytes_per_token, cfg.model_tag, cfg.block_size)
-                    if need_kv else b"")
-        load = KvLoad(reason="no-kv-params")
-        if cfg.protocol in ("mooncake_v1", "nixl", "mooncake") and cfg.is_consumer:
-            load = await engine.load_remote(req, expected)
-        elif cfg.protocol == "mooncake_layerwise" and cfg.is_consumer and need_kv:
-            load = await _load_layerwise(engine, req, expected)
-        elif engine.pool is not None and cfg.is_producer and need_kv:
-            load = await _load_pool(engine, hashes, expected)
-        elif cfg.protocol == "centralized" and cfg.is_consumer and engine.shared is not None and need_kv:
-            block_bytes = cfg.block_size * cfg.kv_bytes_per_token
-            loaded, nbytes, reason = await asyncio.get_running_loop().run_in_executor(
-                None, engine.shared.load, hashes, expected, block_bytes)
-            engine.metrics.inc("pd_sim_kv_bytes_received_total", nbytes, labels={"transport": "shared"})
-            load = KvLoad(source="shared" if loaded else "local", reason=reason, tokens=loaded * cfg.block_size)
+        load, local_hits, expected, need_kv = await execution.source_kv(engine, req, hashes)
         kv_settled = True
         external = max(0, min(load.tokens, prompt_len - 1) - local_hits) if load.source != "local" else 0
         computed = prompt_len - local_hits - external
         engine.metrics.inc("pd_sim_kv_loads_total", labels={"source": load.source, "reason": load.reason})
-        _count_prompt(engine, prompt_len, local_hits, external, load)
-
-        # --- prefill
-        if cfg.prefill_ms_per_token > 0:
-            chunk = max(1, cfg.max_num_batched_tokens)
-            for start in range(0, computed, chunk):
-                tokens = min(chunk, computed - start)
-                await engine.lane.run(tokens * cfg.prefill_ms_per_token / 1000.0, req.priority)
-        engine.prefix_cache.insert(hashes)
-        if engine.pool is not None and cfg.is_producer and need_kv:
-            written = await asyncio.get_running_loop().run_in_executor(
-                None, engine.pool.save, hashes, expected, cfg.block_size * cfg.kv_bytes_per_token)
-            engine.metrics.inc("pd_sim_kv_bytes_sent_total", written, labels={"transport": "pool"})
-        if cfg.protocol == "mooncake_layerwise" and cfg.is_producer and need_kv and req.ktp.get("do_remote_decode"):
-            pushed = await layerwise.push(engine, req, expected)
-            engine.metrics.inc("pd_sim_kv_pushes_total", labels={"reason": pushed})
-        if cfg.protocol == "centralized" and cfg.is_producer and engine.shared is not None and need_kv:
-            written = await asyncio.get_running_loop().run_in_executor(
-                None, engine.shared.save, hashes, expected, cfg.block_size * cfg.kv_bytes_per_token)
-            engine.metrics.inc("pd_sim_kv_bytes_sent_total", written, labels={"transport": "shared"})
+        execution.count_prompt(engine, prompt_len, local_hits, external, load)
+        await execution.prefill(engine, req, hashes, computed, expected, need_kv)
 
         headers = {"x-sim-kv-source": load.source, "x-sim-kv-reason": load.reason,
                    "x-sim-kv-tokens": str(external), "x-sim-engine-id": str(cfg.engine_id),
@@ -206,140 +167,6 @@ async def _run(engine: SimEngine, http: web.Request, req: Request) -> web.Stream
             engine.metrics.inc("pd_sim_requests_aborted_total")
 
 
-async def _load_layerwise(engine: SimEngine, req: Request, expected: bytes) -> KvLoad:
-    """Layerwise decode: post our blocks to the proxy's metaserver, check what the prefill pushed."""
-    try:
-        data, _transport, reason = await layerwise.receive(engine, req, expected)
-    except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-        LOG.warning("%s: metaserver unreachable (%s); recomputing", req.internal_id, type(exc).__name__)
-        return KvLoad(reason="metaserver-unreachable")
-    if data is None:
-        return KvLoad(reason=reason)
-    if data != expected:
-        LOG.warning("%s: pushed KV does not match the prompt; recomputing", req.internal_id)
-        return KvLoad(reason="corrupt")
-    return KvLoad(source="remote", reason="ok", tokens=len(req.prompt_ids))
-
-
-async def _load_pool(engine: SimEngine, hashes: list[bytes], expected: bytes) -> KvLoad:
-    """AscendStoreConnector on a prefill: leading blocks another instance put into the pool."""
-    cfg = engine.config
-    assert engine.pool is not None
-    loaded, nbytes, reason = await asyncio.get_running_loop().run_in_executor(
-        None, engine.pool.load, hashes, expected, cfg.block_size * cfg.kv_bytes_per_token)
-    engine.metrics.inc("pd_sim_kv_bytes_received_total", nbytes, labels={"transport": "pool"})
-    return KvLoad(source="pool" if loaded else "local", reason=reason, tokens=loaded * cfg.block_size)
-
-
-def _count_prompt(engine: SimEngine, prompt_len: int, local_hits: int, external: int, load: KvLoad) -> None:
-    m = engine.metrics
-    m.inc("vllm:prompt_tokens_total", prompt_len)
-    m.inc("vllm:prefix_cache_queries_total", prompt_len)
-    m.inc("vllm:prefix_cache_hits_total", local_hits)
-    m.inc("vllm:prompt_tokens_by_source_total", prompt_len - local_hits - external, labels={"source": "local_compute"})
-    m.inc("vllm:prompt_tokens_by_source_total", local_hits, labels={"source": "local_cache_hit"})
-    m.inc("vllm:prompt_tokens_by_source_total", external, labels={"source": "external_kv_transfer"})
-    if engine.config.protocol != "none" and engine.config.is_consumer:
-        m.inc("vllm:external_prefix_cache_queries_total", prompt_len - local_hits)
-        m.inc("vllm:external_prefix_cache_hits_total", external)
-
-
-async def _generate(engine: SimEngine, http: web.Request, req: Request, arrival: float):
-    """Yield (position, token id) with the timing model; the first token ends the prefill."""
-    digest = model.prompt_digest(req.prompt_ids)
-    cut = engine.faults.error_mid_stream
-    last = time.monotonic()
-    for position in range(req.max_tokens):
-        if position > 0 and engine.config.decode_step_ms > 0:
-            await asyncio.sleep(engine.step_seconds())
-            await engine.lane.join_step()  # a prefill chunk in the same step delays this token
-        elif position % 64 == 63:
-            await asyncio.sleep(0)  # zero-delay mode: let other requests run
-        if cut is not None and position >= cut:
-            engine.metrics.inc("pd_sim_faults_injected_total", labels={"fault": "error-mid-stream"})
-            raise _Abort()
-        now = time.monotonic()
-        if position == 0:
-            req.first_token = now
-            engine.metrics.observe("vllm:time_to_first_token_seconds", now - arrival)
-            engine.metrics.observe("vllm:request_prefill_time_seconds", now - (req.admitted or arrival))
-        else:
-            engine.metrics.observe("vllm:inter_token_latency_seconds", now - last)
-        last = now
-        token = engine.token_at(req, digest, position)
-        yield position, token
-        if token == model.EOS_TOKEN_ID:
-            return
-
-
-def _finish(engine: SimEngine, req: Request, tokens: list[int], arrival: float, expected: bytes) -> tuple[str, Any]:
-    """Finish reason and the kv_transfer_params a prefill returns (per protocol)."""
-    reason = "stop" if tokens and tokens[-1] == model.EOS_TOKEN_ID else "length"
-    engine.metrics.inc("vllm:generation_tokens_total", len(tokens))
-    engine.metrics.inc("vllm:request_success_total", labels={"finished_reason": reason})
-    now = time.monotonic()
-    engine.metrics.observe("vllm:e2e_request_latency_seconds", now - arrival)
-    engine.metrics.observe("vllm:request_decode_time_seconds", now - (req.first_token or now))
-    return reason, _producer_params(engine, req, reason, expected)
-
-
-def _producer_params(engine: SimEngine, req: Request, reason: str, expected: bytes) -> dict | None:
-    cfg = engine.config
-    ktp = req.ktp
-    if not (cfg.is_producer and ktp.get("do_remote_decode")) or cfg.protocol not in ("mooncake_v1", "nixl", "mooncake"):
-        return None
-    m = engine.metrics
-    why = None
-    if engine.faults.no_params:
-        m.inc("pd_sim_faults_injected_total", labels={"fault": "no-params"})
-        why = "fault"
-    elif cfg.protocol in ("mooncake_v1", "mooncake") and reason != "length":
-        why = "finished-stopped"  # only FINISHED_LENGTH_CAPPED hands KV over
-    if cfg.protocol == "mooncake":
-        transfer_id = str(ktp.get("transfer_id") or "")
-        if not transfer_id:
-            why = why or "no-transfer-id"
-        _mark_transfer(engine, transfer_id, req, expected, why)
-        m.inc("pd_sim_kv_params_withheld_total", labels={"reason": why or "push-protocol"})
-        return None
-    if why is not None:
-        m.inc("pd_sim_kv_params_withheld_total", labels={"reason": why})
-        return None
-    item = engine.hold_kv(req.internal_id, req.prompt_ids, expected)
-    m.inc("pd_sim_kv_params_returned_total")
-    params: dict[str, Any] = {
-        "do_remote_prefill": True, "do_remote_decode": False,
-        "remote_block_ids": item.block_ids, "remote_engine_id": cfg.engine_id,
-        "remote_host": cfg.advertise_host, "remote_port": engine.ports.get("side", cfg.port),
-        "remote_request_id": req.internal_id,
-    }
-    if cfg.protocol == "mooncake_v1":
-        params.update({"num_prompt_blocks": item.blocks, "remote_block_size": cfg.block_size,
-                       "remote_pcp_size": 1, "remote_dcp_size": 1, "remote_ptp_size": cfg.tensor_parallel_size})
-    else:
-        params["tp_size"] = cfg.tensor_parallel_size
-    return params
-
-
-def _mark_transfer(engine: SimEngine, transfer_id: str, req: Request, expected: bytes, why: str | None) -> None:
-    """Upstream mooncake: the prefill for ``transfer_id`` is done; wake a waiting decode."""
-    if not transfer_id:
-        return
-    item = engine.held.items.get(transfer_id)
-    if why is not None:
-        if item is None:
-            item = HeldKv(key=transfer_id, data=b"", checksum="", blocks=0, block_ids=[],
-                          expires=time.monotonic() + engine.config.kv_hold_timeout_s)
-            engine.held.put(item)
-        item.failed = why
-        item.ready.set()
-        return
-    fresh = engine.hold_kv(transfer_id, req.prompt_ids, expected)
-    if item is not None:  # a decode was already waiting on the placeholder
-        fresh.ready = item.ready
-    fresh.ready.set()
-
-
 def _usage(req: Request, n_tokens: int, cached: int) -> dict:
     return {"prompt_tokens": len(req.prompt_ids), "completion_tokens": n_tokens,
             "total_tokens": len(req.prompt_ids) + n_tokens,
@@ -352,8 +179,8 @@ def _text(tokens: list[int]) -> str:
 
 async def _complete(engine: SimEngine, http: web.Request, req: Request, headers: dict, arrival: float,
                     cached: int, expected: bytes) -> web.Response:
-    tokens = [token async for _, token in _generate(engine, http, req, arrival)]
-    reason, params = _finish(engine, req, tokens, arrival, expected)
+    tokens = [token async for _, token in execution.generate(engine, http, req, arrival)]
+    reason, params = execution.finish(engine, req, tokens, arrival, expected)
     text = _text(tokens)
     if req.kind == "completion":
         choice: dict[str, Any] = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason,
@@ -387,7 +214,7 @@ async def _stream(engine: SimEngine, http: web.Request, req: Request, headers: d
         await response.write(chunk({"index": 0, "delta": {"role": "assistant", "content": ""},
                                     "logprobs": None, "finish_reason": None}))
     tokens: list[int] = []
-    async for position, token in _generate(engine, http, req, arrival):
+    async for position, token in execution.generate(engine, http, req, arrival):
         tokens.append(token)
         last = token == model.EOS_TOKEN_ID or position == req.max_tokens - 1
         reason = None
@@ -404,7 +231,7 @@ async def _stream(engine: SimEngine, http: web.Request, req: Request, headers: d
             if position == 0:
                 choice["prompt_token_ids"] = req.prompt_ids
         await response.write(chunk(choice))
-    _finish(engine, req, tokens, arrival, expected)
+    execution.finish(engine, req, tokens, arrival, expected)
     if req.include_usage:
         usage = {"id": req.external_id, "object": obj, "created": req.created, "model": req.echo_model,
                  "choices": [], "usage": _usage(req, len(tokens), cached)}

@@ -1,1 +1,0 @@
-"""Helpers shared by the host-side tools (no third-party dependencies)."""
