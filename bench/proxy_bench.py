@@ -359,7 +359,7 @@ async def overhead(args: argparse.Namespace) -> dict[str, Any]:
             if args.baseline:  # an earlier revision of our proxy, same options: an A/B in one run
                 url = our_proxy(procs, p_ports, d_ports, ours_opts, logs / f"pd-proxy-baseline-{topo}.log", None,
                                 Path(args.baseline) / "files" / "connector")
-                row.append(Target(f"pd-proxy (baseline {args.baseline_label}{workers}), {topo}", url,
+                row.append(Target(f"pd-proxy (baseline {args.baseline_label or args.baseline}{workers}), {topo}", url,
                                   "nixl, least_load" + workers, kind="baseline"))
             if args.proxy_workers > 1:  # the one-process proxy too, in the same run
                 url = our_proxy(procs, p_ports, d_ports, {}, logs / f"pd-proxy-1w-{topo}.log", None)
@@ -580,7 +580,7 @@ def main() -> int:
                         help="overhead: bench/mock_engine.py (the proxy is the limit) or the simulator")
     parser.add_argument("--baseline", help="overhead: a tree of an earlier revision (e.g. `git worktree add DIR REV`); "
                                            "its proxy runs beside ours with the same options, and the ratios include it")
-    parser.add_argument("--baseline-label", default="earlier revision", help="overhead: the baseline's name in the tables")
+    parser.add_argument("--baseline-label", help="overhead: the baseline's name in the tables (default: its folder)")
     parser.add_argument("--engine-procs", type=int, default=1,
                         help="overhead, mock engines: processes per engine (SO_REUSEPORT), so that a single "
                              "engine process does not bound the targets on a host with cores to spare")

@@ -1,8 +1,8 @@
 """`workers: N`: several worker processes on one port whose routing state, instance API and
 metrics stay those of one proxy (proxy/shared.py).
 
-Connections go to a worker by the kernel's SO_REUSEPORT hash, so each check spreads its
-requests over many fresh connections and first makes sure that both workers answered.
+Which worker takes a connection is decided at accept time (proxy/accept.py), so each check
+spreads its requests over many fresh connections and first makes sure that both workers answered.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import aiohttp
 from test_proxy_reload import PROMPT, Master, health, master, wait_until
 
-CLOSE = {"Connection": "close"}  # one connection per request: the kernel picks a worker each time
+CLOSE = {"Connection": "close"}  # one connection per request: a worker is picked each time
 
 
 async def pids_answering(session: aiohttp.ClientSession, url: str, tries: int = 40) -> set[int]:

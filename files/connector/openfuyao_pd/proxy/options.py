@@ -75,7 +75,8 @@ OPTIONS: tuple[Option, ...] = (
            description="Default wait of drain and delete on the instance API, and the longest a stopping or "
                        "reloaded worker lets its requests in progress (streams too) run on, seconds."),
     Option("workers", "int", 1, 1, 64,
-           description="Worker processes serving the port (SO_REUSEPORT), each on its own CPU; routing counts, "
+           description="Worker processes serving the port (one shared socket, connections balanced over them), "
+                       "each on its own CPU; routing counts, "
                        "instance API changes and /metrics are shared by all of them."),
     Option("bootstrap_port", "int", 8998, 1, 65535,
            description="Upstream MooncakeConnector bootstrap port when a prefill entry gives none."),
