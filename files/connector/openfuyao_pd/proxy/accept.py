@@ -3,7 +3,7 @@ only while it holds no more client connections than the least loaded accepting w
 
 Why not SO_REUSEPORT's spreading: it hashes each connection's addresses onto one socket per
 worker, so a few long-lived connections (a gateway's or a load generator's keep-alive pool) land
-unevenly; 64 connections over 8 sockets came out anywhere from 3 to 17 per worker, and the worker
+unevenly; 64 connections over 8 sockets came out anywhere from 2 to 17 per worker, and the worker
 holding 17 set the proxy's tail latency and throughput. Why not a plain shared socket either: the
 first worker to wake accepts everything queued (63 of 64 in a test). Here every worker waits on
 the same socket, takes one connection at a time, publishes its count in the shared state

@@ -16,7 +16,7 @@ connection waiting in a listener's accept queue during a hand-over is never lost
 last descriptor of a listening socket would reset them). Every worker of every slot accepts from
 the one socket, each only while it holds no more client connections than the least loaded
 accepting worker plus one (accept.py): SO_REUSEPORT's hash spread 64 kept-alive connections
-over 8 sockets as unevenly as 3 to 17, and the worker with 17 set the tail.
+over 8 sockets as unevenly as 2 to 17, and the worker with 17 set the tail.
 
 Workers learn of a dead master through a pipe (end of file) and stop gracefully, so a master
 killed with SIGKILL does not leave workers behind.
