@@ -140,8 +140,10 @@ def greedy(url: str, model: str, prompt: str) -> Greedy:
 # minus top-2 logprob from 0.0 to 0.34 nats). The decode recomputes the prompt's last tokens in a
 # batch of another shape than a single instance does, so such a near-tie can flip and the two
 # greedy continuations part there. KV that did not arrive intact gives other distributions from
-# the first token on. TIE is four bf16 steps of a logit near 5 (1/32 each): a flip is accepted
-# only where the single instance itself rates the decode's token within TIE of its best.
+# the first token on. TIE is four bf16 steps of a logit near 5 (1/32 each): each logprob of the
+# decode may differ from the single instance's by that much (the bound every token before a flip is
+# held to), so two tokens may trade places where the single instance rates them up to 2 x TIE
+# apart; a flip is accepted only there (one CI run parted at a gap of 0.234 nats, within that).
 TIE = 0.125
 
 
@@ -161,9 +163,9 @@ def greedy_mismatch(pd: Greedy, single: Greedy) -> str | None:
         if abs(pd.logprobs[k] - single.logprobs[k]) > TIE:
             return f"token {k} ({pd.ids[k]}): logprob {pd.logprobs[k]:.3f} vs {single.logprobs[k]:.3f}"
     rated = single.top[at].get(pd.tokens[at])
-    if rated is None or single.logprobs[at] - rated > TIE:
-        return (f"token {at}: decode chose {pd.ids[at]} ({pd.tokens[at]!r}), the single instance "
-                f"{single.ids[at]} at {single.logprobs[at]:.3f} and rates the decode's "
+    if rated is None or single.logprobs[at] - rated > 2 * TIE:
+        return (f"token {at}: decode chose {pd.ids[at]} ({pd.tokens[at]!r}) at {pd.logprobs[at]:.3f}, the "
+                f"single instance {single.ids[at]} at {single.logprobs[at]:.3f} and rates the decode's "
                 f"{'outside its top 5' if rated is None else f'{rated:.3f}'}: not a near-tie")
     return None
 
@@ -266,7 +268,9 @@ def test_greedy_mismatch_accepts_only_a_near_tie() -> None:
     single = _g([1, 2, 3], [-5.0, -5.1, -5.2], [{"t1": -5.0}, {"t2": -5.1, "t9": -5.12}, {"t3": -5.2}])
     assert greedy_mismatch(_g([1, 2, 3], [-5.0, -5.1, -5.2], []), single) is None
     assert greedy_mismatch(_g([1, 9, 4], [-5.0, -5.12, -5.3], []), single) is None  # tie at token 1
-    far = _g([1, 2, 3], [-5.0, -5.1, -5.2], [{"t1": -5.0}, {"t2": -5.1, "t9": -5.6}, {"t3": -5.2}])
+    near = _g([1, 2, 3], [-5.0, -5.1, -5.2], [{"t1": -5.0}, {"t2": -5.1, "t9": -5.334}, {"t3": -5.2}])
+    assert greedy_mismatch(_g([1, 9, 4], [-5.0, -5.2, -5.3], []), near) is None  # 0.234 apart: within 2 x TIE
+    far = _g([1, 2, 3], [-5.0, -5.1, -5.2], [{"t1": -5.0}, {"t2": -5.1, "t9": -5.36}, {"t3": -5.2}])
     assert "not a near-tie" in greedy_mismatch(_g([1, 9, 4], [-5.0, -5.1, -5.3], []), far)
     assert "outside its top 5" in greedy_mismatch(_g([1, 7, 4], [-5.0, -5.1, -5.3], []), single)
     assert "logprob" in greedy_mismatch(_g([1, 9, 4], [-4.5, -5.12, -5.3], []), single)  # drift before
