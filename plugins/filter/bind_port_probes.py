@@ -38,7 +38,7 @@ EXAMPLES = r"""
 - name: Probe the ports
   ansible.builtin.script:
     cmd: >-
-      pd_host.py ports {{ _vllm_pd_instances | openfuyao.pd.bind_port_probes(_vllm_pd_services_running, 'openfuyao-pd-')
+      pd_host.py ports {{ _vllm_pd_instances | openfuyao.pd.bind_port_probes(service_running, 'openfuyao-pd-')
                           | to_json | quote }}
     executable: python3
 """

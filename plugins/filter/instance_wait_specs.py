@@ -44,7 +44,7 @@ EXAMPLES = r"""
   ansible.builtin.include_tasks: wait.yml
   vars:
     _vllm_pd_wait_services: >-
-      {{ _vllm_pd_instances | openfuyao.pd.instance_wait_specs('openfuyao-pd-', vllm_pd_log_dir, _vllm_pd_alive_cmd) }}
+      {{ _vllm_pd_instances | openfuyao.pd.instance_wait_specs('openfuyao-pd-', vllm_pd_log_dir, service_alive_cmd) }}
 """
 
 RETURN = r"""
