@@ -144,11 +144,15 @@ def schema_problems(plan: Any) -> list[str]:
     return problems
 
 
-def planned_hosts(plan: Mapping) -> list[str]:
-    """Every host a (schema-checked) plan places something on."""
-    hosts = list(plan["hosts"])
-    hosts += [inst["host"] for inst in plan["instances"]]
-    hosts.append(plan["proxy"]["host"])
+def _named_hosts(plan: Any) -> list[str]:
+    """Every host a plan of any shape places something on (hosts, instances, proxy), sorted."""
+    if not isinstance(plan, dict):
+        return []
+    hosts = list(plan["hosts"]) if isinstance(plan.get("hosts"), dict) else []
+    if isinstance(plan.get("instances"), list):
+        hosts += [i["host"] for i in plan["instances"] if isinstance(i, dict) and isinstance(i.get("host"), str)]
+    if isinstance(plan.get("proxy"), dict) and isinstance(plan["proxy"].get("host"), str):
+        hosts.append(plan["proxy"]["host"])
     return sorted(set(hosts))
 
 
@@ -189,10 +193,14 @@ def check_plan(plan: Any, inventory_hosts: Iterable[str], shown: str) -> dict:
             f"pd_plan_file={shown} is a schema {old} plan, this collection reads schema {SCHEMA_VERSION} "
             f"(it adds {added}): re-run playbooks/plan.yml on this inventory and review the new file"
         )
+    known = set(inventory_hosts)
+    # A host of another inventory is named as such, before what its section lacks.
+    foreign = [h for h in _named_hosts(plan) if h not in known]
+    if foreign:
+        raise _not_a_plan(shown, [f"hosts {', '.join(foreign)} are not in it"])
     problems = schema_problems(plan)
     if problems:
         raise _not_a_plan(shown, problems)
-    foreign = [h for h in planned_hosts(plan) if h not in set(inventory_hosts)]
     if foreign:
         raise _not_a_plan(shown, [f"hosts {', '.join(foreign)} are not in it"])
     return plan
