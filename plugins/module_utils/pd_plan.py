@@ -23,7 +23,7 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_ascend_env as ascend_env
@@ -341,7 +341,7 @@ def _facts_devices(facts):
 # ----------------------------------------------------------------------------- hosts
 
 
-def host_address(host: str, hv: dict) -> tuple[str, str | None]:
+def host_address(host: str, hv: Mapping) -> tuple[str, str | None]:
     """The address other hosts and the proxy use for an inventory host (pd_address, else
     ansible_host, else its name; a local connection's loopback names become 127.0.0.1), and
     the problem with it (None when usable). The one rule: the planner and the day-2 filters
@@ -1745,12 +1745,14 @@ def _host_sections(
 
 
 def _host_services(h, dirs, mine, proxies, vip, master):
-    """hosts[HOST].services: every supervised service the roles run on the host."""
+    """hosts[HOST].services: every supervised service the roles run on the host; owner is the
+    owner of its port claims in hosts[HOST].ports."""
     conf, log = dirs["conf"], dirs["log"]
     out = [
         {
             "name": SERVICE_PREFIX + i["name"],
             "kind": i["role"],
+            "owner": i["name"],
             "instance": i["name"],
             "start": "{}/instances/{}/{}".format(conf, i["name"], "container.sh" if i["runtime"] == "container" else "run.sh"),
             "log": "{}/{}.log".format(log, i["name"]),
@@ -1758,13 +1760,13 @@ def _host_services(h, dirs, mine, proxies, vip, master):
         for i in mine
     ]
     if any(p["host"] == h for p in proxies):
-        out.append({"name": SERVICE_PREFIX + "proxy", "kind": "proxy", "start": f"pd-proxy --config {conf}/proxy.json",
+        out.append({"name": SERVICE_PREFIX + "proxy", "kind": "proxy", "owner": "proxy", "start": f"pd-proxy --config {conf}/proxy.json",
                     "log": f"{log}/proxy.log"})
         if vip is not None:
-            out.append({"name": SERVICE_PREFIX + "keepalived", "kind": "keepalived",
+            out.append({"name": SERVICE_PREFIX + "keepalived", "kind": "keepalived", "owner": "keepalived",
                         "start": f"keepalived --use-file {conf}/keepalived.conf", "log": f"{log}/keepalived.log"})
     if master is not None and master["host"] == h:
-        out.append({"name": SERVICE_PREFIX + "mooncake-master", "kind": "mooncake_master",
+        out.append({"name": SERVICE_PREFIX + "mooncake-master", "kind": "mooncake_master", "owner": "mooncake_master",
                     "start": "mooncake_master --port={}".format(master["port"]), "log": f"{log}/mooncake-master.log"})
     return out
 

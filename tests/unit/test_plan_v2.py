@@ -26,7 +26,7 @@ def claim(start, end, owner, use, kind, var):
 
 
 def service(name, kind, start, log, instance=None):
-    out = {"name": name, "kind": kind}
+    out = {"name": name, "kind": kind, "owner": instance or kind}
     if instance:
         out["instance"] = instance
     return {**out, "start": start, "log": log}
@@ -147,6 +147,9 @@ def test_vip_and_master_hosts_list_their_services():
                              "mooncake_master --port={}".format(plan["mooncake"]["master"]["port"]),
                              "/var/log/openfuyao-pd/mooncake-master.log")
     assert [c["owner"] for c in plan["hosts"]["pd-proxy"]["ports"]].count("mooncake_master") == 2
+    # Every port claim's owner is a service of its host (site.yml skips the ports of running ones).
+    for view in plan["hosts"].values():
+        assert {c["owner"] for c in view["ports"]} <= {s["owner"] for s in view["services"]}
 
 
 def test_host_address_rule_is_the_planners():
