@@ -60,6 +60,7 @@ _value:
   elements: dict
 """
 
+
 def host_address(host: str, hv: Mapping[str, Any], plan_hosts: Mapping[str, Any]) -> str:
     """The address by which a proxy backend URL names this inventory host."""
     if host in plan_hosts:

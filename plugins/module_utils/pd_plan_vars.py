@@ -114,7 +114,6 @@ HOST_VARS = (
 )
 
 
-
 @dataclass(frozen=True)
 class DirVar:
     """A directory the roles use on a host: the inventory variable that sets it (the role's own
