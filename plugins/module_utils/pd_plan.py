@@ -67,7 +67,7 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.text_table import ali
 # proxies[].url and local_url, endpoint.url (docs/plan-schema.md).
 SCHEMA_VERSION = 2
 SERVICE_PREFIX = "openfuyao-pd-"
-DEFAULT_DATA_DIR = "/var/lib/openfuyao-pd"
+DEFAULT_DATA_DIR = DIR_VARS["data"].default
 DEFAULT_HTTP_BASE = {"prefill": 8100, "decode": 8200}
 DEFAULT_DP_RPC_BASE = {"prefill": 9100, "decode": 9200}
 DEFAULT_NIXL_BASE = {"prefill": 5600, "decode": 5800}
