@@ -27,12 +27,13 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_file import (
     diff_warning,
     load_plan_file,
 )
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import DIR_VAR_NAMES
 
 GROUPS = ("prefill", "decode", "proxy", "mooncake_master", "storage")
 # Besides pd_*, the planner reads these per host.
 # mooncake_version: the mooncake role's own pin, which sizes the Ascend Direct port pools when
 # pd_mooncake_version is unset.
-PASSTHROUGH = ("ansible_host", "ansible_connection", "mooncake_version")
+PASSTHROUGH = ("ansible_host", "ansible_connection", "mooncake_version", *DIR_VAR_NAMES)
 
 
 def _plain(value):

@@ -8,6 +8,9 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import host_address as _planned_address
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import DIR_VARS
+
 DOCUMENTATION = r"""
 ---
 name: removed_backend_hosts
@@ -16,11 +19,12 @@ version_added: "0.1.0"
 description:
   - A backend is known to the proxy by its URL only. Its host is every inventory host whose address is the
     URL's host name, where several share one address the service is stopped on whichever has it.
-  - A host's address is its planned address when the plan has the host, else C(pd_address), else
-    C(ansible_host), else its name; C(localhost), C(::1) and a local-connection host without
-    C(pd_address) count as C(127.0.0.1), as the planner counts them.
+  - A host's address is its planned address (C(pd_plan.hosts[HOST].address)) when the plan has the
+    host; a host the plan no longer has (scaled in, e.g. kept under C([retired])) gets the address
+    the planner would give it (the planner's own rule, C(host_address) in module_utils/pd_plan.py).
   - Each entry says how to stop the service there, the host's supervisord configuration file
-    (C(vllm_pd_conf_dir)) or systemd (the host's detected C(_day2_service_manager)).
+    (the plan's C(dirs.conf); for a host the plan no longer has, its C(vllm_pd_conf_dir) or the
+    planner's default) or systemd (the host's detected C(_day2_service_manager)).
 positional: hostnames, hostvars, plan_hosts
 options:
   _input:
@@ -38,7 +42,7 @@ options:
     type: dict
     required: true
   plan_hosts:
-    description: C(pd_plan.hosts), the planned hosts with their C(address).
+    description: C(pd_plan.hosts), the planned hosts with their C(address) and C(dirs).
     type: dict
     required: true
 """
@@ -56,17 +60,18 @@ _value:
   elements: dict
 """
 
-_LOOPBACK = "127.0.0.1"
-
 
 def host_address(host: str, hv: Mapping[str, Any], plan_hosts: Mapping[str, Any]) -> str:
     """The address by which a proxy backend URL names this inventory host."""
     if host in plan_hosts:
-        addr = plan_hosts[host]["address"]
-    else:
-        addr = hv.get("pd_address", hv.get("ansible_host", host))
-    local_only = host not in plan_hosts and hv.get("ansible_connection", "") == "local" and "pd_address" not in hv
-    return _LOOPBACK if addr in ("localhost", "::1") or local_only else addr
+        return plan_hosts[host]["address"]
+    return _planned_address(host, hv)[0]
+
+
+def _conf_dir(host: str, hv: Mapping[str, Any], plan_hosts: Mapping[str, Any]) -> str:
+    if host in plan_hosts:
+        return plan_hosts[host]["dirs"]["conf"]
+    return str(hv.get(DIR_VARS["conf"].var, DIR_VARS["conf"].default)).rstrip("/")
 
 
 def removed_backend_hosts(
@@ -80,7 +85,7 @@ def removed_backend_hosts(
         {
             "name": b["name"],
             "host": h,
-            "conf": f"{hostvars[h].get('vllm_pd_conf_dir', '/etc/openfuyao-pd')}/supervisord.conf",
+            "conf": f"{_conf_dir(h, hostvars[h], plan_hosts)}/supervisord.conf",
             "systemd": hostvars[h].get("_day2_service_manager", "supervisord") == "systemd",
         }
         for b in removed

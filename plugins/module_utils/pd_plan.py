@@ -23,7 +23,7 @@ import json
 import math
 import re
 import shlex
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_ascend_env as ascend_env
@@ -50,6 +50,7 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import (
     BUILTIN_MODELS,
     CONNECTORS,
     DEFAULT_CONNECTOR,
+    DIR_VARS,
     P2P_CONNECTORS,
     PLATFORMS,
     ROLES,
@@ -59,10 +60,14 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import (
     proxy_options_table,
     typo_warnings,
 )
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_url import url_host
 from ansible_collections.openfuyao.pd.plugins.module_utils.text_table import align_columns
 
-SCHEMA_VERSION = 1
-DEFAULT_DATA_DIR = "/var/lib/openfuyao-pd"
+# 2: hosts[].dirs and hosts[].services, typed port claims (owner, use, var), instances[].url,
+# proxies[].url and local_url, endpoint.url (docs/plan-schema.md).
+SCHEMA_VERSION = 2
+SERVICE_PREFIX = "openfuyao-pd-"
+DEFAULT_DATA_DIR = DIR_VARS["data"].default
 DEFAULT_HTTP_BASE = {"prefill": 8100, "decode": 8200}
 DEFAULT_DP_RPC_BASE = {"prefill": 9100, "decode": 9200}
 DEFAULT_NIXL_BASE = {"prefill": 5600, "decode": 5800}
@@ -231,6 +236,34 @@ _WORDS = {
 }
 
 
+def _role_dir_value(ctx, host, d):
+    """A DIR_VARS entry's value and variable name on host (a pd_ one through ctx.var)."""
+    if d.var.startswith("pd_"):
+        value, name = ctx.var(host, d.var[3:], None)
+        return value, name
+    return (ctx.hostvars.get(host) or {}).get(d.var), d.var
+
+
+def _check_dir_vars(ctx, host):
+    """The roles' directories (DIR_VARS other than pd_data_dir, checked with the paths above)."""
+    for d in DIR_VARS.values():
+        if d.var.startswith("pd_"):
+            continue
+        value, name = _role_dir_value(ctx, host, d)
+        if value is not None and (not isinstance(value, str) or not value.startswith("/") or CONTROL.search(value)):
+            ctx.error(f"host {host}: {name}={brief(value)} must be an absolute path (e.g. {d.default})")
+
+
+def host_dirs(ctx, host):
+    """hosts[HOST].dirs: every directory the roles use there, from the inventory or its default."""
+    dirs = {}
+    for key, d in DIR_VARS.items():
+        value = _role_dir_value(ctx, host, d)[0]
+        ok = isinstance(value, str) and value.startswith("/") and not CONTROL.search(value)
+        dirs[key] = (value.rstrip("/") or "/") if ok else d.default
+    return dirs
+
+
 def _check_host_texts(ctx, host):
     """Refuse paths, module names and words that would break a file path, an import or an argv."""
     for key in _ABSOLUTE_PATHS:
@@ -239,6 +272,7 @@ def _check_host_texts(ctx, host):
             continue
         if not isinstance(value, str) or not value.startswith("/") or CONTROL.search(value):
             ctx.error(f"host {host}: {name}={brief(value)} must be an absolute path (e.g. /var/lib/openfuyao-pd)")
+    _check_dir_vars(ctx, host)
     for key in _MODULE_PATHS:
         value, name = ctx.var(host, key, None)
         if value is not None and not (isinstance(value, str) and DOTTED.match(value)):
@@ -307,8 +341,11 @@ def _facts_devices(facts):
 # ----------------------------------------------------------------------------- hosts
 
 
-def _address(ctx, host):
-    hv = ctx.hostvars.get(host) or {}
+def host_address(host: str, hv: Mapping) -> tuple[str, str | None]:
+    """The address other hosts and the proxy use for an inventory host (pd_address, else
+    ansible_host, else its name; a local connection's loopback names become 127.0.0.1), and
+    the problem with it (None when usable). The one rule: the planner and the day-2 filters
+    that look up a host not in the plan both call it."""
     name = "pd_address" if hv.get("pd_address") else "ansible_host" if hv.get("ansible_host") else None
     raw = hv.get(name) if name else host
     addr = strip_brackets(raw.strip()) if isinstance(raw, str) else raw
@@ -316,12 +353,18 @@ def _address(ctx, host):
     if why:
         what = name if name else "the inventory name (used as the address)"
         fix = f"fix {name}" if name else "set ansible_host or pd_address"
-        ctx.error(f"host {host}: {what}={brief(raw)} {why}: {fix}")
-        return str(raw)
+        return str(raw), f"host {host}: {what}={brief(raw)} {why}: {fix}"
     local = hv.get("ansible_connection") == "local" and not hv.get("pd_address")
     if local and (addr in LOCAL_NAMES or addr == host):
-        return "127.0.0.1"
-    return "127.0.0.1" if addr in ("localhost", "::1") else addr
+        return "127.0.0.1", None
+    return ("127.0.0.1" if addr in ("localhost", "::1") else addr), None
+
+
+def _address(ctx, host):
+    addr, problem = host_address(host, ctx.hostvars.get(host) or {})
+    if problem:
+        ctx.error(problem)
+    return addr
 
 
 def _host_settings(ctx, host, runs_engines=True):
@@ -1025,8 +1068,17 @@ class PortClaim:
     var: str
 
     def as_dict(self) -> dict:
-        """The plan's form, in a host's "ports"."""
-        return {"start": self.start, "end": self.end, "purpose": f"{self.owner} {self.purpose}", "kind": self.kind}
+        """The plan's form, in a host's "ports": purpose is the label people read ("OWNER USE");
+        owner, use and var are the typed fields programs read."""
+        return {
+            "start": self.start,
+            "end": self.end,
+            "purpose": f"{self.owner} {self.purpose}",
+            "kind": self.kind,
+            "owner": self.owner,
+            "use": self.purpose,
+            "var": self.var,
+        }
 
 
 def _check_host_ports(ctx: _Ctx, label: str, claims: list[PortClaim]) -> None:
@@ -1312,6 +1364,7 @@ PUBLIC_INSTANCE_KEYS = (
     "env",
     "argv",
     "health_url",
+    "url",
     "scheduling_policy",
     "dtype",
     "block_size",
@@ -1375,9 +1428,9 @@ def build_plan(inventory: dict) -> dict:
         # (None without pd_proxy_vip) and the address clients use.
         "proxies": proxies,
         "proxy_vip": vip.as_dict([{"host": p["host"], "address": p["address"]} for p in proxies]) if vip else None,
-        "endpoint": ha.endpoint(vip, proxy),
+        "endpoint": _endpoint(vip, proxy),
         "proxy_risk": ha.risk(len(proxies), vip),
-        "hosts": _host_sections(ctx, cluster, instances, out_instances, claims),
+        "hosts": _host_sections(ctx, cluster, instances, out_instances, claims, (proxies, vip, master)),
         # A master-only host needs the wheel too: mooncake_master ships in it.
         "mooncake": {"hosts": _mooncake_hosts(instances, master), "master": master},
         "storage": _storage(ctx, cluster, instances, shared_path),
@@ -1403,6 +1456,9 @@ def _agree_stack(ctx: _Ctx, hosts: _Hosts) -> _Cluster:
     settings = {h: _host_settings(ctx, h, h in hosts.pd) for h in hosts.all}
     for h in hosts.pd:
         _check_host_texts(ctx, h)
+    for h in hosts.all:
+        if h not in hosts.pd:
+            _check_dir_vars(ctx, h)
     model = _model(ctx, hosts.pd)
 
     connectors = sorted({settings[h]["connector"] for h in hosts.pd if settings[h]["connector"]})
@@ -1632,7 +1688,8 @@ def _finish_instances(
             inst["kv_transfer_config"]["kv_load_failure_policy"] = inst["_failure_policy"]
         inst["env"] = _env(ctx, inst)
         inst["argv"] = _argv(ctx, inst, cluster.model, o)
-        inst["health_url"] = "http://{}:{}/health".format(_url_host(inst["address"]), inst["http_port"])
+        inst["url"] = "http://{}:{}".format(url_host(inst["address"]), inst["http_port"])
+        inst["health_url"] = inst["url"] + "/health"
         inst["dtype"] = o["dtype"]
         inst["block_size"] = o["block_size"]
 
@@ -1658,12 +1715,15 @@ def _host_sections(
     instances: list[dict],
     out_instances: list[dict],
     claims: dict[str, list[PortClaim]],
+    others: tuple[list[dict], ha.Vip | None, dict | None],
 ) -> dict[str, dict]:
-    """The plan's "hosts": what each host runs, binds, uses and pings."""
+    """The plan's "hosts": what each host runs, binds, uses and pings, and where its files live."""
+    proxies, vip, master = others
     hosts = {}
     for h in cluster.hosts.all:
         s = cluster.settings[h]
         mine = [i for i in out_instances if i["host"] == h]
+        dirs = host_dirs(ctx, h)
         hosts[h] = {
             "platform": s["platform"],
             "runtime": s["runtime"],
@@ -1673,6 +1733,8 @@ def _host_sections(
             "ports": [c.as_dict() for c in claims[h]],
             "devices": sorted(d for i in mine for d in i["devices"]),
             "ping_targets": [],
+            "dirs": dirs,
+            "services": _host_services(h, dirs, mine, proxies, vip, master),
         }
         pages = next((i["_hugepages"] for i in instances if i["host"] == h and i.get("_hugepages")), None)
         if pages:
@@ -1680,6 +1742,40 @@ def _host_sections(
     if family.is_mooncake(cluster.connector):
         _set_ping_targets(cluster, hosts)
     return hosts
+
+
+def _host_services(h, dirs, mine, proxies, vip, master):
+    """hosts[HOST].services: every supervised service the roles run on the host; owner is the
+    owner of its port claims in hosts[HOST].ports."""
+    conf, log = dirs["conf"], dirs["log"]
+    out = [
+        {
+            "name": SERVICE_PREFIX + i["name"],
+            "kind": i["role"],
+            "owner": i["name"],
+            "instance": i["name"],
+            "start": "{}/instances/{}/{}".format(conf, i["name"], "container.sh" if i["runtime"] == "container" else "run.sh"),
+            "log": "{}/{}.log".format(log, i["name"]),
+        }
+        for i in mine
+    ]
+    if any(p["host"] == h for p in proxies):
+        out.append({"name": SERVICE_PREFIX + "proxy", "kind": "proxy", "owner": "proxy", "start": f"pd-proxy --config {conf}/proxy.json",
+                    "log": f"{log}/proxy.log"})
+        if vip is not None:
+            out.append({"name": SERVICE_PREFIX + "keepalived", "kind": "keepalived", "owner": "keepalived",
+                        "start": f"keepalived --use-file {conf}/keepalived.conf", "log": f"{log}/keepalived.log"})
+    if master is not None and master["host"] == h:
+        out.append({"name": SERVICE_PREFIX + "mooncake-master", "kind": "mooncake_master", "owner": "mooncake_master",
+                    "start": "mooncake_master --port={}".format(master["port"]), "log": f"{log}/mooncake-master.log"})
+    return out
+
+
+def _endpoint(vip, proxy):
+    """ha.endpoint with its URL: where clients send requests."""
+    out = ha.endpoint(vip, proxy)
+    out["url"] = "http://{}:{}".format(url_host(out["address"]), out["port"])
+    return out
 
 
 def _set_ping_targets(cluster: _Cluster, hosts: dict[str, dict]) -> None:
@@ -1840,10 +1936,6 @@ def _master_lease(ctx, connector, instances, master, timeouts):
                         "source": source, "applies_to": ["mooncake_master"]}]
 
 
-def _url_host(address):
-    return f"[{address}]" if ":" in address else address
-
-
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
 
@@ -1948,6 +2040,9 @@ def _proxy_section(ctx, host, settings, port, connector, platforms, model, insta
         "address": settings["address"],
         "bind": bind,
         "port": port,
+        # As the other hosts reach it, and as its own host does (a wildcard bind through loopback).
+        "url": "http://{}:{}".format(url_host(settings["address"]), port),
+        "local_url": "http://{}:{}".format(url_host(bind or settings["address"], "127.0.0.1"), port),
         "protocol": protocol,
         "model": model["served_name"],
         "prefill": [backend(i) for i in instances if i["role"] == "prefill"],

@@ -1,6 +1,6 @@
 # Copyright (c) openFuyao PD contributors
 # Apache License 2.0 (see LICENSE)
-"""A reviewed plan file (-e pd_plan_file=FILE): load it, check it against schema 1 and the
+"""A reviewed plan file (-e pd_plan_file=FILE): load it, check it against schema 2 and the
 inventory's hosts, and say where it differs from the plan the inventory gives now.
 
 Used by the pd_plan action (option plan_file). Every problem is one line that names the file,
@@ -13,10 +13,12 @@ import json
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REWRITE = "write it again with playbooks/plan.yml on this inventory"
+# What a plan of an earlier schema lacks, for the message that refuses it.
+ADDED_SINCE = {2: "hosts' dirs and services, typed port claims and the instance and proxy URLs"}
 
-# Top-level sections of a schema-1 plan and the JSON types each may have.
+# Top-level sections of a schema-2 plan and the JSON types each may have.
 SECTIONS: dict[str, tuple[type | None, ...]] = {
     "schema_version": (int,),
     "platforms": (list,),
@@ -48,6 +50,13 @@ PROXY_FIELDS: dict[str, tuple[type | None, ...]] = {
     "port": (int,),
     "prefill": (list,),
     "decode": (list,),
+}
+# Fields of each host's section that the roles read (schema 2: dirs and services).
+HOST_FIELDS: dict[str, tuple[type | None, ...]] = {
+    "address": (str,),
+    "ports": (list,),
+    "dirs": (dict,),
+    "services": (list,),
 }
 # How many differences the warning spells out before it counts the rest.
 DIFF_SHOWN = 8
@@ -111,7 +120,7 @@ def _not_a_plan(path: str, details: Iterable[str]) -> PlanFileError:
 
 
 def schema_problems(plan: Any) -> list[str]:
-    """What keeps ``plan`` from being a schema-1 plan, one phrase each ([] when it is one)."""
+    """What keeps ``plan`` from being a schema-2 plan, one phrase each ([] when it is one)."""
     if not isinstance(plan, dict):
         return [f"it holds {json_type(plan)}, not an object"]
     version = plan.get("schema_version")
@@ -130,14 +139,20 @@ def schema_problems(plan: Any) -> list[str]:
         for host, view in plan["hosts"].items():
             if not isinstance(view, dict):
                 problems.append(f"hosts.{host} must be an object, it is {json_type(view)}")
+                continue
+            problems += _fields(f"hosts.{host}.", view, HOST_FIELDS)
     return problems
 
 
-def planned_hosts(plan: Mapping) -> list[str]:
-    """Every host a (schema-checked) plan places something on."""
-    hosts = list(plan["hosts"])
-    hosts += [inst["host"] for inst in plan["instances"]]
-    hosts.append(plan["proxy"]["host"])
+def _named_hosts(plan: Any) -> list[str]:
+    """Every host a plan of any shape places something on (hosts, instances, proxy), sorted."""
+    if not isinstance(plan, dict):
+        return []
+    hosts = list(plan["hosts"]) if isinstance(plan.get("hosts"), dict) else []
+    if isinstance(plan.get("instances"), list):
+        hosts += [i["host"] for i in plan["instances"] if isinstance(i, dict) and isinstance(i.get("host"), str)]
+    if isinstance(plan.get("proxy"), dict) and isinstance(plan["proxy"].get("host"), str):
+        hosts.append(plan["proxy"]["host"])
     return sorted(set(hosts))
 
 
@@ -170,11 +185,22 @@ def load_plan_file(path: str, shown: str | None = None) -> dict:
 
 
 def check_plan(plan: Any, inventory_hosts: Iterable[str], shown: str) -> dict:
-    """``plan`` when it is a schema-1 plan whose hosts are all in the inventory, else PlanFileError."""
+    """``plan`` when it is a schema-2 plan whose hosts are all in the inventory, else PlanFileError."""
+    old = plan.get("schema_version") if isinstance(plan, dict) else None
+    if isinstance(old, int) and not isinstance(old, bool) and 0 < old < SCHEMA_VERSION:
+        added = "; ".join(ADDED_SINCE[v] for v in range(old + 1, SCHEMA_VERSION + 1))
+        raise PlanFileError(
+            f"pd_plan_file={shown} is a schema {old} plan, this collection reads schema {SCHEMA_VERSION} "
+            f"(it adds {added}): re-run playbooks/plan.yml on this inventory and review the new file"
+        )
+    known = set(inventory_hosts)
+    # A host of another inventory is named as such, before what its section lacks.
+    foreign = [h for h in _named_hosts(plan) if h not in known]
+    if foreign:
+        raise _not_a_plan(shown, [f"hosts {', '.join(foreign)} are not in it"])
     problems = schema_problems(plan)
     if problems:
         raise _not_a_plan(shown, problems)
-    foreign = [h for h in planned_hosts(plan) if h not in set(inventory_hosts)]
     if foreign:
         raise _not_a_plan(shown, [f"hosts {', '.join(foreign)} are not in it"])
     return plan

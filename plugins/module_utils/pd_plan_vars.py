@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 PLATFORMS = ("ascend", "cuda", "cpu")
@@ -111,6 +112,40 @@ HOST_VARS = (
     "ascend_env_profile",
     "ascend_generation",
 )
+
+
+@dataclass(frozen=True)
+class DirVar:
+    """A directory the roles use on a host: the inventory variable that sets it (the role's own
+    variable, so one setting moves both), its type, its default and what lives there."""
+
+    var: str
+    type: str
+    default: str
+    doc: str
+
+
+# The plan's hosts[HOST].dirs, key by key: the planner reads each variable on each host (else the
+# default) and the roles read the plan, so the layout of a host's files is decided once.
+DIR_VARS = {
+    "conf": DirVar(
+        "vllm_pd_conf_dir", "path", "/etc/openfuyao-pd",
+        "configuration: supervisord.conf, instances/NAME/ (run.sh, env, kv_transfer.json), proxy.json, "
+        "keepalived.conf and the admin tokens",
+    ),
+    "log": DirVar("vllm_pd_log_dir", "path", "/var/log/openfuyao-pd", "every service's log (NAME.log, proxy.log)"),
+    "state": DirVar(
+        "vllm_pd_state_dir", "path", "/var/lib/openfuyao-pd",
+        "programs and installs the roles keep: bin/ (watchdog, VIP check), the supervisor venv, the wheelhouse",
+    ),
+    "run": DirVar("vllm_pd_run_dir", "path", "/run/openfuyao-pd", "pid files of the services that write one (keepalived)"),
+    "data": DirVar(
+        "pd_data_dir", "path", "/var/lib/openfuyao-pd",
+        "data the instances read or share: models/ (the built-in model), kv/ (shared_storage), ucm/",
+    ),
+}
+# Role variables the planner reads beside the pd_* ones (the action plugin passes them through).
+DIR_VAR_NAMES = tuple(d.var for d in DIR_VARS.values() if not d.var.startswith("pd_"))
 
 # Proxy knobs: pd_proxy_<name> lands in plan.proxy.options[<name>] when set; unset ones take
 # the proxy's own defaults. Names, types and bounds come from the proxy's own table

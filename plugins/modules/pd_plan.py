@@ -50,7 +50,7 @@ options:
       - Path of a reviewed plan on the controller (the JSON that O(output) wrote; C(-e pd_plan_file=FILE)
         in the playbooks), applied instead of the computed plan. A relative path is taken from the
         current directory.
-      - The file must be a schema-1 plan (its sections present with their JSON types) whose hosts are
+      - The file must be a schema-2 plan (its sections present with their JSON types) whose hosts are
         all in the inventory; otherwise the task fails with one line naming the file, the field and
         the fix.
       - The plan of the current inventory is computed too, and where the file differs from it is
@@ -108,7 +108,7 @@ plan:
   returned: success
   type: dict
   sample:
-    schema_version: 1
+    schema_version: 2
     connector: shared_storage
     instances: []
 table:

@@ -53,7 +53,7 @@ def test_plan_playbook_writes_plan(name, tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     plan = json.loads(out.read_text())
     assert oct(out.stat().st_mode & 0o777) == "0o600"
-    assert plan["schema_version"] == 1
+    assert plan["schema_version"] == 2
     assert plan["instances"]
     for inst in plan["instances"]:
         assert set(inst) >= INSTANCE_KEYS, INSTANCE_KEYS - set(inst)
@@ -375,15 +375,18 @@ def _site_plan_play(tmp_path: Path, *after: str) -> Path:
 @pytest.mark.parametrize(
     ("content", "expected"),
     [
-        ('{"schema_version": 2}', "is not a plan (schema_version 1) of this inventory: schema_version is 2, "
-         "this collection reads 1; write it again with playbooks/plan.yml on this inventory"),
-        ("[1, 2]", "is not a plan (schema_version 1) of this inventory: it holds an array, not an object; write it "
+        ('{"schema_version": 3}', "is not a plan (schema_version 2) of this inventory: schema_version is 3, "
+         "this collection reads 2; write it again with playbooks/plan.yml on this inventory"),
+        ('{"schema_version": 1}', "is a schema 1 plan, this collection reads schema 2 (it adds hosts' dirs and "
+         "services, typed port claims and the instance and proxy URLs): re-run playbooks/plan.yml on this "
+         "inventory and review the new file"),
+        ("[1, 2]", "is not a plan (schema_version 2) of this inventory: it holds an array, not an object; write it "
          "again with playbooks/plan.yml on this inventory"),
-        (None, "is not a plan (schema_version 1) of this inventory: hosts a2-p01 are not in it; write it again "
+        (None, "is not a plan (schema_version 2) of this inventory: hosts a2-p01 are not in it; write it again "
          "with playbooks/plan.yml on this inventory"),
         ("good", None),
     ],
-    ids=["other-schema", "not-a-mapping", "other-inventory", "good"],
+    ids=["other-schema", "schema-1", "not-a-mapping", "other-inventory", "good"],
 )
 def test_site_refuses_a_plan_file_that_is_not_of_this_inventory(tmp_path, local_plan, content, expected):
     inventory = ROOT / "inventories" / "local" / "cluster.ini"
@@ -494,7 +497,7 @@ def test_tampered_plan_file_stops_every_host(tmp_path, multihost_plan, tamper, e
     assert result.returncode != 0
     assert "Traceback" not in text
     assert problem_lines(text) == [
-        f"pd_plan_file={plan} is not a plan (schema_version 1) of this inventory: {expected}; write it again with "
+        f"pd_plan_file={plan} is not a plan (schema_version 2) of this inventory: {expected}; write it again with "
         "playbooks/plan.yml on this inventory"
     ]
     assert not applied_plans(out) and "PLAY [After the plan]" not in text

@@ -117,15 +117,19 @@ def test_removed_backend_hosts_match_the_url_host_to_inventory_addresses() -> No
         "local": {"ansible_connection": "local"},
         "named": {"ansible_connection": "local", "pd_address": "10.0.0.9"},
     }
-    plan_hosts = {"node2": {"address": "localhost"}}
+    # A planned host: the plan's address and conf dir (plans write loopback as 127.0.0.1).
+    plan_hosts = {"node2": {"address": "127.0.0.1", "dirs": {"conf": "/srv/node2"}}}
     removed = [{"name": "decode-1", "url": "http://10.0.0.1:8200"}, {"name": "decode-2", "url": "http://127.0.0.1:8201"}]
     assert removed_backend_hosts(removed, list(hostvars), hostvars, plan_hosts) == [
         {"name": "decode-1", "host": "node1", "conf": "/srv/pd/supervisord.conf", "systemd": True},
-        {"name": "decode-2", "host": "node2", "conf": "/etc/openfuyao-pd/supervisord.conf", "systemd": False},
+        {"name": "decode-2", "host": "node2", "conf": "/srv/node2/supervisord.conf", "systemd": False},
         {"name": "decode-2", "host": "local", "conf": "/etc/openfuyao-pd/supervisord.conf", "systemd": False},
     ]
     assert host_address("named", hostvars["named"], plan_hosts) == "10.0.0.9"
     assert host_address("other", {}, plan_hosts) == "other"
+    # Hosts the plan no longer has follow the planner's rule: localhost and ::1 are loopback, brackets go.
+    assert host_address("old", {"ansible_host": "localhost"}, plan_hosts) == "127.0.0.1"
+    assert host_address("old", {"ansible_host": "[fd00::7]"}, plan_hosts) == "fd00::7"
 
 
 def test_instance_probes() -> None:

@@ -61,19 +61,47 @@ def test_every_shipped_inventory_plans_to_a_valid_file(name):
     assert check_plan(plan, inv["all_hosts"], "plan.json") is plan
 
 
+def test_plans_are_schema_2(good_plan):
+    assert good_plan["schema_version"] == 2
+
+
 def test_wrong_schema_version(tmp_path, good_plan):
-    path = write(tmp_path, {**good_plan, "schema_version": 2})
+    path = write(tmp_path, {**good_plan, "schema_version": 3})
     assert refused(path) == (
-        f"pd_plan_file={path} is not a plan (schema_version 1) of this inventory: schema_version is 2, "
-        f"this collection reads 1; {REWRITE}"
+        f"pd_plan_file={path} is not a plan (schema_version 2) of this inventory: schema_version is 3, "
+        f"this collection reads 2; {REWRITE}"
+    )
+
+
+def test_schema_1_file_is_refused_with_one_line_to_replan(tmp_path, good_plan):
+    old = copy.deepcopy(good_plan)
+    old["schema_version"] = 1
+    for view in old["hosts"].values():
+        del view["dirs"], view["services"]
+    path = write(tmp_path, old)
+    assert refused(path) == (
+        f"pd_plan_file={path} is a schema 1 plan, this collection reads schema 2 (it adds hosts' dirs and "
+        "services, typed port claims and the instance and proxy URLs): re-run playbooks/plan.yml on this "
+        "inventory and review the new file"
+    )
+
+
+def test_host_without_dirs_or_services(tmp_path, good_plan):
+    doc = copy.deepcopy(good_plan)
+    del doc["hosts"]["localhost"]["dirs"]
+    doc["hosts"]["localhost"]["services"] = {}
+    path = write(tmp_path, doc)
+    assert refused(path) == (
+        f"pd_plan_file={path} is not a plan (schema_version 2) of this inventory: hosts.localhost.field dirs "
+        f"is missing; hosts.localhost.services must be an array, it is an object; {REWRITE}"
     )
 
 
 def test_schema_version_as_a_string(tmp_path, good_plan):
     path = write(tmp_path, {**good_plan, "schema_version": "1"})
     assert refused(path) == (
-        f'pd_plan_file={path} is not a plan (schema_version 1) of this inventory: schema_version is "1", '
-        f"this collection reads 1; {REWRITE}"
+        f'pd_plan_file={path} is not a plan (schema_version 2) of this inventory: schema_version is "1", '
+        f"this collection reads 2; {REWRITE}"
     )
 
 
@@ -81,17 +109,17 @@ def test_missing_section(tmp_path, good_plan):
     doc = {k: v for k, v in good_plan.items() if k != "instances"}
     path = write(tmp_path, doc)
     assert refused(path) == (
-        f"pd_plan_file={path} is not a plan (schema_version 1) of this inventory: section instances is missing; "
+        f"pd_plan_file={path} is not a plan (schema_version 2) of this inventory: section instances is missing; "
         f"{REWRITE}"
     )
 
 
 def test_several_missing_sections_and_no_version(tmp_path):
-    path = write(tmp_path, {"schema_version": 1, "platforms": [], "connector": "x", "model": {},
+    path = write(tmp_path, {"schema_version": 2, "platforms": [], "connector": "x", "model": {},
                             "proxies": [], "endpoint": {}, "proxy_vip": None, "mooncake": {},
                             "storage": None, "timeouts": None, "warnings": []})
     assert refused(path) == (
-        f"pd_plan_file={path} is not a plan (schema_version 1) of this inventory: sections instances, proxy, hosts "
+        f"pd_plan_file={path} is not a plan (schema_version 2) of this inventory: sections instances, proxy, hosts "
         f"are missing; {REWRITE}"
     )
 
@@ -102,7 +130,7 @@ def test_wrong_types(tmp_path, good_plan):
     doc["storage"] = "shared"
     path = write(tmp_path, doc)
     assert refused(path) == (
-        f"pd_plan_file={path} is not a plan (schema_version 1) of this inventory: instances must be an array, "
+        f"pd_plan_file={path} is not a plan (schema_version 2) of this inventory: instances must be an array, "
         f"it is an object; storage must be an object or null, it is a string; {REWRITE}"
     )
 
@@ -114,7 +142,7 @@ def test_wrong_type_inside_an_instance_and_the_proxy(tmp_path, good_plan):
     doc["proxy"]["port"] = True
     path = write(tmp_path, doc)
     assert refused(path) == (
-        f"pd_plan_file={path} is not a plan (schema_version 1) of this inventory: instances[0].argv must be an "
+        f"pd_plan_file={path} is not a plan (schema_version 2) of this inventory: instances[0].argv must be an "
         "array, it is a string; instances[1].http_port must be an integer, it is a string; proxy.port must be an "
         f"integer, it is a boolean; {REWRITE}"
     )
@@ -126,7 +154,7 @@ def test_instance_that_is_not_an_object_and_missing_fields(tmp_path, good_plan):
     doc["instances"].append("decode-9")
     path = write(tmp_path, doc)
     assert refused(path) == (
-        f"pd_plan_file={path} is not a plan (schema_version 1) of this inventory: instances[1].field env is "
+        f"pd_plan_file={path} is not a plan (schema_version 2) of this inventory: instances[1].field env is "
         f"missing; instances[2] must be an object, it is a string; {REWRITE}"
     )
 
@@ -134,7 +162,7 @@ def test_instance_that_is_not_an_object_and_missing_fields(tmp_path, good_plan):
 def test_not_an_object(tmp_path):
     path = write(tmp_path, "[1, 2]")
     assert refused(path) == (
-        f"pd_plan_file={path} is not a plan (schema_version 1) of this inventory: it holds an array, not an object; "
+        f"pd_plan_file={path} is not a plan (schema_version 2) of this inventory: it holds an array, not an object; "
         f"{REWRITE}"
     )
 
@@ -145,7 +173,7 @@ def test_planned_for_other_hosts(tmp_path, good_plan):
     doc["instances"][0]["host"] = "a2-p02"
     path = write(tmp_path, doc)
     assert refused(path) == (
-        f"pd_plan_file={path} is not a plan (schema_version 1) of this inventory: hosts a2-p01, a2-p02 are not "
+        f"pd_plan_file={path} is not a plan (schema_version 2) of this inventory: hosts a2-p01, a2-p02 are not "
         f"in it; {REWRITE}"
     )
 

@@ -50,7 +50,10 @@ def test_every_proxy_is_a_full_proxy_with_the_same_backends():
     assert plan["proxy"] == px1
     # Each proxy host owns its listening port in the plan's port table (preflight checks it).
     for h in ("px1", "px2"):
-        assert {"start": 9090, "end": 9090, "purpose": "proxy http", "kind": "bind"} in plan["hosts"][h]["ports"]
+        assert {
+            "start": 9090, "end": 9090, "purpose": "proxy http", "kind": "bind",
+            "owner": "proxy", "use": "http", "var": "pd_proxy_port",
+        } in plan["hosts"][h]["ports"]
 
 
 def test_vip_section_and_endpoint():
@@ -60,7 +63,7 @@ def test_vip_section_and_endpoint():
         "10.0.0.100", 24, "eth0", 51, True,
     )
     assert vip["peers"] == [{"host": "px1", "address": "10.0.0.11"}, {"host": "px2", "address": "10.0.0.12"}]
-    assert plan["endpoint"] == {"address": "10.0.0.100", "port": 9090, "vip": True}
+    assert plan["endpoint"] == {"address": "10.0.0.100", "port": 9090, "vip": True, "url": "http://10.0.0.100:9090"}
     assert plan["proxy_risk"] is None
     table = "\n".join(render_table(plan))
     assert "10.0.0.100/24 on eth0" in table and SINGLE not in table
@@ -74,7 +77,7 @@ def test_vip_interface_defaults_to_nic_name():
 def test_single_proxy_plan_says_what_it_risks():
     plan = build_plan(cluster(proxies=("px1",)))
     assert plan["proxy_vip"] is None
-    assert plan["endpoint"] == {"address": "10.0.0.11", "port": 9090, "vip": False}
+    assert plan["endpoint"] == {"address": "10.0.0.11", "port": 9090, "vip": False, "url": "http://10.0.0.11:9090"}
     assert plan["proxy_risk"].startswith(SINGLE)
     assert any(line.startswith("NOTE: " + SINGLE) for line in render_table(plan))
 
