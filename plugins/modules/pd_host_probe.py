@@ -231,6 +231,7 @@ def engine_version(module: AnsibleModule, engine: str, timeout: int) -> dict:
     path = module.get_bin_path(engine)
     if not path:
         return engine_report(engine, None, None, "", "")
+    # subprocess for its timeout (run_command has none): a hung daemon must not hang preflight.
     try:
         proc = subprocess.run([path, "version"], capture_output=True, text=True, timeout=timeout, check=False,
                               env=dict(os.environ, LC_ALL="C"))

@@ -198,7 +198,8 @@ ARGUMENT_SPEC = dict(
     services=dict(type="list", elements="str", default=[]),
     http_timeout=dict(type="int", default=3),
 )
-# Every command is killed after this many seconds (a hung supervisorctl must not hang status).
+# Every command is killed after this many seconds (a hung supervisorctl must not hang status);
+# subprocess for that timeout, which run_command does not have.
 COMMAND_TIMEOUT = 20
 
 
