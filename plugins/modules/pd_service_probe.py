@@ -167,9 +167,10 @@ import json
 import os
 import subprocess
 import urllib.error
-import urllib.request
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.urls import ConnectionError as UrlsConnectionError
+from ansible.module_utils.urls import open_url
 
 from ansible_collections.openfuyao.pd.plugins.module_utils.service_probe import (
     PKG_SCRIPT,
@@ -216,12 +217,15 @@ def run(argv: list, timeout: float = COMMAND_TIMEOUT) -> tuple:
 def http_get(url: str, timeout: float) -> tuple:
     """(status, parsed JSON or None, error) for a GET."""
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
+        resp = open_url(url, timeout=timeout)
+        try:
             body = resp.read()
-            status = resp.status
+            status = resp.getcode()
+        finally:
+            resp.close()
     except urllib.error.HTTPError as exc:
         return exc.code, None, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
+    except (urllib.error.URLError, UrlsConnectionError, OSError, ValueError) as exc:
         return None, None, str(getattr(exc, "reason", exc))[:120]
     try:
         return status, json.loads(body), None
