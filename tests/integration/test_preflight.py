@@ -352,7 +352,7 @@ CRASHING_PYTHON = "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\nech
 BROKEN_OTHER = {
     "pycrash": ["pycrash: npu: npu_topology failed: Module result deserialization failed: No start of json char found "
                 "(module stderr: MemoryError: out of memory)",
-                'pycrash: preflight task "Probe storage, disk, ports and container runtime" failed: Module result '
+                'pycrash: preflight task "Read the probe\'s result" failed: Module result '
                 "deserialization failed: No start of json char found (module stderr: MemoryError: out of memory)"],
     # (the inventory file is written with sorted keys)
     "badports": ['badports: ports: [{"end": 70000, "purpose": "x", "start": 70000}, {"end": 8999, "start": 9000}] must lie '
