@@ -172,6 +172,20 @@ async def one_fault(fault: Fault, args, out: Path) -> Row:
                ad["connect_retries"] + bd["connect_retries"], before, after)
 
 
+# The collection's one column aligner (plugins/module_utils/text_table.py), loaded by its path:
+# this runs on the controller from the collection's tree, with no collection on sys.path.
+_TEXT_TABLE = Path(__file__).resolve().parents[2] / "plugins" / "module_utils" / "text_table.py"
+
+
+def _align_columns(rows: list) -> list[str]:
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("openfuyao_pd_text_table", _TEXT_TABLE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.align_columns(rows, rule=True, sep=" | ", rule_sep="-+-")
+
+
 def render(rows: list[Row]) -> list[str]:
     head = ("fault", "sent", "failed", "streams", "streams failed", "connect retries", "recovery s", "where")
     body = [(r.fault, str(r.sent), str(r.failed), str(r.stream_sent), str(r.stream_failed), str(r.connect_retries),
@@ -181,9 +195,7 @@ def render(rows: list[Row]) -> list[str]:
     pct = 100.0 * failed / sent if sent else 0.0
     body.append(("total", str(sent), f"{failed} ({pct:.2f} %)", str(ss), str(sf),
                  str(sum(r.connect_retries for r in rows)), "", ""))
-    widths = [max(len(x[i]) for x in (head, *body)) for i in range(len(head))]
-    fmt = " | ".join(f"{{:<{w}}}" for w in widths)
-    return [fmt.format(*head), "-+-".join("-" * w for w in widths), *(fmt.format(*r) for r in body)]
+    return _align_columns([head, *body])
 
 
 def problems(rows: list[Row], faults: list[Fault]) -> list[str]:

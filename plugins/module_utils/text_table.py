@@ -4,7 +4,7 @@
 
 The collection's one column aligner. Standard library only and free of Ansible imports, so the
 controller-side helpers that run from the collection's tree (playbooks/tasks/day2/files/pd_day2.py
-`status`, files/connector/openfuyao_pd/benchreport.py) load this very file by its path instead
+`status`, files/connector/openfuyao_pd/benchreport.py, molecule/chaos/chaos.py) load this very file by its path instead
 of keeping copies: module_utils cannot import from files/connector (a package installed on hosts
 without the collection), while both of those run where the collection is.
 """
@@ -14,13 +14,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 
-def align_columns(rows: Sequence[Sequence[object]], rule: bool = False) -> list[str]:
+def align_columns(rows: Sequence[Sequence[object]], rule: bool = False, sep: str = "  ",
+                  rule_sep: str | None = None) -> list[str]:
     """One line per row, every column padded to its widest cell (first row = header).
 
-    With `rule`, a line of dashes as wide as each column follows the header."""
+    Columns are joined with `sep`. With `rule`, a line of dashes as wide as each column follows
+    the header, its columns joined with `rule_sep` (default `sep`), e.g. sep=" | ", rule_sep="-+-"."""
     cells = [[str(c) for c in row] for row in rows]
     widths = [max(len(r[c]) for r in cells) for c in range(len(cells[0]))]
-    lines = ["  ".join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip() for r in cells]
+    lines = [sep.join(cell.ljust(widths[c]) for c, cell in enumerate(r)).rstrip() for r in cells]
     if rule:
-        lines.insert(1, "  ".join("-" * w for w in widths))
+        lines.insert(1, (sep if rule_sep is None else rule_sep).join("-" * w for w in widths))
     return lines

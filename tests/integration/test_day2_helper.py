@@ -1,4 +1,4 @@
-"""The day-2 playbooks' helper (playbooks/tasks/day2/files/pd_day2.py): batches, diff, status, parsing."""
+"""The day-2 playbooks' helper (playbooks/tasks/day2/files/pd_day2.py): batches, diff, status."""
 
 from __future__ import annotations
 
@@ -121,61 +121,6 @@ def test_diff_ipv6_endpoints_match_the_proxy_urls() -> None:
     assert not out["changed"] and out["error"] is None
 
 
-def test_parse_supervisor_status() -> None:
-    text = ("openfuyao-pd-decode-0           RUNNING   pid 4242, uptime 0:03:07\n"
-            "openfuyao-pd-decode-1           STOPPED   Nov 22 03:31 AM\n"
-            "openfuyao-pd-prefill-0          RUNNING   pid 77, uptime 2 days, 1:02:03\n"
-            "openfuyao-pd-prefill-1          FATAL     Exited too quickly (process log may have details)\n")
-    st = pd_day2.parse_supervisor_status(text)
-    assert st["openfuyao-pd-decode-0"] == {"state": "RUNNING", "pid": 4242, "uptime": "0:03:07", "detail": None}
-    assert st["openfuyao-pd-decode-1"]["state"] == "STOPPED" and st["openfuyao-pd-decode-1"]["pid"] is None
-    assert st["openfuyao-pd-prefill-0"]["uptime"] == "2 days, 1:02:03"
-    assert st["openfuyao-pd-prefill-1"]["detail"].startswith("Exited too quickly")
-
-
-def test_parse_systemctl_show() -> None:
-    out = pd_day2.parse_systemctl_show("ActiveState=active\nMainPID=991\nActiveEnterTimestamp=Sun 2026-11-22 03:00:00 UTC\n")
-    assert out["state"] == "ACTIVE" and out["pid"] == 991 and out["uptime"].startswith("since Sun")
-    assert pd_day2.parse_systemctl_show("ActiveState=inactive\nMainPID=0\n")["pid"] is None
-
-
-# Lines as supervisor 4.2's process.py and options.py write them.
-SUPERVISORD_LOG = """\
-2026-12-02 01:00:00,001 INFO supervisord started with pid 100
-2026-12-02 01:00:01,002 INFO spawned: 'openfuyao-pd-decode-0' with pid 200
-2026-12-02 01:01:00,003 WARN exited: openfuyao-pd-decode-0 (terminated by SIGKILL; not expected)
-2026-12-02 01:01:05,004 INFO spawned: 'openfuyao-pd-decode-0' with pid 201
-2026-12-02 01:02:00,005 WARN exited: openfuyao-pd-decode-0 (exit status 1; not expected)
-2026-12-02 01:02:00,006 INFO exited: openfuyao-pd-proxy (exit status 0; expected)
-2026-12-02 01:03:00,007 WARN exited: openfuyao-pd-decode-1 (exit status 75; not expected)
-2026-12-02 01:03:00,008 INFO gave up: openfuyao-pd-decode-1 entered FATAL state, too many start retries too quickly
-2026-12-02 01:04:00,009 WARN exited: openfuyao-pd-prefill-0 (terminated by SIGKILL; not expected)
-2026-12-02 01:05:00,010 INFO stopped: openfuyao-pd-prefill-0 (terminated by SIGTERM)
-"""
-
-
-def test_parse_supervisord_log_counts_unexpected_exits_and_keeps_the_last_reason() -> None:
-    out = pd_day2.parse_supervisord_log(SUPERVISORD_LOG)
-    assert out["openfuyao-pd-decode-0"] == {"restarts": 2, "last_exit": "exit status 1 at 2026-12-02 01:02:00"}
-    assert out["openfuyao-pd-proxy"] == {"restarts": 0, "last_exit": "exit status 0 at 2026-12-02 01:02:00"}
-    assert out["openfuyao-pd-decode-1"]["restarts"] == 1
-    # a stop on purpose starts the count again; the reason of the last exit stays
-    assert out["openfuyao-pd-prefill-0"] == {"restarts": 0, "last_exit": "terminated by SIGKILL at 2026-12-02 01:04:00"}
-    # a new supervisord (a reboot) starts every count again
-    again = pd_day2.parse_supervisord_log(SUPERVISORD_LOG + "2026-12-02 02:00:00,000 INFO supervisord started with pid 9\n")
-    assert again["openfuyao-pd-decode-0"]["restarts"] == 0
-
-
-def test_parse_systemctl_show_restarts_and_crash_loop() -> None:
-    out = pd_day2.parse_systemctl_show("ActiveState=failed\nMainPID=0\nNRestarts=5\nResult=start-limit-hit\n"
-                                       "ExecMainCode=2\nExecMainStatus=9\n")
-    assert out["state"] == "FAILED" and out["restarts"] == 5 and out["last_exit"] == "killed by signal 9"
-    assert out["detail"] == "result start-limit-hit"
-    healthy = pd_day2.parse_systemctl_show("ActiveState=active\nMainPID=5\nNRestarts=0\nResult=success\n"
-                                           "ExecMainCode=0\nExecMainStatus=0\n")
-    assert healthy["restarts"] == 0 and healthy["last_exit"] is None and healthy["detail"] is None
-
-
 def test_status_names_a_crash_looping_instance() -> None:
     fatal = {**probe_ok("decode-1"), "state": "FATAL", "pid": None, "health": "connection refused",
              "detail": "Exited too quickly (process log may have details)", "restarts": 6,
@@ -191,15 +136,7 @@ def test_status_names_a_crash_looping_instance() -> None:
     assert " RUNNING  1 " in row and "SIGKILL@01:01:00" in row
 
 
-def test_status_names_a_kv_stuck_instance_from_the_watchdog(tmp_path: Path) -> None:
-    state = tmp_path / "watchdog.json"
-    state.write_text(json.dumps({"instances": {"decode-0": {"stuck": True, "kv_usage": 0.9},
-                                               "decode-1": {"stuck": False, "kv_usage": 0.1}}}))
-    spec = {"manager": "supervisord", "supervisor_conf": str(tmp_path / "none.conf"), "watchdog_state": str(state),
-            "instances": [{"name": n, "health_url": "http://127.0.0.1:9/health", "service": f"openfuyao-pd-{n}"}
-                          for n in ("decode-0", "decode-1")]}
-    probed = pd_day2.probe(spec)["instances"]
-    assert [(i["name"], i["kv_stuck"]) for i in probed] == [("decode-0", True), ("decode-1", False)]
+def test_status_names_a_kv_stuck_instance_from_the_watchdog() -> None:
     probes = {"h2": {"instances": [{**probe_ok("decode-0"), "kv_stuck": True, "kv_usage": 0.9}, probe_ok("decode-1")]}}
     proxy = {"instances": live(("decode-0", "decode", "http://10.0.0.2:8200")), "health": {"status": "ok"}}
     out = pd_day2.status({"plan": P2D2, "probes": probes, "proxy": proxy})
@@ -262,13 +199,3 @@ def test_cli_bad_input_is_one_json_line(argv: list[str], stdin: str) -> None:
     assert proc.stderr == ""
     doc = json.loads(proc.stdout)
     assert doc["error"] and "Traceback" not in proc.stdout
-
-
-def test_probe_against_nothing_running(tmp_path: Path) -> None:
-    spec = {"manager": "supervisord", "supervisor_conf": str(tmp_path / "none.conf"), "venv": str(tmp_path),
-            "instances": [{"name": "decode-0", "health_url": "http://127.0.0.1:9/health",
-                           "service": "openfuyao-pd-decode-0"}]}
-    out = pd_day2.probe(spec)
-    (one,) = out["instances"]
-    assert one["health"] != "ok" and one["models"] == []
-    assert one["state"] in ("NO-SUPERVISOR", "ABSENT")

