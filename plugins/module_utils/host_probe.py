@@ -70,8 +70,12 @@ def range_report(item: dict, busy: dict) -> dict:
     """One checked range; ``busy`` maps each port that could not be bound to the reason."""
     start = int(item["start"])
     end = int(item["end"]) if item.get("end") is not None else start
-    return {"start": start, "end": end, "purpose": item.get("purpose") or "",
-            "busy": {str(port): reason for port, reason in sorted(busy.items())}}
+    out = {"start": start, "end": end, "purpose": item.get("purpose") or "",
+           "busy": {str(port): reason for port, reason in sorted(busy.items())}}
+    for key in ("owner", "var"):  # the plan's port claim: who holds the range, what sets it
+        if item.get(key):
+            out[key] = item[key]
+    return out
 
 
 def bind_error_reason(errno_value: int | None, strerror: str | None, ipv6: bool) -> str | None:

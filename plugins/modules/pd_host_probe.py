@@ -56,6 +56,15 @@ options:
           - How the service uses the range, from the plan. V(pool) ranges are not checked;
             any other value is checked like a range without a kind.
         type: str
+      owner:
+        description: The plan's owner of the range (an instance, V(proxy), V(mooncake_master)); copied into the result.
+        type: str
+      use:
+        description: The plan's word for how the owner uses the range; accepted so that a plan's port claim passes unchanged.
+        type: str
+      var:
+        description: The inventory variable that sets the range; copied into the result, so a report can name what to change.
+        type: str
   container_engine:
     description:
       - Container engine that must answer C(version). Not checked when not set.
@@ -149,6 +158,12 @@ ports:
     purpose:
       description: O(ports[].purpose).
       type: str
+    owner:
+      description: O(ports[].owner), when given.
+      type: str
+    var:
+      description: O(ports[].var), when given.
+      type: str
     busy:
       description: Ports that could not be bound, as strings, each with the reason (C(in use) or the error).
       type: dict
@@ -200,6 +215,9 @@ ARGUMENT_SPEC = dict(
         end=dict(type="int"),
         purpose=dict(type="str", default=""),
         kind=dict(type="str"),
+        owner=dict(type="str"),
+        use=dict(type="str"),
+        var=dict(type="str"),
     )),
     container_engine=dict(type="str", choices=["docker", "podman"]),
     command_timeout=dict(type="int", default=30),

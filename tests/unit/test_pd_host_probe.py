@@ -68,6 +68,15 @@ def test_range_report_keys_busy_ports_as_strings():
         "start": 8100, "end": 8100, "purpose": "", "busy": {"8100": "in use"}}
 
 
+def test_range_report_names_the_plan_claims_owner_and_variable():
+    """A port claim of plan schema 2 (owner, use, var) passes unchanged; owner and var come back."""
+    claim = {"start": 8200, "end": 8200, "purpose": "decode-0 http", "kind": None, "owner": "decode-0",
+             "use": "http", "var": "pd_decode_http_port_base"}
+    assert host_probe.range_report(claim, {}) == {
+        "start": 8200, "end": 8200, "purpose": "decode-0 http", "busy": {}, "owner": "decode-0",
+        "var": "pd_decode_http_port_base"}
+
+
 @pytest.mark.parametrize(("errno_value", "ipv6", "reason"), [
     (98, False, "in use"), (98, True, "in use"), (99, True, None), (13, False, "Permission denied")])
 def test_bind_error_reason(errno_value, ipv6, reason):
