@@ -143,7 +143,7 @@ def greedy(url: str, model: str, prompt: str) -> Greedy:
 # the first token on. TIE is four bf16 steps of a logit near 5 (1/32 each): each logprob of the
 # decode may differ from the single instance's by that much (the bound every token before a flip is
 # held to), so two tokens may trade places where the single instance rates them up to 2 x TIE
-# apart; a flip is accepted only there (one CI run parted at a gap of 0.234 nats, within that).
+# apart; a flip is accepted only there (a full-suite run here parted at a gap of 0.234 nats).
 TIE = 0.125
 
 
