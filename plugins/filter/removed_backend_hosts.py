@@ -24,7 +24,7 @@ description:
     the planner would give it (the planner's own rule, C(host_address) in module_utils/pd_plan.py).
   - Each entry says how to stop the service there, the host's supervisord configuration file
     (the plan's C(dirs.conf); for a host the plan no longer has, its C(vllm_pd_conf_dir) or the
-    planner's default) or systemd (the host's detected C(_day2_service_manager)).
+    planner's default) or systemd (the host's detected C(service_manager)).
 positional: hostnames, hostvars, plan_hosts
 options:
   _input:
@@ -86,7 +86,7 @@ def removed_backend_hosts(
             "name": b["name"],
             "host": h,
             "conf": f"{_conf_dir(h, hostvars[h], plan_hosts)}/supervisord.conf",
-            "systemd": hostvars[h].get("_day2_service_manager", "supervisord") == "systemd",
+            "systemd": hostvars[h].get("service_manager", "supervisord") == "systemd",
         }
         for b in removed
         for h in hostnames

@@ -66,23 +66,14 @@ class PlanFileError(Exception):
     """A plan file that cannot be applied; str() is the one line to show."""
 
 
+# bool before int: True is an int to isinstance.
+_JSON_TYPES = ((type(None), "null"), (bool, "a boolean"), (int, "an integer"), (float, "a number"),
+               (str, "a string"), (list, "an array"), (dict, "an object"))
+
+
 def json_type(value: Any) -> str:
     """The JSON name of a value's type, as the message says it."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int):
-        return "an integer"
-    if isinstance(value, float):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return type(value).__name__
+    return next((name for kind, name in _JSON_TYPES if isinstance(value, kind)), type(value).__name__)
 
 
 def _wanted(types: tuple[type | None, ...]) -> str:

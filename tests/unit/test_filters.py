@@ -112,7 +112,7 @@ def test_smallest_max_model_len() -> None:
 
 def test_removed_backend_hosts_match_the_url_host_to_inventory_addresses() -> None:
     hostvars = {
-        "node1": {"ansible_host": "10.0.0.1", "vllm_pd_conf_dir": "/srv/pd", "_day2_service_manager": "systemd"},
+        "node1": {"ansible_host": "10.0.0.1", "vllm_pd_conf_dir": "/srv/pd", "service_manager": "systemd"},
         "node2": {"ansible_host": "10.0.0.2"},
         "local": {"ansible_connection": "local"},
         "named": {"ansible_connection": "local", "pd_address": "10.0.0.9"},

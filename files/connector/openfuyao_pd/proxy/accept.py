@@ -22,7 +22,7 @@ import select
 import socket
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 LOG = logging.getLogger("openfuyao_pd.proxy")
 SLACK = 1            # a worker may hold this many connections more than the least loaded one
@@ -53,7 +53,8 @@ def _queued(sock: socket.socket) -> bool:
 
 
 class BalancedServer:
-    """What aiohttp's site keeps as its server: an accept loop on a shared socket, gated by counts."""
+    """What aiohttp's site keeps as its server (it uses `sockets` and `close()`): an accept loop on a
+    shared socket, gated by counts."""
 
     def __init__(self, sock: socket.socket, factory: Callable[[], asyncio.BaseProtocol], counts: Counts,
                  open_connections: Callable[[], int]) -> None:
@@ -79,7 +80,7 @@ class BalancedServer:
         waiting_since: float | None = None  # held back while a connection waited in the queue
         while True:
             mine = self._open()
-            self._counts.set_connections(mine)
+            self._counts.set_connections(mine)  # publish() keeps it current between accepts too
             if not may_accept(mine, self._counts.fewest_connections()):
                 if not _queued(self._sock):
                     waiting_since = None
@@ -113,12 +114,3 @@ class BalancedServer:
             return
         task.cancel()
         task.add_done_callback(lambda _: self._sock.close())  # once the loop no longer waits on it
-
-    def is_serving(self) -> bool:
-        return self._task is not None
-
-    async def wait_closed(self) -> None:
-        return None
-
-    def get_loop(self) -> Any:
-        return asyncio.get_running_loop()
