@@ -14,6 +14,7 @@ from aiohttp import web
 from openfuyao_pd.proxy import codec, kvrelease, limits, protocols, relay
 from openfuyao_pd.proxy.context import Hold, RequestCtx
 from openfuyao_pd.proxy.errors import BackendFailure, UpstreamClientError, error_body
+from openfuyao_pd.proxy.reply import STREAMED, AiohttpReply, Answer, Reply, Result, json_answer
 from openfuyao_pd.proxy.routing import (
     Backend,
     block_hashes,
@@ -111,8 +112,8 @@ class RequestFlow:
         ctx.cached_tokens = protocols.prefill_cached_tokens(result)
         return result
 
-    async def _run_decode(self, request: web.Request, path: str, backend: Backend, body: dict[str, Any],
-                          ctx: RequestCtx) -> web.StreamResponse:
+    async def _run_decode(self, reply: Reply, path: str, backend: Backend, body: dict[str, Any],
+                          ctx: RequestCtx) -> Result:
         # D's hold was taken when D was picked and lasts until the stream ends (the handler's finally).
         ctx.decode = backend.name
         resp = await self._post(backend, "decode", path, body, ctx, self.opts["decode_timeout"])
@@ -128,8 +129,7 @@ class RequestFlow:
                 if ctx.cached_tokens is not None and b'"usage"' in data:
                     data = with_cached_tokens(data, ctx.cached_tokens)
                 self._first_byte(ctx)
-                return web.Response(body=data, status=200, content_type="application/json",
-                                    headers={"X-Request-Id": ctx.request_id})
+                return json_answer(200, data, ctx.request_id)
             try:
                 first = await resp.content.readany()
             except (TimeoutError, aiohttp.ClientError, OSError) as exc:
@@ -139,8 +139,8 @@ class RequestFlow:
                 self.m_backend_errors.inc(backend.name, "decode")
                 raise BackendFailure(backend, "decode", "stream ended before the first chunk")
             self._handoff_done(ctx)
-            out, clean = await self._relay(request, resp, first, backend, ctx)
-            return out
+            clean = await self._relay(reply, resp, first, backend, ctx)
+            return STREAMED
         finally:
             if clean:
                 resp.release()
@@ -156,26 +156,34 @@ class RequestFlow:
         ctx.ttft_s = time.monotonic() - ctx.start
         self.m_stage.observe("ttft", value=ctx.ttft_s)
     # -------------------------------------------------------------------------------- request flow
+    # aiohttp's handlers, for the connections the lean front (front.py) hands to aiohttp.
     async def handle_completions(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "/v1/completions", chat=False)
+        return await self._aiohttp_generate(request, "/v1/completions", chat=False)
 
     async def handle_chat(self, request: web.Request) -> web.StreamResponse:
-        return await self._generate(request, "/v1/chat/completions", chat=True)
+        return await self._aiohttp_generate(request, "/v1/chat/completions", chat=True)
 
-    async def _generate(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
-        start = time.monotonic()
+    async def _aiohttp_generate(self, request: web.Request, path: str, chat: bool) -> web.StreamResponse:
+        reply = AiohttpReply(request)
         body = request[limits.BODY_KEY]  # read, parsed and type-checked by limits.middleware
-        request_id = request.headers.get("X-Request-Id") or f"{self._id_prefix}{next(self._ids):08x}"
+        result = await self.generate(reply, path, chat, body, request.headers.get("X-Request-Id"),
+                                     request.headers.get("Authorization"))
+        return reply.response(result)
+
+    async def generate(self, reply: Reply, path: str, chat: bool, body: dict[str, Any], request_id: str | None,
+                       auth: str | None) -> Result:
+        """Serve one generate request whose body was checked (limits.parse_body); answer or stream it."""
+        start = time.monotonic()
+        request_id = request_id or f"{self._id_prefix}{next(self._ids):08x}"
         headers = {"Content-Type": "application/json", "X-Request-Id": request_id}
-        auth = request.headers.get("Authorization")
         if auth is not None:
             headers["Authorization"] = auth  # forwarded unchanged, never logged
         ctx = RequestCtx(request_id=request_id, endpoint=path, start=start, stream=bool(body.get("stream")),
                          headers=headers)
         try:
-            response = await self._serve(request, path, body, chat, ctx)
-            ctx.status = response.status
-            return response
+            result = await self._serve(reply, path, body, chat, ctx)
+            ctx.status = result.status
+            return result
         except asyncio.CancelledError:
             ctx.outcome = "client_disconnect"
             raise
@@ -183,8 +191,7 @@ class RequestFlow:
             ctx.outcome = "proxy_error"
             ctx.status = 500
             LOG.exception("proxy error on request %s", request_id)
-            return web.Response(status=500, body=error_body(500, "internal proxy error"),
-                                content_type="application/json")
+            return json_answer(500, error_body(500, "internal proxy error"))
         finally:
             ctx.release_all()
             self._release_kv(ctx, ctx.outcome)
@@ -224,8 +231,7 @@ class RequestFlow:
             "ttft_ms": ms(ctx.ttft_s), "e2e_ms": ms(e2e),
         }))
 
-    async def _serve(self, request: web.Request, path: str, body: dict[str, Any], chat: bool,
-                     ctx: RequestCtx) -> web.StreamResponse:
+    async def _serve(self, reply: Reply, path: str, body: dict[str, Any], chat: bool, ctx: RequestCtx) -> Result:
         opts = self.opts
         key, is_ids = prompt_key(body, chat)
         tokens = estimate_tokens(key, is_ids, opts["chars_per_token"])
@@ -262,15 +268,15 @@ class RequestFlow:
             try:
                 if route == "local":
                     ctx.prefill = ""
-                    return await self._run_decode(request, path, decode, protocols.local_body(body), ctx)
+                    return await self._run_decode(reply, path, decode, protocols.local_body(body), ctx)
                 prefill, p_match = pick_backend(prefills, opts["routing"], counter, hashes,
                                                 opts["affinity_max_imbalance_tokens"])
                 prefill.prefix.insert(hashes)
                 p_held = ctx.hold(prefill, max(1, tokens - p_match * opts["block_tokens"]))
                 if self.protocol == "mooncake":
-                    return await self._run_mooncake(request, path, body, prefill, decode, ctx, tokens, p_held)
+                    return await self._run_mooncake(reply, path, body, prefill, decode, ctx, tokens, p_held)
                 if self.protocol == "mooncake_layerwise":
-                    return await self._run_layerwise(request, path, body, prefill, decode, ctx, tokens, p_held)
+                    return await self._run_layerwise(reply, path, body, prefill, decode, ctx, tokens, p_held)
                 p_body = protocols.prefill_body(body, self.protocol)
                 if opts["batch_priority"] and "priority" not in body:
                     p_body["priority"] = priority_for(tokens, opts["priority_buckets"])
@@ -285,12 +291,11 @@ class RequestFlow:
                 d_body = protocols.decode_body(body, self.protocol, params)
                 if params is not None and self.kv.wants(self.protocol):
                     ctx.kv_pending = {"path": path, "body": kvrelease.release_body(d_body)}
-                return await self._run_decode(request, path, decode, d_body, ctx)
+                return await self._run_decode(reply, path, decode, d_body, ctx)
             except UpstreamClientError as exc:
                 ctx.outcome = "client_error"
                 ctx.kv_pending = None  # D refused it before admission and frees P's blocks itself (§0.2)
-                return web.Response(status=exc.status, body=exc.body, headers={"Content-Type": exc.content_type,
-                                                                               "X-Request-Id": ctx.request_id})
+                return Answer(exc.status, exc.body, {"Content-Type": exc.content_type, "X-Request-Id": ctx.request_id})
             except BackendFailure as exc:
                 last = exc
                 failures += 1
@@ -316,13 +321,10 @@ class RequestFlow:
                 self.m_retries.inc(exc.stage)
         return self._exhausted(ctx, last)
 
-    def _exhausted(self, ctx: RequestCtx, last: BackendFailure | None) -> web.Response:
+    def _exhausted(self, ctx: RequestCtx, last: BackendFailure | None) -> Answer:
         ctx.outcome = "upstream_error"
-        headers = {"X-Request-Id": ctx.request_id}
         if last is not None and last.status is not None and last.body:
-            return web.Response(status=last.status, body=last.body, headers={**headers,
-                                                                             "Content-Type": last.content_type})
+            return Answer(last.status, last.body, {"Content-Type": last.content_type, "X-Request-Id": ctx.request_id})
         message = f"no backend could serve the request ({last})" if last else "no healthy decode backend"
         status = 502 if last else 503
-        return web.Response(status=status, body=error_body(status, message), content_type="application/json",
-                            headers=headers)
+        return json_answer(status, error_body(status, message), ctx.request_id)

@@ -15,6 +15,7 @@ from aiohttp import web
 from openfuyao_pd.proxy import kvrelease, layerwise, protocols
 from openfuyao_pd.proxy.context import Hold, RequestCtx
 from openfuyao_pd.proxy.errors import BackendFailure
+from openfuyao_pd.proxy.reply import Reply, Result
 from openfuyao_pd.proxy.routing import Backend, priority_for, url_host
 
 
@@ -62,8 +63,8 @@ class Handoffs:
         port = backend.options.get("bootstrap_port") or self.opts["bootstrap_port"]
         return f"http://{url_host(str(host))}:{port}"
 
-    async def _run_mooncake(self, request: web.Request, path: str, body: dict[str, Any], prefill: Backend,
-                            decode: Backend, ctx: RequestCtx, tokens: int, p_held: Hold) -> web.StreamResponse:
+    async def _run_mooncake(self, reply: Reply, path: str, body: dict[str, Any], prefill: Backend,
+                            decode: Backend, ctx: RequestCtx, tokens: int, p_held: Hold) -> Result:
         """Upstream MooncakeConnector: P and D run concurrently under one transfer_id."""
         engine_id = await self._engine_id(prefill)
         transfer_id = protocols.new_transfer_id()
@@ -76,7 +77,7 @@ class Handoffs:
         if self.kv.wants("mooncake"):
             ctx.kv_pending = {"path": path, "body": kvrelease.release_body(d_body)}
         p_task = asyncio.create_task(self._run_prefill(path, prefill, p_body, ctx, p_held))
-        d_task = asyncio.create_task(self._run_decode(request, path, decode, d_body, ctx))
+        d_task = asyncio.create_task(self._run_decode(reply, path, decode, d_body, ctx))
         try:
             done, _ = await asyncio.wait({p_task, d_task}, return_when=asyncio.FIRST_COMPLETED)
             if p_task in done and p_task.exception() is not None and not ctx.committed and not d_task.done():
@@ -95,8 +96,8 @@ class Handoffs:
                 elif not task.cancelled():
                     task.exception()  # mark retrieved
 
-    async def _run_layerwise(self, request: web.Request, path: str, body: dict[str, Any], prefill: Backend,
-                             decode: Backend, ctx: RequestCtx, tokens: int, p_held: Hold) -> web.StreamResponse:
+    async def _run_layerwise(self, reply: Reply, path: str, body: dict[str, Any], prefill: Backend,
+                             decode: Backend, ctx: RequestCtx, tokens: int, p_held: Hold) -> Result:
         """MooncakeLayerwiseConnector: D first; P is sent when D posts its blocks (layerwise.py)."""
         children = protocols.child_request_ids(path, ctx.request_id, body)
 
@@ -110,7 +111,7 @@ class Handoffs:
         pending = self.metaserver.register(children, send_prefill)
         try:
             d_body = protocols.layerwise_decode_body(body, self.metaserver_url)
-            return await self._run_decode(request, path, decode, d_body, ctx)
+            return await self._run_decode(reply, path, decode, d_body, ctx)
         finally:
             if pending.task is None:
                 ctx.release(p_held)  # D never asked for the prefill

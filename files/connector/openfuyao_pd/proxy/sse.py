@@ -7,10 +7,10 @@ import logging
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
 from openfuyao_pd.proxy import codec, protocols, relay
 from openfuyao_pd.proxy.context import RequestCtx
+from openfuyao_pd.proxy.reply import Reply
 from openfuyao_pd.proxy.routing import Backend
 
 LOG = logging.getLogger("openfuyao_pd.proxy")
@@ -47,10 +47,9 @@ class SseRelay:
     m_stream_errors: Any
     _first_byte: Any  # flow.RequestFlow's
 
-    async def _relay(self, request: web.Request, resp: relay.Response, first: bytes, backend: Backend,
-                     ctx: RequestCtx) -> tuple[web.StreamResponse, bool]:
-        """Stream D's SSE to the client; also say whether the upstream stream ended cleanly."""
-        out = web.StreamResponse(status=200, headers={**SSE_HEADERS, "X-Request-Id": ctx.request_id})
+    async def _relay(self, reply: Reply, resp: relay.Response, first: bytes, backend: Backend,
+                     ctx: RequestCtx) -> bool:
+        """Stream D's SSE to the client; True when the upstream stream ended cleanly."""
         ctx.committed = True
         pending = b""
 
@@ -66,12 +65,12 @@ class SseRelay:
             return complete
 
         try:
-            await out.prepare(request)
+            out = await reply.stream({**SSE_HEADERS, "X-Request-Id": ctx.request_id})
             self._first_byte(ctx)
             await out.write(rewrite(first))
         except (ConnectionError, RuntimeError):
             ctx.outcome = "client_disconnect"
-            return out, False
+            return False
         chunk = first
         try:
             while True:
@@ -90,7 +89,7 @@ class SseRelay:
                     event = json.dumps({"error": {"message": message, "type": "upstream_error", "code": 502}})
                     await out.write(tail + b"data: " + event.encode() + b"\n\n" + DONE_EVENT)
                     await out.write_eof()
-                    return out, False
+                    return False
                 if not chunk:
                     break
                 await out.write(rewrite(chunk))
@@ -100,5 +99,5 @@ class SseRelay:
             await out.write_eof()
         except (ConnectionError, RuntimeError):
             ctx.outcome = "client_disconnect"
-            return out, False
-        return out, True
+            return False
+        return True
