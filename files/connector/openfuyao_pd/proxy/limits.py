@@ -146,6 +146,7 @@ class ConnectionGuard:
     def __init__(self, opts: dict[str, Any], limits: ClientLimits) -> None:
         self.max_connections = int(opts["max_connections"])
         self.header_timeout = float(opts["header_timeout"])
+        self.keepalive_timeout = float(opts["keepalive_timeout"])
         self.limits = limits
         self.connections: dict[asyncio.BaseTransport, _Guarded] = {}
         self.draining = False  # set by drain(): every response from then on closes its connection
@@ -185,6 +186,21 @@ class ConnectionGuard:
                                                  f"request headers not received within {self.header_timeout:g}s"))
                 transport.close()
         return len(late)
+
+    def close_kept_alive(self, now: float) -> int:
+        """Close the lean front's connections idle for keepalive_timeout (aiohttp times out its own)."""
+        idle = [c for c in self.connections.values() if getattr(c.inner, "lean_idle", False)
+                and not c.in_request and now - c.idle_since >= self.keepalive_timeout]
+        for conn in idle:
+            conn.inner.close()
+        return len(idle)
+
+    def abort_lean(self) -> None:
+        """After a drain that timed out: end the lean front's connections still open (aiohttp's runner
+        cleanup ends its own)."""
+        for conn in list(self.connections.values()):
+            if hasattr(conn.inner, "lean_idle") and conn.inner.delegate is None and conn.transport is not None:
+                conn.transport.abort()
 
     def close_idle(self, now: float, grace: float) -> int:
         """Close connections without a request in progress that have been idle for `grace` seconds.
@@ -228,7 +244,9 @@ class ConnectionGuard:
         interval = min(1.0, max(0.05, self.header_timeout / 4))
         while True:
             await asyncio.sleep(interval)
-            self.sweep(time.monotonic())
+            now = time.monotonic()
+            self.sweep(now)
+            self.close_kept_alive(now)
 
     def start(self) -> None:
         if self._sweeper is None:
@@ -248,13 +266,17 @@ GUARD_KEY = web.AppKey("pd_guard", ConnectionGuard)  # the app's guard, for on_p
 class GuardedSite(web.BaseSite):
     """A TCP site whose connections pass through a ConnectionGuard."""
 
-    __slots__ = ("_counts", "_guard", "_host", "_port", "_reuse_port", "_sock", "bound_port")
+    __slots__ = ("_counts", "_front", "_guard", "_host", "_port", "_reuse_port", "_sock", "bound_port")
 
     def __init__(self, runner: web.BaseRunner, guard: ConnectionGuard, host: str, port: int,
                  backlog: int = 1024, reuse_port: bool = False, sock: socket.socket | None = None,
-                 counts: accept.Counts | None = None) -> None:
+                 counts: accept.Counts | None = None,
+                 front: Callable[[Callable[[], Any]], Callable[[], Any]] | None = None) -> None:
         super().__init__(runner, backlog=backlog)
         self._guard = guard
+        # Wraps aiohttp's handler factory with the lean front (front.py), which serves the generate
+        # routes itself and hands every other connection to aiohttp's handler.
+        self._front = front
         self._sock = sock  # a listening socket handed down by the master process (master.py)
         self._counts = counts  # with a sock: the workers' shared counts, to accept in balance (accept.py)
         self._host = host
@@ -272,7 +294,8 @@ class GuardedSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
-        factory = self._guard.factory(handler_factory(server))
+        inner = handler_factory(server)
+        factory = self._guard.factory(self._front(inner) if self._front is not None else inner)
         if self._sock is not None and self._counts is not None:
             balanced = accept.BalancedServer(self._sock, factory, self._counts, lambda: len(self._guard.connections))
             self._guard.on_change = balanced.publish

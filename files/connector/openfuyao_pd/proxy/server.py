@@ -1,6 +1,8 @@
 """The PD proxy's aiohttp app: one Proxy object, its routes, start-up and shutdown.
 
 Each concern lives in its own module, and Proxy is put together from their parts:
+- front.py: the lean HTTP/1.1 front that serves the generate routes (aiohttp serves the rest);
+- reply.py: how the flow answers (a complete Answer or a stream), whichever server carries it;
 - flow.py: the completion endpoints (routing, P then D, retries, fallback to local prefill);
 - handoffs.py: the upstream Mooncake and layerwise request paths;
 - sse.py: D's stream to the client and the usage rewrite;
@@ -20,12 +22,13 @@ import itertools
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 
-from openfuyao_pd.proxy import admin, kvrelease, layerwise, limits, relay
+from openfuyao_pd.proxy import admin, front, kvrelease, layerwise, limits, relay
 from openfuyao_pd.proxy.admin import InstanceApi
 from openfuyao_pd.proxy.config import BackendSpec, ProxyConfig
 from openfuyao_pd.proxy.errors import error_body
@@ -93,6 +96,11 @@ class Proxy(RequestFlow, Handoffs, SseRelay, HealthChecks, ProxyMetrics, Instanc
     def refresh_all(self) -> None:
         for backend in self.backends.values():
             backend.refresh()
+
+    def front_factory(self, aiohttp_handler: Callable[[], Any]) -> Callable[[], asyncio.Protocol]:
+        """Connection factory of the lean front (front.py), falling back on aiohttp's handler."""
+        app = front.FrontApp(self, self.guard, self.opts)
+        return lambda: front.Front(app, aiohttp_handler)
 
     # -------------------------------------------------------------------------------- lifecycle
     def app(self) -> web.Application:
@@ -167,7 +175,8 @@ async def start(cfg: ProxyConfig, host: str | None = None, port: int | None = No
     # Several workers on the master's one socket accept in balance; one worker needs no gate.
     counts = shared if sock is not None and shared is not None and cfg.options["workers"] > 1 else None
     site = limits.GuardedSite(runner, proxy.guard, host if host is not None else cfg.listen_host,
-                              cfg.port if port is None else port, backlog=1024, sock=sock, counts=counts)
+                              cfg.port if port is None else port, backlog=1024, sock=sock, counts=counts,
+                              front=None if os.environ.get("PD_PROXY_AIOHTTP_FRONT") else proxy.front_factory)
     await site.start()
     advertise = cfg.advertise_host or cfg.listen_host
     if advertise in ("0.0.0.0", "::", ""):
@@ -182,5 +191,7 @@ async def stop(runner: web.AppRunner, proxy: Proxy) -> bool:
     for site in list(runner.sites):
         await site.stop()
     drained = await proxy.guard.drain(proxy.opts["drain_timeout"])
+    if not drained:
+        proxy.guard.abort_lean()
     await runner.cleanup()
     return drained
