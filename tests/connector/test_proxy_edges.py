@@ -162,11 +162,14 @@ def test_a_token_file_others_can_read_stops_the_proxy(tmp_path):
 
 # ------------------------------------------------------------------------------------- slow clients
 async def _open(port: int, payload: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, float]:
+    # The clock starts before the connect: the proxy's timeouts run from its accept, which a
+    # starved client can see long after its connect returned (once: cut "after 0.41 s" of 1.0).
+    opened = time.monotonic()
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     if payload:
         writer.write(payload)
         await writer.drain()
-    return reader, writer, time.monotonic()
+    return reader, writer, opened
 
 
 async def _closed_after(reader: asyncio.StreamReader, opened: float, limit: float) -> tuple[float, bytes]:
