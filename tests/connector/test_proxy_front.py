@@ -175,3 +175,17 @@ async def test_bad_bodies_close_and_idle_connections_answer_like_aiohttp(tmp_pat
         assert await asyncio.wait_for(reader.read(), 10) == b""
         assert time.monotonic() - answered >= 0.9
         writer.close()
+
+
+async def test_two_thousand_pipelined_bad_requests_get_two_thousand_answers_in_order(tmp_path):
+    """Answers given at once must not nest one request inside the next (no recursion limit)."""
+    async with proxy_process(tmp_path) as p:
+        reader, writer = await asyncio.open_connection("127.0.0.1", p.port)
+        requests = [HEAD.replace(b"12", b"3") + f"\r\nX-Request-Id: r{i}\r\n\r\n".encode() + b"[1]"
+                    for i in range(2000)]
+        writer.write(b"".join(requests) + _post(REQ, "last"))
+        answers = [await _answer(reader) for _ in range(2001)]
+        assert [s for s, _, _ in answers[:2000]] == [400] * 2000
+        assert all(json.loads(b)["error"]["message"] == "request body must be a JSON object" for _, _, b in answers[:2000])
+        assert (answers[-1][0], answers[-1][1]["x-request-id"]) == (200, "last")
+        writer.close()
