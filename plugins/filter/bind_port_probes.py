@@ -1,6 +1,6 @@
 # Copyright (c) openFuyao PD contributors
 # Apache License 2.0 (see LICENSE)
-"""The ports the preflight of roles/vllm_pd probes: every bind port of the instances that do not run yet."""
+"""The ports the preflight of roles/vllm_pd probes: every bind range of the instances that do not run yet."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ name: bind_port_probes
 short_description: One probe per port an instance of this host will bind
 version_added: "0.1.0"
 description:
-  - Expands every port range of kind C(bind) (the default kind) of the given instances into one entry per
-    port. Instances whose service already runs are left out, since on a re-run they hold their own ports.
+  - Turns every port range of kind C(bind) (the default kind) of the given instances into one port claim for
+    the openfuyao.pd.pd_host_probe module, with the instance as owner and its bind address. Instances whose
+    service already runs are left out, since on a re-run they hold their own ports.
   - Port claims of another kind (e.g. C(connect), a port the instance only dials) are not probed.
 positional: running, prefix
 options:
@@ -36,16 +37,13 @@ options:
 
 EXAMPLES = r"""
 - name: Probe the ports
-  ansible.builtin.script:
-    cmd: >-
-      pd_host.py ports {{ _vllm_pd_instances | openfuyao.pd.bind_port_probes(service_running, 'openfuyao-pd-')
-                          | to_json | quote }}
-    executable: python3
+  openfuyao.pd.pd_host_probe:
+    ports: "{{ _vllm_pd_instances | openfuyao.pd.bind_port_probes(service_running, 'openfuyao-pd-') }}"
 """
 
 RETURN = r"""
 _value:
-  description: One dict per port with C(instance), C(address), C(port) and C(purpose).
+  description: One dict per range with C(start), C(end), C(purpose), C(owner) (the instance) and C(address).
   type: list
   elements: dict
 """
@@ -55,12 +53,12 @@ def bind_port_probes(
     instances: Sequence[Mapping[str, Any]], running: Collection[str], prefix: str
 ) -> list[dict[str, Any]]:
     return [
-        {"instance": i["name"], "address": i["address"], "port": port, "purpose": p["purpose"]}
+        {"start": int(p["start"]), "end": int(p.get("end", p["start"])), "purpose": p["purpose"],
+         "owner": i["name"], "address": i["address"]}
         for i in instances
         if f"{prefix}{i['name']}" not in running
         for p in i["ports"]
         if p.get("kind", "bind") == "bind"
-        for port in range(int(p["start"]), int(p.get("end", p["start"])) + 1)
     ]
 
 

@@ -72,16 +72,41 @@ def range_report(item: dict, busy: dict) -> dict:
     end = int(item["end"]) if item.get("end") is not None else start
     out = {"start": start, "end": end, "purpose": item.get("purpose") or "",
            "busy": {str(port): reason for port, reason in sorted(busy.items())}}
-    for key in ("owner", "var"):  # the plan's port claim: who holds the range, what sets it
+    for key in ("owner", "var", "address"):  # the plan's port claim: who holds the range, what sets it
         if item.get(key):
             out[key] = item[key]
     return out
 
 
-def bind_error_reason(errno_value: int | None, strerror: str | None, ipv6: bool) -> str | None:
+def busy_ports(reports: list) -> list:
+    """Every port of the checked ranges that could not be bound, in order, one flat entry each."""
+    out = []
+    for report in reports:
+        for port, reason in report["busy"].items():
+            entry = {"port": int(port), "reason": reason, "purpose": report["purpose"]}
+            for key in ("owner", "var", "address"):
+                if report.get(key):
+                    entry[key] = report[key]
+            out.append(entry)
+    return out
+
+
+def bind_targets(address: str | None) -> list:
+    """Where to bind() to learn whether a service can listen on ``address``: (IPv6?, address).
+
+    One rule for every port check of the collection: bind what the service will bind. With no
+    address (the preflight's question "is the port free on this host") that is every IPv4 and
+    every IPv6 address, which also finds listeners of other network namespaces sharing the host
+    network; with a wildcard (``0.0.0.0``, ``::``) or one address, exactly that."""
+    if not address:
+        return [(False, "0.0.0.0"), (True, "::")]
+    return [(":" in address, address)]
+
+
+def bind_error_reason(errno_value: int | None, strerror: str | None, ipv6: bool, wildcard: bool = True) -> str | None:
     """Why a bind() failed, or None when the failure means nothing (IPv6 disabled on the host)."""
-    if errno_value == 99 and ipv6:  # EADDRNOTAVAIL
-        return None
+    if errno_value == 99:  # EADDRNOTAVAIL
+        return None if ipv6 and wildcard else "not an address of this host"
     return "in use" if errno_value == 98 else (strerror or f"errno {errno_value}")
 
 

@@ -15,10 +15,11 @@ description:
     wins for stacked mounts).
   - With O(disk_path), reads the free space of the filesystem holding that path, or its closest
     existing parent when the directory is not created yet.
-  - Tests every port of O(ports) by binding it on all IPv4 and IPv6 addresses, which is what the
-    service will do; that also catches listeners hidden from C(ss) in other network namespaces
-    sharing the host network. Ranges of O(ports[].kind=pool) are skipped (a library picks ports
-    from them at random, so they need not be entirely free).
+  - Tests every port of O(ports) by binding it on all IPv4 and IPv6 addresses, or on
+    O(ports[].address) when given, which is what the service will do;
+    that also catches listeners hidden from C(ss) in other network namespaces sharing the host
+    network. Ranges of O(ports[].kind=pool) are skipped (a library picks ports from them at
+    random, so they need not be entirely free).
   - With O(container_engine), runs C(ENGINE version) and reports whether it answered.
 author:
   - openFuyao PD contributors (@openfuyao)
@@ -64,6 +65,12 @@ options:
         type: str
       var:
         description: The inventory variable that sets the range; copied into the result, so a report can name what to change.
+        type: str
+      address:
+        description:
+          - The address the service will bind, tested as the service will bind it (V(0.0.0.0), V(::) or one
+            address; an address the host does not have is reported as such). Without it the port must be free on
+            every IPv4 and IPv6 address. Copied into the result.
         type: str
   container_engine:
     description:
@@ -164,10 +171,38 @@ ports:
     var:
       description: O(ports[].var), when given.
       type: str
+    address:
+      description: O(ports[].address), when given.
+      type: str
     busy:
       description: Ports that could not be bound, as strings, each with the reason (C(in use) or the error).
       type: dict
   sample: [{start: 8100, end: 8100, purpose: prefill-0 http, busy: {"8100": in use}}]
+busy:
+  description: Every port of RV(ports) that could not be bound, one entry each, in the order of RV(ports).
+  returned: always
+  type: list
+  elements: dict
+  contains:
+    port:
+      description: The port.
+      type: int
+    reason:
+      description: C(in use), C(not an address of this host) or the bind() error.
+      type: str
+    purpose:
+      description: The purpose of its range.
+      type: str
+    owner:
+      description: The owner of its range, when given.
+      type: str
+    var:
+      description: The variable that sets its range, when given.
+      type: str
+    address:
+      description: The address of its range, when given.
+      type: str
+  sample: [{port: 8100, reason: in use, purpose: http, owner: decode-0, address: 127.0.0.1}]
 engine:
   description: Whether O(container_engine) answered C(version).
   returned: when O(container_engine) is set
@@ -198,6 +233,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.openfuyao.pd.plugins.module_utils.host_probe import (
     bad_params,
     bind_error_reason,
+    bind_targets,
+    busy_ports,
     disk_report,
     engine_report,
     find_mount,
@@ -218,26 +255,29 @@ ARGUMENT_SPEC = dict(
         owner=dict(type="str"),
         use=dict(type="str"),
         var=dict(type="str"),
+        address=dict(type="str"),
     )),
     container_engine=dict(type="str", choices=["docker", "podman"]),
     command_timeout=dict(type="int", default=30),
 )
 
 
-def port_busy(port: int) -> str | None:
-    """None when ``port`` can be bound on all addresses, else the reason."""
-    for family, addr in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+def port_busy(port: int, address: str | None = None) -> str | None:
+    """None when a service can bind ``port`` on ``address`` (all addresses when none), else the reason."""
+    targets = bind_targets(address)
+    wildcard = len(targets) > 1
+    for ipv6, addr in targets:
         try:
-            sock = socket.socket(family, socket.SOCK_STREAM)
+            sock = socket.socket(socket.AF_INET6 if ipv6 else socket.AF_INET, socket.SOCK_STREAM)
         except OSError:
             continue  # no IPv6 on this host
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
+            if ipv6 and wildcard:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind((addr, port))
         except OSError as exc:
-            reason = bind_error_reason(exc.errno, exc.strerror, family == socket.AF_INET6)
+            reason = bind_error_reason(exc.errno, exc.strerror, ipv6, wildcard)
             if reason:
                 return reason
         finally:
@@ -284,11 +324,12 @@ def main() -> None:
     for item in ranges_to_check(params["ports"]):
         busy = {}
         for port in ports_of(item):
-            reason = port_busy(port)
+            reason = port_busy(port, item.get("address"))
             if reason:
                 busy[port] = reason
         ranges.append(range_report(item, busy))
     result["ports"] = ranges
+    result["busy"] = busy_ports(ranges)
     if params["container_engine"]:
         result["engine"] = engine_version(module, params["container_engine"], params["command_timeout"])
     module.exit_json(**result)

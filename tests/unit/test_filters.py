@@ -69,11 +69,10 @@ def test_instance_files_absolute_keys_are_destinations_relative_ones_land_in_the
     assert instance_files([PREFILL, {**DECODE, "files": None}], "/etc/pd") == []
 
 
-def test_bind_port_probes_expand_bind_ranges_of_instances_not_running() -> None:
+def test_bind_port_probes_claim_the_bind_ranges_of_instances_not_running() -> None:
     probes = bind_port_probes([PREFILL, DECODE], ["openfuyao-pd-decode-0"], "openfuyao-pd-")
-    assert [(p["instance"], p["port"], p["purpose"]) for p in probes] == [
-        ("prefill-0", 8100, "prefill-0 http"), ("prefill-0", 20001, "prefill-0 kv"),
-        ("prefill-0", 20002, "prefill-0 kv"), ("prefill-0", 20003, "prefill-0 kv")]
+    assert [(p["owner"], p["start"], p["end"], p["purpose"]) for p in probes] == [
+        ("prefill-0", 8100, 8100, "prefill-0 http"), ("prefill-0", 20001, 20003, "prefill-0 kv")]
     assert {p["address"] for p in probes} == {"10.0.0.1"}
     assert bind_port_probes([PREFILL], ["openfuyao-pd-prefill-0"], "openfuyao-pd-") == []
 

@@ -77,10 +77,30 @@ def test_range_report_names_the_plan_claims_owner_and_variable():
         "var": "pd_decode_http_port_base"}
 
 
-@pytest.mark.parametrize(("errno_value", "ipv6", "reason"), [
-    (98, False, "in use"), (98, True, "in use"), (99, True, None), (13, False, "Permission denied")])
-def test_bind_error_reason(errno_value, ipv6, reason):
-    assert host_probe.bind_error_reason(errno_value, "Permission denied", ipv6) == reason
+@pytest.mark.parametrize(("errno_value", "ipv6", "wildcard", "reason"), [
+    (98, False, True, "in use"), (98, True, True, "in use"), (99, True, True, None),
+    (13, False, True, "Permission denied"),
+    # Bound to one address the host does not have: the service would fail there too.
+    (99, False, False, "not an address of this host"), (99, True, False, "not an address of this host")])
+def test_bind_error_reason(errno_value, ipv6, wildcard, reason):
+    assert host_probe.bind_error_reason(errno_value, "Permission denied", ipv6, wildcard) == reason
+
+
+@pytest.mark.parametrize(("address", "targets"), [
+    (None, [(False, "0.0.0.0"), (True, "::")]), ("", [(False, "0.0.0.0"), (True, "::")]),
+    ("0.0.0.0", [(False, "0.0.0.0")]), ("::", [(True, "::")]), ("10.0.0.1", [(False, "10.0.0.1")]),
+    ("fd00::1", [(True, "fd00::1")])])
+def test_one_bind_rule_binds_what_the_service_binds(address, targets):
+    assert host_probe.bind_targets(address) == targets
+
+
+def test_busy_ports_flattens_the_ranges_in_order():
+    reports = [host_probe.range_report({"start": 8100, "end": 8101, "purpose": "http", "owner": "decode-0",
+                                        "address": "127.0.0.1"}, {8101: "in use"}),
+               host_probe.range_report({"start": 9000, "purpose": "kv"}, {9000: "not an address of this host"})]
+    assert host_probe.busy_ports(reports) == [
+        {"port": 8101, "reason": "in use", "purpose": "http", "owner": "decode-0", "address": "127.0.0.1"},
+        {"port": 9000, "reason": "not an address of this host", "purpose": "kv"}]
 
 
 def test_engine_report():
@@ -131,7 +151,27 @@ def test_module_reports_busy_port_disk_and_mount(capsys, tmp_path, check_mode):
     assert res["disk"]["checked_path"] == str(tmp_path) and res["disk"]["free_gb"] >= 0
     assert res["ports"] == [{"start": 70000, "end": 70000, "purpose": "out of range", "busy": {}},
                             {"start": busy, "end": busy, "purpose": "http", "busy": {str(busy): "in use"}}]
+    assert res["busy"] == [{"port": busy, "reason": "in use", "purpose": "http"}]
     assert "engine" not in res
+
+
+def test_module_binds_the_claims_address_as_the_service_will(capsys):
+    """One address: busy there, free on another address, and an address the host lacks is named."""
+    holder = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    holder.bind(("127.0.0.2", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    try:
+        res = run(capsys, {"ports": [
+            {"start": port, "purpose": "http", "owner": "decode-0", "address": "127.0.0.2"},
+            {"start": port, "purpose": "http", "owner": "decode-1", "address": "127.0.0.3"},
+            {"start": port, "purpose": "http", "owner": "decode-2", "address": "192.0.2.77"}]})
+    finally:
+        holder.close()
+    assert res["busy"] == [
+        {"port": port, "reason": "in use", "purpose": "http", "owner": "decode-0", "address": "127.0.0.2"},
+        {"port": port, "reason": "not an address of this host", "purpose": "http", "owner": "decode-2",
+         "address": "192.0.2.77"}]
 
 
 def test_module_reports_missing_engine(capsys, monkeypatch):
