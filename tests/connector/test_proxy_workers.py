@@ -20,8 +20,17 @@ from test_proxy_reload import PROMPT, Master, health, master, wait_until
 CLOSE = {"Connection": "close"}  # one connection per request: a worker is picked each time
 
 
-async def pids_answering(session: aiohttp.ClientSession, url: str, tries: int = 40) -> set[int]:
-    return {(await health(session, url))["pid"] for _ in range(tries)}
+async def pids_answering(url: str, held: int = 8) -> set[int]:
+    """The workers behind `held` connections kept open together. Balanced accepting (accept.py)
+    never lets a worker hold two connections more than another, so both answer; fresh connections
+    opened one after another may all go to one worker on an idle host with many cores."""
+    async with contextlib.AsyncExitStack() as stack:
+        pids = set()
+        for _ in range(held):
+            session = await stack.enter_async_context(aiohttp.ClientSession())
+            async with session.get(url + "/health") as resp:  # kept alive until the stack closes
+                pids.add((await resp.json())["pid"])
+        return pids
 
 
 def metric(text: str, name: str, **labels: str) -> float:
@@ -55,7 +64,7 @@ async def test_two_workers_share_counts_instances_and_metrics(tmp_path):
             return {(await health(session, m.url))["generation"] for _ in range(10)} == {1}
 
         await wait_until(generation_one, 30, "generation 1")
-        workers = await pids_answering(session, m.url)
+        workers = await pids_answering(m.url)
         assert len(workers) == 2, workers
         admin = {"Authorization": "Bearer s3cret-token-for-the-test", **CLOSE}
 
