@@ -4,7 +4,9 @@
 #
 # The image carries only what a bare "Ascend host" of the scenarios needs before Ansible
 # touches it: python3 (3.11, the same minor as the controller, so host-built wheels fit),
-# the venv module, PyYAML for the system python3, the Debian libraries Mooncake's transfer
+# the venv module, PyYAML and python3-apt (the apt module's own dependency, as on a stock Debian or
+# Ubuntu server: without it every apt task first runs apt-get update and installs it) for the
+# system python3, the Debian libraries Mooncake's transfer
 # engine links against (libibverbs1 librdmacm1 libnuma1, and libcurl4 for its metadata client), iproute2 and
 # iputils-ping (device IPs and the ping mesh), procps, supervisor (the process supervisor
 # the roles use where systemd does not run), keepalived (the proxies' virtual IP, as the proxy role
@@ -22,7 +24,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 REPO="${PD_TEST_IMAGE_REPO:-openfuyao-pd-test}"
 SUITE=bookworm
-PACKAGES=python3,python3-venv,python3-yaml,libibverbs1,librdmacm1,libnuma1,libcurl4,iproute2,iputils-ping,ca-certificates,supervisor,procps,keepalived
+PACKAGES=python3,python3-venv,python3-yaml,python3-apt,libibverbs1,librdmacm1,libnuma1,libcurl4,iproute2,iputils-ping,ca-certificates,supervisor,procps,keepalived
 RECIPE=1
 
 log() { echo "build-test-image: $*" >&2; }
