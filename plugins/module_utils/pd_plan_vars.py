@@ -165,11 +165,6 @@ VAR_SPECS = (
         "ucm, ascend_store: `PYTHONHASHSEED` on every instance; must be one value over the cluster",
         default_doc="ucm `123456`, ascend_store `0` (vllm-ascend kv_pool.md)", minimum=0, maximum=4294967295,
     ),
-    _role(
-        "kv_load_failure_policy", "enum",
-        "`kv_load_failure_policy` on the top-level kv-transfer-config: `recompute` \\| `fail`",
-        default_doc="unset (vLLM's default `fail`)", choices=("recompute", "fail"),
-    ),
     _host(
         "mooncake_global_segment_size", "size",
         "ascend_store: `global_segment_size` of each instance's `mooncake.json` "
@@ -241,6 +236,11 @@ VAR_SPECS = (
     _role("hccl_env", "dict", "HCCL environment (ascend only), merged over the defaults",
           default_doc="ascend mooncake: `HCCL_EXEC_TIMEOUT=204`, `HCCL_CONNECT_TIMEOUT=120`, `HCCL_IF_IP=<address>`"),
     _role("engine_ids", "list", "explicit engine ids, one per instance of the role on the host", default_doc="auto"),
+    _role(
+        "kv_load_failure_policy", "enum",
+        "`kv_load_failure_policy` on the top-level kv-transfer-config",
+        default_doc="unset (vLLM's default `fail`)", choices=("recompute", "fail"),
+    ),
     _ucm("ucm_config_file", "path", "`UCM_CONFIG_FILE`; the plan's `files` holds its content",
          default_doc="`{{ pd_data_dir }}/ucm/ucm_config.yaml`"),
     _ucm("ucm_connector_name", "word", "`ucm_connectors[0].ucm_connector_name`", "UcmPipelineStore"),
