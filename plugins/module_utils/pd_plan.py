@@ -48,11 +48,9 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import
 )
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import (
     BUILTIN_MODELS,
-    CONNECTORS,
     DEFAULT_CONNECTOR,
     DIR_VARS,
     P2P_CONNECTORS,
-    PLATFORMS,
     ROLES,
     RUNTIMES,
     SPECS,
@@ -175,9 +173,13 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_INT_TEXT = re.compile(r"-?[0-9]+")
+
+
 def _as_int(ctx, host, name, value, minimum=1, maximum=None):
     """Integers may come as strings from .ini inventories; anything else is one error."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    # ASCII digits only: str.isdigit() also takes "¹" or "٣", which int() refuses (a crash, not a line).
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
         value = int(value.strip())
     if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
         rng = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
@@ -254,6 +256,13 @@ def _as_text(ctx, host, name, value, what):
     return str(value)
 
 
+def _coerce_enum(ctx, host, key, value, spec):
+    if value is None or value in spec.choices:
+        return value
+    ctx.error(f"host {host}: {key}={value!r} is not one of {', '.join(spec.choices)}{spec.hint}")
+    return None
+
+
 def _coerce_int(ctx, host, key, value, spec):
     return _as_int(ctx, host, key, value, 1 if spec.minimum is None else spec.minimum, spec.maximum)
 
@@ -265,6 +274,8 @@ _COERCE = {
     "bool": lambda ctx, host, key, value, spec: _as_bool(ctx, host, key, value),
     "dict": lambda ctx, host, key, value, spec: _as_dict(ctx, host, key, value),
     "args": lambda ctx, host, key, value, spec: _as_args(ctx, host, key, value),
+    "enum": _coerce_enum,
+    "address": lambda ctx, host, key, value, spec: _as_address(ctx, host, value, key),
 }
 
 
@@ -420,23 +431,10 @@ def _host_settings(ctx, host, runs_engines=True):
             "facts": None,
             "device_count": 0,
         }
-    platform, pname = ctx.raw(host, "platform")
-    if platform not in PLATFORMS:
-        ctx.error(
-            "host {}: {}={!r} is not one of {}: fix the value in the inventory".format(
-                host, pname, platform, ", ".join(PLATFORMS)
-            )
-        )
-        platform = None
-    connector, cname = ctx.raw(host, "connector", default=DEFAULT_CONNECTOR.get(platform or "cpu"))
-    if connector not in CONNECTORS:
-        ctx.error(
-            "host {}: {}={!r} is not one of {}: fix the value in the inventory".format(
-                host, cname, connector, ", ".join(CONNECTORS)
-            )
-        )
-        connector = None
-    elif platform and connector not in SUPPORTED[platform]:
+    platform = ctx.get(host, "platform")
+    connector = ctx.get(host, "connector", default=DEFAULT_CONNECTOR.get(platform or "cpu"))
+    cname = ctx.key(host, "connector")
+    if connector and platform and connector not in SUPPORTED[platform]:
         ctx.error(
             "host {h}: connector {c} does not run on platform {p} ({n}={c}): use one of {ok}".format(
                 h=host, c=connector, p=platform, n=cname, ok=", ".join(SUPPORTED[platform])
@@ -1280,8 +1278,8 @@ def _engine_options(ctx, instances, connector):
         o["trust_remote_code"] = ctx.get(h, "trust_remote_code")
         o["enforce_eager"] = ctx.get(h, "enforce_eager", role, default=platform == "cpu")
         o["enable_prefix_caching"] = ctx.get(h, "enable_prefix_caching", role)
-        o["bind_host"] = _as_address(ctx, h, *ctx.raw(h, "bind_host"))
-        o["dp_address"] = _as_address(ctx, h, *ctx.raw(h, "dp_address", role))
+        o["bind_host"] = ctx.get(h, "bind_host")
+        o["dp_address"] = ctx.get(h, "dp_address", role)
         o["extra_args"] = ctx.get(h, "extra_args", role)
         for why in extra_args_problems(o["extra_args"], ctx.key(h, "extra_args", role), role):
             ctx.error(f"host {h}: {why}")
@@ -1715,7 +1713,7 @@ def _check_proxies(ctx: _Ctx, cluster: _Cluster, proxy_ports: dict[str, int]) ->
     """Each proxy host's bind address and workers; the virtual IP in front of them."""
     hosts, settings = cluster.hosts, cluster.settings
     for h in hosts.proxy:
-        _as_address(ctx, h, *ctx.raw(h, "proxy_bind_host"))
+        ctx.get(h, "proxy_bind_host")  # checked here, once a host; its value is read with the proxy's settings
         _check_layerwise_workers(ctx, h, cluster.connector)
     return ha.parse_vip(
         ctx,
@@ -1885,11 +1883,7 @@ def _family_plan(
 ) -> None:
     """kv_load_failure_policy, one hash seed, and the KV pool's lookup_rpc_port / master / mooncake.json."""
     for inst in instances:
-        policy, var = ctx.raw(inst["host"], "kv_load_failure_policy", inst["role"])
-        why = family.failure_policy_problem(policy, var)
-        if why:
-            ctx.error(f"host {inst['host']}: {why}")
-        inst["_failure_policy"] = None if why else policy
+        inst["_failure_policy"] = ctx.get(inst["host"], "kv_load_failure_policy", inst["role"])
     if connector in family.HASH_SEED_CONNECTORS:
         seeds = {h: str(ctx.raw(h, "python_hash_seed", default=family.DEFAULT_HASH_SEED[connector])[0]) for h in pd_hosts}
         why = family.hash_seed_problem(seeds)

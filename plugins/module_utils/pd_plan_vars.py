@@ -15,7 +15,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_ascend_env import GENERATIONS, PROFILES
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import DTYPES
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_connectors import FAILURE_POLICIES
 
 PLATFORMS = ("ascend", "cuda", "cpu")
 CONNECTORS = ("mooncake", "mooncake_layerwise", "ascend_store", "ucm", "shared_storage", "nixl")
@@ -65,6 +67,8 @@ class VarSpec:
     minimum: int | None = None
     maximum: int | None = None
     section: str = "host"
+    # An enum's error line ends with it: "host H: VAR='x' is not one of a, b<hint>".
+    hint: str = ""
 
     @property
     def var(self) -> str:
@@ -99,7 +103,8 @@ def _ha(name, type_, doc, default=None, **kw) -> VarSpec:
 
 # Every pd_* variable the planner reads, in the order of docs/plan.md's tables.
 VAR_SPECS = (
-    _host("platform", "enum", "the accelerator family of the host's instances", "cpu", choices=PLATFORMS),
+    _host("platform", "enum", "the accelerator family of the host's instances", "cpu", choices=PLATFORMS,
+          hint=": fix the value in the inventory"),
     _host(
         "connector", "enum",
         "`mooncake` (P2P; vllm-ascend `MooncakeConnectorV1` on ascend, upstream `MooncakeConnector` on cuda), "
@@ -109,6 +114,7 @@ VAR_SPECS = (
         "`[mooncake_master]` host; proxy protocol `mooncake_v1`), `nixl` (cuda), `ucm` (centralized, "
         "`UCMConnector`), `shared_storage` (vLLM `ExampleConnector`). One per deployment.",
         default_doc="ascend `mooncake`, cuda `nixl`, cpu `shared_storage`", choices=CONNECTORS,
+        hint=": fix the value in the inventory",
     ),
     _host("runtime", "enum", "where the instances run (read by the vllm_pd role)", "host", choices=RUNTIMES),
     _host(
@@ -181,12 +187,12 @@ VAR_SPECS = (
         "ascend_env_profile", "enum",
         "ascend Mooncake family: `guide` adds vllm-ascend's per-role PD env defaults (below), `none` leaves them "
         "out (the seed inventory)",
-        "guide", choices=("guide", "none"),
+        "guide", choices=PROFILES,
     ),
     _host(
         "ascend_generation", "enum", "picks the KV-pool guide's generation env and hugepages",
         default_doc="npu_topology's product, else `A3` when `pd_devices_per_host` is 16, else `A2`",
-        choices=("A2", "A3"),
+        choices=GENERATIONS, hint=" (Atlas 800I/T A2 or A3)",
     ),
     _host("proxy_port", "port", "proxy port (read on the proxy host)", 9090),
     _host("proxy_bind_host", "address", "proxy listen address; `0.0.0.0` (every interface) only when set so",
@@ -239,7 +245,8 @@ VAR_SPECS = (
     _role(
         "kv_load_failure_policy", "enum",
         "`kv_load_failure_policy` on the top-level kv-transfer-config",
-        default_doc="unset (vLLM's default `fail`)", choices=("recompute", "fail"),
+        default_doc="unset (vLLM's default `fail`)", choices=FAILURE_POLICIES,
+        hint=" (what vLLM does when loading KV fails)",
     ),
     _ucm("ucm_config_file", "path", "`UCM_CONFIG_FILE`; the plan's `files` holds its content",
          default_doc="`{{ pd_data_dir }}/ucm/ucm_config.yaml`"),

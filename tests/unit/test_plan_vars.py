@@ -88,7 +88,7 @@ def test_unset_gives_the_spec_default_or_none() -> None:
 @given(name=st.sampled_from([s.name for s in pv.VAR_SPECS if s.type in ("int", "port")]),
        value=st.one_of(st.integers(-5, 70000), st.integers(-5, 70000).map(str),
                        st.integers(0, 9).map(lambda i: f" {i} "), st.booleans(), st.floats(allow_nan=False),
-                       st.text(max_size=4)))
+                       st.text(max_size=4), st.sampled_from(["¹", "٣", "--5", "-", " 7\t"])))
 def test_integers_come_as_ints_or_ini_strings_and_anything_else_is_one_line(name: str, value: object) -> None:
     spec = pv.SPECS[name]
     role = "prefill" if spec.scope == "role" else None
@@ -98,7 +98,7 @@ def test_integers_come_as_ints_or_ini_strings_and_anything_else_is_one_line(name
     low = 1 if spec.minimum is None else spec.minimum
     high = 65535 if spec.type == "port" else spec.maximum
     text = value.strip() if isinstance(value, str) else None
-    as_int = int(text) if text is not None and text.lstrip("-").isdigit() else value
+    as_int = int(text) if text is not None and re.fullmatch(r"-?[0-9]+", text) else value
     ok = isinstance(as_int, int) and not isinstance(as_int, bool) and as_int >= low and (high is None or as_int <= high)
     if ok:
         assert got == as_int and ctx.problems == []
@@ -144,3 +144,16 @@ def test_ini_strings_of_lists_and_mappings_are_read_as_such() -> None:
     ctx = _ctx({"pd_prefill_env": "{'A': '1'}", "pd_decode_extra_args": "['--x', 2]"})
     assert ctx.get("h", "env", "prefill") == {"A": "1"}
     assert ctx.get("h", "extra_args", "decode") == ["--x", "2"]
+
+
+def test_a_digit_that_is_not_ascii_is_one_line_not_a_crash() -> None:
+    """str.isdigit() takes '¹'; int() does not: the planner used to raise ValueError on it."""
+    from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import PlanError, build_plan
+
+    inventory = {"groups": {"prefill": ["a"], "decode": ["a"], "proxy": ["a"]},
+                 "hostvars": {"a": {"pd_model": "/m", "pd_block_size": "¹", "pd_decode_tp": "--2",
+                                    "ansible_connection": "local"}}}
+    with pytest.raises(PlanError) as err:
+        build_plan(inventory)
+    assert err.value.problems == ["host a: pd_decode_tp='--2' must be an integer >= 1",
+                                  "host a: pd_block_size='¹' must be an integer >= 1"]
