@@ -671,10 +671,9 @@ def _ucm_files(ctx: _Ctx, host: str, first_instance: bool) -> tuple[str, str]:
     if ctx.raw(host, "ucm_io_direct")[0] is not None:
         conf["io_direct"] = ctx.get(host, "ucm_io_direct")
     conf["cache_buffer_capacity_gb"] = ctx.get(host, "ucm_cache_buffer_capacity_gb")
-    gc, gc_name = ctx.raw(host, "ucm_posix_capacity_gb")
     # UCM: with several instances on one filesystem, only one may run the posix GC.
-    if gc is not None and first_instance:
-        conf["posix_capacity_gb"] = _as_int(ctx, host, gc_name, gc)
+    if first_instance and ctx.raw(host, "ucm_posix_capacity_gb")[0] is not None:
+        conf["posix_capacity_gb"] = ctx.get(host, "ucm_posix_capacity_gb")
     conf.update(ctx.get(host, "ucm_connector_config"))
     doc = {
         "ucm_connectors": [{"ucm_connector_name": name, "ucm_connector_config": conf}],
@@ -922,20 +921,19 @@ def _env(ctx: _Ctx, inst: dict) -> dict[str, str]:
         env.update(defaults)
     user, uname = ctx.raw(host, "env", role)
     owned = {v: owner_var("pd_{role}devices", uname, role) for v in VISIBLE_DEVICES_VARS}
-    if platform == "cpu":
-        space, sp_name = ctx.raw(host, "cpu_kvcache_space")
-        if _as_int(ctx, host, sp_name, space) is not None:
-            env["VLLM_CPU_KVCACHE_SPACE"] = space
-            owned["VLLM_CPU_KVCACHE_SPACE"] = "pd_cpu_kvcache_space"
+    if platform == "cpu" and ctx.get(host, "cpu_kvcache_space") is not None:
+        # The environment takes the value as written (it is a word of the launch script).
+        env["VLLM_CPU_KVCACHE_SPACE"] = ctx.raw(host, "cpu_kvcache_space")[0]
+        owned["VLLM_CPU_KVCACHE_SPACE"] = "pd_cpu_kvcache_space"
     if inst["visible_devices_env"]:
         env[inst["visible_devices_env"]] = ",".join(str(d) for d in inst["devices"])
     if inst["connector"] in family.HASH_SEED_CONNECTORS:
         # UCM and the KV pool find the prefill's blocks by prefix hash: every instance must hash alike
         # (the plan checks the seed is one value over the cluster: _family_checks).
-        seed, seed_name = ctx.raw(host, "python_hash_seed", default=family.DEFAULT_HASH_SEED[inst["connector"]])
-        # Python accepts 0..4294967295; "random" would break the shared prefix hashes.
-        _as_int(ctx, host, seed_name, seed, 0, 4294967295)
-        env["PYTHONHASHSEED"] = seed
+        seed_default = family.DEFAULT_HASH_SEED[inst["connector"]]
+        # Python accepts 0..4294967295 (the spec's bounds); "random" would break the shared prefix hashes.
+        ctx.get(host, "python_hash_seed", default=seed_default)
+        env["PYTHONHASHSEED"] = ctx.raw(host, "python_hash_seed", default=seed_default)[0]
         owned["PYTHONHASHSEED"] = "pd_python_hash_seed"
     if inst.get("_mooncake_json"):
         env["MOONCAKE_CONFIG_PATH"] = inst["_mooncake_json"]
@@ -1613,9 +1611,8 @@ def _first_kv_port(
 ) -> int:
     """Where the P2P side channels of inst's role start on host (the next ones follow on)."""
     role = inst["role"]
-    kbase, kname = ctx.raw(host, "kv_port_base", role)
-    if kbase is not None:
-        return _as_port(ctx, host, kname, kbase) or 1
+    if ctx.raw(host, "kv_port_base", role)[0] is not None:
+        return ctx.get(host, "kv_port_base", role) or 1
     if inst["connector"] == "nixl":
         return DEFAULT_NIXL_BASE[role]
     # Auto: past the ADXL block of the old 1000-port rule even on newer Mooncake (the
@@ -1929,7 +1926,7 @@ def _master_lease(ctx, connector, instances, master, timeouts):
     if value is None:
         ttl, source = family.default_lease_ttl_ms(pulls), "derived from ASCEND_*_TIMEOUT"
     else:
-        ttl = _as_int(ctx, master["host"], var, value)
+        ttl = ctx.get(master["host"], "mooncake_master_lease_ttl")
         source = var
         floor = family.lease_ttl_floor_ms(pulls)
         if ttl is not None and worst is not None and ttl <= floor:
