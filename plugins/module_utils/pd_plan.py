@@ -126,7 +126,7 @@ class _Ctx:
         null: a role form set to null unsets the setting for that role), else pd_<name>."""
         spec = SPECS[name]  # a KeyError here is a planner bug: every read is declared in pd_plan_vars
         if role is not None and spec.scope != "role":
-            raise ValueError(f"{spec.var} is a host variable, read without a role")
+            raise ValueError(f"{spec.var} is a host variable: read it without a role")
         hv = self.hostvars.get(host) or {}
         if role is not None and f"pd_{role}_{name}" in hv:
             return f"pd_{role}_{name}"
@@ -144,9 +144,10 @@ class _Ctx:
         return _literal(value), key
 
     def get(self, host, name, role=None, default=_SPEC_DEFAULT):
-        """The checked, coerced value of a VAR_SPECS variable (None when unset or wrong; a wrong
-        one is one ctx.error naming host, variable and fix). A variable with no default that is
-        unset stays None; one with a default is checked even when set to null."""
+        """The checked, coerced value of a VAR_SPECS variable of a type _COERCE knows (None when
+        unset or wrong; a wrong one is one ctx.error naming host, variable and fix). An integer
+        with no default that is unset stays None; one with a default that a role form sets to
+        null is refused, as any other value that is no integer."""
         value, key = self.raw(host, name, role, default)
         spec = SPECS[name]
         if value is None and spec.type in ("int", "port"):
