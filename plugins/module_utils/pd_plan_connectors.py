@@ -83,12 +83,6 @@ def kv_transfer_config(connector, v1_cfg, lookup_rpc_port=None, failure_policy=N
     return cfg
 
 
-def failure_policy_problem(value, var):
-    if value is None or value in FAILURE_POLICIES:
-        return None
-    return f"{var}={value!r} is not one of {', '.join(FAILURE_POLICIES)} (what vLLM does when loading KV fails)"
-
-
 def lookup_rpc_ports(instances):
     """One lookup_rpc_port per instance, unique over the plan (0, 1, ... in plan order, as the
     guide's prefill 0 / decode 1), so no two instances of a machine share the IPC socket."""

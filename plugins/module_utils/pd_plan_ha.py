@@ -13,11 +13,13 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import SPECS
+
 # Names that pd_proxy_* must not be mistaken for proxy options.
-VIP_VARS = ("proxy_vip", "proxy_vip_prefix", "proxy_vip_interface", "proxy_vrrp_router_id", "proxy_vrrp_unicast")
+VIP_VARS = tuple(s.name for s in SPECS.values() if s.section == "ha")
 # Linux interface names: at most 15 characters, no slash or white space.
 _IFNAME = re.compile(r"^[A-Za-z0-9_.:@-]{1,15}$")
-DEFAULT_ROUTER_ID = 51
+DEFAULT_ROUTER_ID = SPECS["proxy_vrrp_router_id"].default
 
 SINGLE_PROXY_RISK = (
     "one proxy host: while the proxy process restarts, or its host is down or rebooting, no request "
@@ -78,18 +80,18 @@ def parse_vip(ctx, proxy_hosts: list[str], addresses: dict[str, str], binds: dic
     text, ip = parsed
     first = proxy_hosts[0]
     max_prefix = 32 if ip.version == 4 else 128
-    prefix_raw, prefix_var = ctx.var(first, "proxy_vip_prefix", max_prefix)
+    prefix_raw, prefix_var = ctx.raw(first, "proxy_vip_prefix", default=max_prefix)
     prefix = _int_in(prefix_raw, 1, max_prefix)
     if prefix is None:
         ctx.error(f"{prefix_var}={prefix_raw!r} must be an integer in 1..{max_prefix} (the prefix length of pd_proxy_vip={text})")
     iface_raw = _vip_interface(ctx, first, text)
-    rid_raw, rid_var = ctx.var(first, "proxy_vrrp_router_id", DEFAULT_ROUTER_ID)
+    rid_raw, rid_var = ctx.raw(first, "proxy_vrrp_router_id", default=DEFAULT_ROUTER_ID)
     router_id = _int_in(rid_raw, 1, 255)
     if router_id is None:
         ctx.error(
             f"{rid_var}={rid_raw!r} must be an integer in 1..255 (the VRRP virtual router id, unique on the network)"
         )
-    uni_raw, uni_var = ctx.var(first, "proxy_vrrp_unicast", True)
+    uni_raw, uni_var = ctx.raw(first, "proxy_vrrp_unicast")
     unicast = _bool(uni_raw)
     if unicast is None:
         ctx.error(f"{uni_var}={uni_raw!r} must be true or false")
@@ -112,7 +114,7 @@ def _vip_address(
 ) -> tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address] | None:
     """(text, ip) of a usable pd_proxy_vip; None when unset or wrong (a host already holding it is
     reported and still returned, so the settings after it are checked too)."""
-    raw = {h: ctx.var(h, "proxy_vip", None)[0] for h in proxy_hosts}
+    raw = {h: ctx.raw(h, "proxy_vip")[0] for h in proxy_hosts}
     value, differ = _same_everywhere(raw)
     if differ:
         ctx.error(
@@ -148,9 +150,9 @@ def _vip_address(
 
 def _vip_interface(ctx, first: str, text: str) -> object:
     """The raw interface setting (pd_nic_name stands in for pd_proxy_vip_interface)."""
-    iface_raw, iface_var = ctx.var(first, "proxy_vip_interface", None)
+    iface_raw, iface_var = ctx.raw(first, "proxy_vip_interface")
     if iface_raw in (None, ""):
-        iface_raw, iface_var = ctx.var(first, "nic_name", None)
+        iface_raw, iface_var = ctx.raw(first, "nic_name")
     if iface_raw in (None, ""):
         ctx.error(
             f"pd_proxy_vip={text} needs pd_proxy_vip_interface: the network interface of the proxy hosts that "

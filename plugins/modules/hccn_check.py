@@ -119,13 +119,13 @@ options:
       - Real calls answer in well under a second; a ping of 3 packets to a dead address takes about 3 s.
     type: int
     default: 15
+extends_documentation_fragment:
+  - openfuyao.pd.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: Queries run in check mode too (they change nothing); O(fix_tls) only reports what it would change.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 notes:
   - The first C(hccn_tool -tls -g) on a device may record C(tls_enable_N) in C(/etc/hccn.conf); that is

@@ -62,13 +62,13 @@ options:
         C(npu-smi info) answers in one or two seconds.
     type: int
     default: 30
+extends_documentation_fragment:
+  - openfuyao.pd.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   facts:
     description: Action returns an C(ansible_facts) dictionary that will update existing host facts.

@@ -82,13 +82,13 @@ options:
       - Seconds the C(version) call of O(container_engine) may take before it counts as not answering.
     type: int
     default: 30
+extends_documentation_fragment:
+  - openfuyao.pd.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads, so it runs in check mode too and returns the same findings.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 notes:
   - Binding a port that another process holds fails without disturbing that process.

@@ -57,13 +57,13 @@ options:
         reported in one warning; the file's plan is the one set as C(pd_plan).
       - Cannot be combined with O(output) or O(inventory_only).
     type: path
+extends_documentation_fragment:
+  - openfuyao.pd.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The plan is computed the same way; nothing is ever changed on a host, and the O(output) file is neither written nor removed.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
   action:
     description: Indicates this has a corresponding action plugin so some parts of the work happen on the controller.

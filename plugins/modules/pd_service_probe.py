@@ -74,13 +74,13 @@ options:
       - Seconds each HTTP request may take.
     type: int
     default: 3
+extends_documentation_fragment:
+  - openfuyao.pd.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: The module only reads, so it runs in check mode too and returns the same findings.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 """
 

@@ -59,13 +59,13 @@ options:
     description: Seconds after the start of the wait during which O(services[].alive_cmd) is not asked.
     type: float
     default: 3
+extends_documentation_fragment:
+  - openfuyao.pd.attributes
 attributes:
   check_mode:
-    description: Can run in check_mode and return changed status prediction without modifying target.
     support: full
     details: It only reads; in check mode it waits the same way.
   diff_mode:
-    description: Will return details on what has changed (or possibly needs changing in check_mode), when in diff mode.
     support: none
 """
 

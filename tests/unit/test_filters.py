@@ -19,7 +19,6 @@ from ansible_collections.openfuyao.pd.plugins.filter.instance_probes import inst
 from ansible_collections.openfuyao.pd.plugins.filter.instance_services import instance_services
 from ansible_collections.openfuyao.pd.plugins.filter.instance_wait_specs import instance_wait_specs
 from ansible_collections.openfuyao.pd.plugins.filter.ports_out_of_range import ports_out_of_range
-from ansible_collections.openfuyao.pd.plugins.filter.proxy_urls import proxy_urls
 from ansible_collections.openfuyao.pd.plugins.filter.removed_backend_hosts import (
     host_address,
     removed_backend_hosts,
@@ -163,8 +162,7 @@ def test_ansible_resolves_the_filters_by_fqcn() -> None:
     expr = ("{{ {'a': [[{'start': 0}] | openfuyao.pd.ports_out_of_range, "
             "{'x': '1'} | openfuyao.pd.version_changes({'x': '2'}), "
             "[{'argv': ['vllm', 'serve', 'm', '--max-model-len', '7']}] | openfuyao.pd.smallest_max_model_len], "
-            "'u': ['fd00::1' | openfuyao.pd.url_host, '::' | openfuyao.pd.url_host('127.0.0.1'), "
-            "[{'host': 'localhost', 'address': '::', 'port': 1}] | openfuyao.pd.proxy_urls(hostvars)]} | to_json }}")
+            "'u': ['fd00::1' | openfuyao.pd.url_host, '::' | openfuyao.pd.url_host('127.0.0.1')]} | to_json }}")
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_STDOUT_CALLBACK": "json",
            "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
     run = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.debug",
@@ -173,18 +171,7 @@ def test_ansible_resolves_the_filters_by_fqcn() -> None:
     msg = json.loads(run.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
     value = json.loads(msg) if isinstance(msg, str) else msg
     assert value == {"a": [[{"start": 0}], ["x 1 -> 2"], 7],
-                     "u": ["[fd00::1]", "127.0.0.1", ["http://localhost:1"]]}
-
-
-def test_proxy_urls_reach_each_proxy_at_its_address_or_its_host():
-    proxies = [{"host": "px1", "address": "10.0.0.21", "port": 9090},
-               {"host": "px2", "address": "0.0.0.0", "port": 9090},
-               {"host": "px3", "address": "fd00::23", "port": 9091},
-               {"host": "px4", "address": "", "port": 9092}]
-    hostvars = {"px2": {"ansible_host": "10.0.0.22"}, "px4": {}}
-    assert proxy_urls(proxies, hostvars) == [
-        "http://10.0.0.21:9090", "http://10.0.0.22:9090", "http://[fd00::23]:9091", "http://px4:9092"]
-    assert proxy_urls([], hostvars) == []
+                     "u": ["[fd00::1]", "127.0.0.1"]}
 
 
 @pytest.mark.parametrize(("host", "wildcard_host", "want"), [
@@ -269,11 +256,3 @@ def test_url_host_any_text_gives_a_url_host_or_the_filter_error(text: str, wildc
     parsed = urlsplit(f"http://{host}:8000/")
     assert parsed.port == 8000
     assert parsed.hostname
-
-
-def test_proxy_urls_bracket_an_ipv6_host_address_once_and_refuse_a_bad_one():
-    proxies = [{"host": "px1", "address": "::", "port": 9090}, {"host": "px2", "address": "[fd00::22]", "port": 9090}]
-    hostvars = {"px1": {"ansible_host": "fd00::21"}}
-    assert proxy_urls(proxies, hostvars) == ["http://[fd00::21]:9090", "http://[fd00::22]:9090"]
-    with pytest.raises(AnsibleFilterError, match=r"url_host: '10\.0\.0\.1:22' is not an IPv6 address"):
-        proxy_urls([{"host": "px1", "address": "0.0.0.0", "port": 9090}], {"px1": {"ansible_host": "10.0.0.1:22"}})
