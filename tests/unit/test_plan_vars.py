@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from ansible_collections.openfuyao.pd.plugins.module_utils import pd_plan_vars as pv
-from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import _Ctx
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import _Ctx, _literal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -97,8 +97,9 @@ def test_integers_come_as_ints_or_ini_strings_and_anything_else_is_one_line(name
     got = ctx.get("h", name, role)
     low = 1 if spec.minimum is None else spec.minimum
     high = 65535 if spec.type == "port" else spec.maximum
-    text = value.strip() if isinstance(value, str) else None
-    as_int = int(text) if text is not None and re.fullmatch(r"-?[0-9]+", text) else value
+    read = _literal(value)  # an INI string that opens with [ or { is read as a literal first (e.g. "{}")
+    text = read.strip() if isinstance(read, str) else None
+    as_int = int(text) if text is not None and re.fullmatch(r"-?[0-9]+", text) else read
     ok = isinstance(as_int, int) and not isinstance(as_int, bool) and as_int >= low and (high is None or as_int <= high)
     if ok:
         assert got == as_int and ctx.problems == []
