@@ -35,7 +35,7 @@ EXAMPLES = r"""
   ansible.builtin.file:
     path: "{{ item }}"
     state: absent
-  loop: "{{ _vllm_pd_program_all.files | openfuyao.pd.unwanted_programs(['openfuyao-pd-proxy']) }}"
+  loop: "{{ __service_program_all.files | openfuyao.pd.unwanted_programs(['openfuyao-pd-proxy']) }}"
 """
 
 RETURN = r"""

@@ -102,7 +102,8 @@ def test_site_installs_from_the_wheelhouse_with_no_network(tmp_path, netns):
         assert site.returncode == 0, site.stdout[-5000:] + site.stderr[-2000:]
         recap = site.stdout[site.stdout.rindex("PLAY RECAP"):]
         assert "failed=0" in recap and "unreachable=0" in recap, recap
-        assert "TASK [openfuyao.pd.vllm_pd : Unpack the wheelhouse on the host]" in site.stdout
+        # The wheelhouse push is the shared install step of roles/_common.
+        assert "TASK [openfuyao.pd._common : Unpack the wheelhouse on the host]" in site.stdout
         assert (base / "state" / "wheelhouse" / ".openfuyao-wheelhouse.sha256").is_file()
         supervisorctl = link / "supervisorctl"
         assert supervisorctl.resolve().is_relative_to(base / "state" / "supervisor"), supervisorctl.resolve()
