@@ -1,9 +1,9 @@
 """The collection's one restart policy reaches every service through roles/_service's `run`.
 
-vllm_pd passes its own defaults (vllm_pd_restart*, vllm_pd_start_*, vllm_pd_supervisor_*);
-the proxy and mooncake roles map the same inventory variables with `| default(...)` fallbacks.
-Those fallbacks, vllm_pd's defaults and _service's defaults must agree, or a service would run
-under another policy than the documented one whenever the inventory leaves a knob unset.
+_service's defaults read the documented inventory variables (vllm_pd_restart*, vllm_pd_start_*,
+vllm_pd_supervisor_*) once, with `| default(...)` fallbacks; no calling role maps them again.
+Those fallbacks and vllm_pd's defaults must agree, or a service would run under another policy
+than the documented one whenever the inventory leaves a knob unset.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-CALLERS = ["roles/proxy/tasks/service.yml", "roles/mooncake/tasks/master.yml"]
+CALLERS = ["roles/proxy/tasks/service.yml", "roles/mooncake/tasks/master.yml", "roles/vllm_pd/tasks/service.yml"]
 # _service input -> the documented inventory variable (vllm_pd's default) it comes from.
 POLICY = {
     "service_restart": "vllm_pd_restart",
@@ -26,7 +26,6 @@ POLICY = {
     "service_start_retries": "vllm_pd_start_retries",
     "service_start_at_boot": "vllm_pd_start_at_boot",
     "service_boot_hook_dir": "vllm_pd_boot_hook_dir",
-    "service_manager_choice": "vllm_pd_service_manager",
     "service_supervisor_source": "vllm_pd_supervisor_source",
     "service_supervisor_package": "vllm_pd_supervisor_package",
     "service_supervisor_link_dir": "vllm_pd_supervisor_link_dir",
@@ -46,18 +45,16 @@ def _run_vars(path: str) -> dict:
     return calls[0]["vars"]
 
 
-@pytest.mark.parametrize("path", CALLERS)
 @pytest.mark.parametrize("service_var", sorted(POLICY))
-def test_fallbacks_are_vllm_pd_and_service_defaults(path: str, service_var: str) -> None:
+def test_service_reads_the_inventory_variable_with_vllm_pds_default(service_var: str) -> None:
     inventory_var = POLICY[service_var]
-    mapped = _MAPPED.match(_run_vars(path)[service_var])
-    assert mapped, f"{path}: {service_var} is not `{{{{ {inventory_var} | default(...) }}}}`"
+    mapped = _MAPPED.match(_defaults("_service")[service_var])
+    assert mapped, f"roles/_service/defaults: {service_var} is not `{{{{ {inventory_var} | default(...) }}}}`"
     assert mapped.group(1) == inventory_var
     fallback = yaml.safe_load(mapped.group(2).replace("'", '"'))
-    assert fallback == _defaults("vllm_pd")[inventory_var] == _defaults("_service")[service_var]
+    assert fallback == _defaults("vllm_pd")[inventory_var]
 
 
-def test_vllm_pd_passes_its_own_variables() -> None:
-    given = _run_vars("roles/vllm_pd/tasks/service.yml")
-    for service_var, inventory_var in POLICY.items():
-        assert given[service_var] == f"{{{{ {inventory_var} }}}}", service_var
+@pytest.mark.parametrize("path", CALLERS)
+def test_no_caller_maps_the_policy_again(path: str) -> None:
+    assert not set(_run_vars(path)) & set(POLICY), path
