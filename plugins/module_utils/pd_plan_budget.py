@@ -19,6 +19,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import uint_text
+
 
 @dataclass(frozen=True)
 class Knob:
@@ -65,9 +67,9 @@ def derived_transfer_ms(timeout_exp: int, retries: int) -> int:
 
 
 def _parse(knob: Knob, raw: str, source: str) -> tuple[int | None, str | None]:
-    text = str(raw).strip()
-    if text.isdigit() and knob.low <= int(text) <= knob.high:
-        return int(text), None
+    number = uint_text(str(raw))
+    if number is not None and knob.low <= number <= knob.high:
+        return number, None
     return None, f"{source}.{knob.name}={raw!r} must be an integer in {knob.low}..{knob.high} ({knob.unit})"
 
 

@@ -96,6 +96,20 @@ def collapse(lines):
     return out
 
 
+_UINT = re.compile(r"[0-9]+")
+
+
+def uint_text(value):
+    """The integer of an int or of a text of ASCII digits (INI inventories give strings), else None.
+
+    str.isdigit() would also take "¹" or "٣", which int() refuses: a crash instead of a line."""
+    if isinstance(value, str) and _UINT.fullmatch(value.strip()):
+        return int(value.strip())
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    return None
+
+
 def brief(value, limit=60):
     """repr() of a value cut to one readable piece of a line."""
     text = repr(value)

@@ -13,6 +13,7 @@ import ipaddress
 import re
 from dataclasses import dataclass
 
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_checks import uint_text
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import SPECS
 
 # Names that pd_proxy_* must not be mistaken for proxy options.
@@ -49,12 +50,15 @@ class Vip:
     interface: str
     router_id: int
     unicast: bool
+    # Each proxy host's interface; `interface` is the first proxy host's.
+    interfaces: dict[str, str]
 
     def as_dict(self, peers: list[dict]) -> dict:
         return {
             "address": self.address,
             "prefix": self.prefix,
             "interface": self.interface,
+            "interfaces": dict(self.interfaces),
             "router_id": self.router_id,
             "unicast": self.unicast,
             # Priority order: the first [proxy] host is preferred when all start together.
@@ -78,23 +82,18 @@ def parse_vip(ctx, proxy_hosts: list[str], addresses: dict[str, str], binds: dic
     if parsed is None:
         return None
     text, ip = parsed
-    first = proxy_hosts[0]
     max_prefix = 32 if ip.version == 4 else 128
-    prefix_raw, prefix_var = ctx.raw(first, "proxy_vip_prefix", default=max_prefix)
-    prefix = _int_in(prefix_raw, 1, max_prefix)
-    if prefix is None:
-        ctx.error(f"{prefix_var}={prefix_raw!r} must be an integer in 1..{max_prefix} (the prefix length of pd_proxy_vip={text})")
-    iface_raw = _vip_interface(ctx, first, text)
-    rid_raw, rid_var = ctx.raw(first, "proxy_vrrp_router_id", default=DEFAULT_ROUTER_ID)
-    router_id = _int_in(rid_raw, 1, 255)
-    if router_id is None:
-        ctx.error(
-            f"{rid_var}={rid_raw!r} must be an integer in 1..255 (the VRRP virtual router id, unique on the network)"
-        )
-    uni_raw, uni_var = ctx.raw(first, "proxy_vrrp_unicast")
-    unicast = _bool(uni_raw)
-    if unicast is None:
-        ctx.error(f"{uni_var}={uni_raw!r} must be true or false")
+    prefix = _group_setting(
+        ctx, proxy_hosts, "proxy_vip_prefix", max_prefix, lambda v: _int_in(v, 1, max_prefix),
+        f"must be an integer in 1..{max_prefix} (the prefix length of pd_proxy_vip={text})",
+    )
+    interfaces = _vip_interfaces(ctx, proxy_hosts, text)
+    router_id = _group_setting(
+        ctx, proxy_hosts, "proxy_vrrp_router_id", DEFAULT_ROUTER_ID, lambda v: _int_in(v, 1, 255),
+        "must be an integer in 1..255 (the VRRP virtual router id, unique on the network)",
+    )
+    unicast = _group_setting(ctx, proxy_hosts, "proxy_vrrp_unicast", SPECS["proxy_vrrp_unicast"].default, _bool,
+                             "must be true or false")
     _check_vip_proxies(ctx, proxy_hosts, text, binds, ports)
     # Two proxies on one address clash on the port (the planner's port check says so).
     if unicast:
@@ -104,9 +103,29 @@ def parse_vip(ctx, proxy_hosts: list[str], addresses: dict[str, str], binds: dic
                     f"host {h}: VRRP unicast peers need IP addresses, and {addresses[h]} is a name: set pd_address "
                     "to the host's IP address"
                 )
-    if None in (prefix, router_id, unicast) or iface_raw in (None, "") or not _IFNAME.match(str(iface_raw)):
+    if None in (prefix, router_id, unicast, interfaces):
         return None
-    return Vip(text, prefix, str(iface_raw), router_id, unicast)
+    return Vip(text, prefix, interfaces[proxy_hosts[0]], router_id, unicast, interfaces)
+
+
+def _group_setting(ctx, proxy_hosts: list[str], name: str, default, parse, must: str):
+    """A setting every proxy host must share (keepalived's VRRP instance is one for the group):
+    its parsed value, or None after one line naming the hosts (values that differ) or the
+    variable, its value and what it must be."""
+    read = {h: ctx.raw(h, name, default=default) for h in proxy_hosts}
+    value, differ = _same_everywhere({h: v for h, (v, _var) in read.items()})
+    var = SPECS[name].var
+    if differ:
+        ctx.error(
+            "{} differs between the proxy hosts ({}): set one {} for group proxy".format(
+                var, ", ".join(f"{h}: {read[h][0]}" for h in proxy_hosts), var
+            )
+        )
+        return None
+    parsed = parse(value)
+    if parsed is None:
+        ctx.error(f"proxy hosts {', '.join(proxy_hosts)}: {read[proxy_hosts[0]][1]}={value!r} {must}")
+    return parsed
 
 
 def _vip_address(
@@ -148,19 +167,26 @@ def _vip_address(
     return text, ip
 
 
-def _vip_interface(ctx, first: str, text: str) -> object:
-    """The raw interface setting (pd_nic_name stands in for pd_proxy_vip_interface)."""
-    iface_raw, iface_var = ctx.raw(first, "proxy_vip_interface")
-    if iface_raw in (None, ""):
-        iface_raw, iface_var = ctx.raw(first, "nic_name")
-    if iface_raw in (None, ""):
-        ctx.error(
-            f"pd_proxy_vip={text} needs pd_proxy_vip_interface: the network interface of the proxy hosts that "
-            "carries the virtual IP (e.g. eth0)"
-        )
-    elif not isinstance(iface_raw, str) or not _IFNAME.match(iface_raw):
-        ctx.error(f"{iface_var}={iface_raw!r} is not a network interface name (at most 15 letters, digits, '.', '-', '_')")
-    return iface_raw
+def _vip_interfaces(ctx, proxy_hosts: list[str], text: str) -> dict[str, str] | None:
+    """Each proxy host's interface for the virtual IP (pd_nic_name stands in for
+    pd_proxy_vip_interface); hosts may name different interfaces (eth0 on one, ens3 on another)."""
+    found: dict[str, str] = {}
+    for h in proxy_hosts:
+        iface, var = ctx.raw(h, "proxy_vip_interface")
+        if iface in (None, ""):
+            iface, var = ctx.raw(h, "nic_name")
+        if iface in (None, ""):
+            ctx.error(
+                f"host {h}: pd_proxy_vip={text} needs pd_proxy_vip_interface: the network interface of the proxy "
+                "host that carries the virtual IP (e.g. eth0)"
+            )
+        elif not isinstance(iface, str) or not _IFNAME.match(iface):
+            ctx.error(
+                f"host {h}: {var}={iface!r} is not a network interface name (at most 15 letters, digits, '.', '-', '_')"
+            )
+        else:
+            found[h] = iface
+    return found if len(found) == len(proxy_hosts) else None
 
 
 def _check_vip_proxies(ctx, proxy_hosts: list[str], text: str, binds: dict[str, str], ports: dict[str, int]) -> None:
@@ -202,11 +228,8 @@ def _is_ip(address):
 
 
 def _int_in(value, lo, hi):
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
-        return None
-    return value
+    number = uint_text(value)
+    return number if number is not None and lo <= number <= hi else None
 
 
 def _bool(value):

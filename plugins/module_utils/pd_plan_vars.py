@@ -268,13 +268,13 @@ VAR_SPECS = (
     _ucm("ucm_module_path", "module", "`kv_connector_module_path`", "ucm.integration.vllm.ucm_connector"),
     # Proxy high availability (pd_plan_ha, docs/proxy-ha.md): the virtual IP in front of several [proxy] hosts.
     _ha("proxy_vip", "address", "keepalived virtual IP in front of the `[proxy]` hosts; one value for group proxy"),
-    _ha("proxy_vip_prefix", "int", "prefix length of `pd_proxy_vip`", default_doc="`32` (`128` for IPv6)",
+    _ha("proxy_vip_prefix", "int", "prefix length of `pd_proxy_vip`; one value for group proxy", default_doc="`32` (`128` for IPv6)",
         minimum=1, maximum=128),
-    _ha("proxy_vip_interface", "word", "network interface of the proxy hosts that carries the virtual IP",
+    _ha("proxy_vip_interface", "word", "network interface of the proxy host that carries the virtual IP; may differ from host to host",
         default_doc="`pd_nic_name`"),
-    _ha("proxy_vrrp_router_id", "int", "VRRP virtual router id, unique on the network segment", 51,
+    _ha("proxy_vrrp_router_id", "int", "VRRP virtual router id, unique on the network segment; one value for group proxy", 51,
         minimum=1, maximum=255),
-    _ha("proxy_vrrp_unicast", "bool", "VRRP unicast between the proxy hosts; `false`: multicast", True),
+    _ha("proxy_vrrp_unicast", "bool", "VRRP unicast between the proxy hosts; `false`: multicast; one value for group proxy", True),
 )
 SPECS = {s.name: s for s in VAR_SPECS}
 

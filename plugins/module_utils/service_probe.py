@@ -62,9 +62,11 @@ def parse_systemctl_show(text: str) -> dict[str, Any]:
     code, status = kv.get("ExecMainCode", "0"), kv.get("ExecMainStatus", "0")
     last_exit = f"{_CLD[code]} {status}" if code in _CLD and not (code == "1" and status == "0" and state == "ACTIVE") else None
     result = kv.get("Result", "success")
-    return {"state": state, "pid": int(pid) if pid.isdigit() and pid != "0" else None,
+    restarts = kv.get("NRestarts", "")
+    # isascii(): str.isdigit() also takes digits int() refuses ("¹"), a crash instead of "unknown".
+    return {"state": state, "pid": int(pid) if pid.isascii() and pid.isdigit() and pid != "0" else None,
             "uptime": ("since " + kv["ActiveEnterTimestamp"]) if kv.get("ActiveEnterTimestamp") else None,
-            "restarts": int(kv["NRestarts"]) if kv.get("NRestarts", "").isdigit() else None,
+            "restarts": int(restarts) if restarts.isascii() and restarts.isdigit() else None,
             "last_exit": last_exit,
             # start-limit-hit: the crash-loop cap ended it
             "detail": None if result == "success" else f"result {result}"}

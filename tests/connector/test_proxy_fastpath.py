@@ -161,6 +161,9 @@ def test_relay_rejects_what_is_not_http():
         asyncio.run(parse(b"SSH-2.0-OpenSSH\r\n\r\n", []))
     with pytest.raises(relay.UpstreamProtocolError):
         asyncio.run(parse(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", []))
+    # A status of digits str.isdigit() takes and int() refuses (latin-1 "\xb9" is "¹").
+    with pytest.raises(relay.UpstreamProtocolError):
+        asyncio.run(parse(b"HTTP/1.1 \xb9 OK\r\nContent-Length: 0\r\n\r\n", []))
 
 
 async def test_relay_reuses_connections_and_survives_a_backend_closing_them():

@@ -28,6 +28,7 @@ from ansible_collections.openfuyao.pd.plugins.filter.smallest_max_model_len impo
 from ansible_collections.openfuyao.pd.plugins.filter.unwanted_programs import unwanted_programs
 from ansible_collections.openfuyao.pd.plugins.filter.url_host import url_host
 from ansible_collections.openfuyao.pd.plugins.filter.version_changes import version_changes
+from ansible_collections.openfuyao.pd.plugins.filter.vrrp_pass_problem import vrrp_pass_problem
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -256,3 +257,24 @@ def test_url_host_any_text_gives_a_url_host_or_the_filter_error(text: str, wildc
     parsed = urlsplit(f"http://{host}:8000/")
     assert parsed.port == 8000
     assert parsed.hostname
+
+
+@pytest.mark.parametrize(
+    ("passwords", "want"),
+    [
+        ({"px1": "s3cret", "px2": "s3cret"}, ""),
+        ({"px1": "s3cret", "px2": ""}, "hosts px2: pd_proxy_vip needs proxy_vrrp_auth_pass"),
+        ({"px1": None}, "hosts px1: pd_proxy_vip needs proxy_vrrp_auth_pass"),
+        ({"px1": "s3cret", "px2": "other"}, "hosts px1, px2: proxy_vrrp_auth_pass differs between the proxy hosts"),
+        # keepalived reads 8 characters and the rest of a line after # or ! as a comment.
+        ({"px1": "123456789"}, "hosts px1: proxy_vrrp_auth_pass must be 1-8 printable ASCII characters"),
+        ({"px1": "ab#cd"}, "hosts px1: proxy_vrrp_auth_pass must be 1-8 printable ASCII characters"),
+        ({"px1": "a b"}, "hosts px1: proxy_vrrp_auth_pass must be 1-8 printable ASCII characters"),
+        ({"px1": "pässwd"}, "hosts px1: proxy_vrrp_auth_pass must be 1-8 printable ASCII characters"),
+    ],
+)
+def test_vrrp_pass_problem_names_hosts_never_the_password(passwords: dict, want: str) -> None:
+    line = vrrp_pass_problem(passwords)
+    assert line.startswith(want) and (line == "") == (want == "")
+    for value in passwords.values():
+        assert not value or value not in line

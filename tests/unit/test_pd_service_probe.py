@@ -39,6 +39,9 @@ def test_parse_systemctl_show() -> None:
     out = service_probe.parse_systemctl_show("ActiveState=active\nMainPID=991\nActiveEnterTimestamp=Sun 2026-11-22 03:00:00 UTC\n")
     assert out["state"] == "ACTIVE" and out["pid"] == 991 and out["uptime"].startswith("since Sun")
     assert service_probe.parse_systemctl_show("ActiveState=inactive\nMainPID=0\n")["pid"] is None
+    # Digits str.isdigit() takes and int() refuses are unknown, not a crash.
+    odd = service_probe.parse_systemctl_show("ActiveState=active\nMainPID=\u00b9\nNRestarts=\u0663\n")
+    assert (odd["pid"], odd["restarts"]) == (None, None)
 
 
 # Lines as supervisor 4.2's process.py and options.py write them.

@@ -97,10 +97,13 @@ def test_several_proxies_without_vip_name_the_client_side_failover():
         ({"pd_proxy_vip": "10.0.0.3"}, "pd_proxy_vip=10.0.0.3 is the address of host d1: the virtual IP must be a free address, not one a host already has"),
         ({"pd_proxy_vip": "10.0.0.11"}, "pd_proxy_vip=10.0.0.11 is the address of host px1"),
         ({"pd_proxy_vip_prefix": 33}, "pd_proxy_vip_prefix=33 must be an integer in 1..32 (the prefix length of pd_proxy_vip=10.0.0.100)"),
-        ({"pd_proxy_vip_interface": None}, "pd_proxy_vip=10.0.0.100 needs pd_proxy_vip_interface: the network interface of the proxy hosts that carries the virtual IP (e.g. eth0)"),
+        ({"pd_proxy_vip_interface": None}, "hosts px1, px2: pd_proxy_vip=10.0.0.100 needs pd_proxy_vip_interface: the network interface of the proxy host that carries the virtual IP (e.g. eth0)"),
         ({"pd_proxy_vip_interface": "eth 0"}, "pd_proxy_vip_interface='eth 0' is not a network interface name"),
         ({"pd_proxy_vrrp_router_id": 256}, "pd_proxy_vrrp_router_id=256 must be an integer in 1..255 (the VRRP virtual router id, unique on the network)"),
         ({"pd_proxy_vrrp_unicast": "maybe"}, "pd_proxy_vrrp_unicast='maybe' must be true or false"),
+        # Digits that are not ASCII pass str.isdigit() and make int() raise: a line, not a crash.
+        ({"pd_proxy_vip_prefix": "\u00b9"}, "proxy hosts px1, px2: pd_proxy_vip_prefix='\u00b9' must be an integer in 1..32"),
+        ({"pd_proxy_vrrp_router_id": "\u0663"}, "proxy hosts px1, px2: pd_proxy_vrrp_router_id='\u0663' must be an integer in 1..255"),
         ({"pd_proxy_bind_host": "10.0.0.11"}, "the proxy listens on 10.0.0.11 only, so it cannot answer on pd_proxy_vip=10.0.0.100: set pd_proxy_bind_host=0.0.0.0 (or ::) on the proxy hosts"),
     ],
 )
@@ -139,6 +142,41 @@ def test_unicast_peers_need_ip_addresses_of_distinct_hosts():
     inv = cluster(pd_proxy_vip="10.0.0.100", pd_proxy_vip_interface="eth0", pd_proxy_vrrp_unicast="false")
     inv["hostvars"]["px2"]["ansible_host"] = "proxy-b.lan"
     assert build_plan(inv)["proxy_vip"]["unicast"] is False
+
+
+@pytest.mark.parametrize(
+    ("var", "px1", "px2"),
+    [("pd_proxy_vip_prefix", 24, 16), ("pd_proxy_vrrp_router_id", 51, 52), ("pd_proxy_vrrp_unicast", True, False)],
+)
+def test_group_wide_vrrp_settings_must_agree(var, px1, px2):
+    # keepalived runs one VRRP instance for the group: a setting only the first proxy host's value
+    # counted for would be silently wrong on the others.
+    inv = cluster(pd_proxy_vip="10.0.0.100", pd_proxy_vip_interface="eth0")
+    inv["hostvars"]["px1"][var] = px1
+    inv["hostvars"]["px2"][var] = px2
+    assert problems(inv) == [
+        f"{var} differs between the proxy hosts (px1: {px1}, px2: {px2}): set one {var} for group proxy"
+    ]
+
+
+def test_each_proxy_host_has_its_own_vip_interface():
+    inv = cluster(pd_proxy_vip="10.0.0.100", pd_proxy_vip_interface="eth0")
+    inv["hostvars"]["px2"]["pd_proxy_vip_interface"] = "ens3"
+    vip = build_plan(inv)["proxy_vip"]
+    assert (vip["interface"], vip["interfaces"]) == ("eth0", {"px1": "eth0", "px2": "ens3"})
+    inv["hostvars"]["px2"]["pd_proxy_vip_interface"] = "ens 3"
+    assert problems(inv) == [
+        "host px2: pd_proxy_vip_interface='ens 3' is not a network interface name (at most 15 letters, digits, "
+        "'.', '-', '_')"
+    ]
+    del inv["hostvars"]["px2"]["pd_proxy_vip_interface"]
+    for h in ("px1", "px2"):
+        inv["hostvars"][h].pop("pd_proxy_vip_interface", None)
+    inv["hostvars"]["px1"]["pd_nic_name"] = "bond0"
+    assert problems(inv) == [
+        "host px2: pd_proxy_vip=10.0.0.100 needs pd_proxy_vip_interface: the network interface of the proxy host "
+        "that carries the virtual IP (e.g. eth0)"
+    ]
 
 
 def test_vip_variables_are_known_names():

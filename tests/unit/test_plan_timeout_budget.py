@@ -150,6 +150,11 @@ def test_each_inconsistent_pair_is_refused_and_its_suggestion_is_consistent(case
             {"pd_env": {"ASCEND_CONNECT_TIMEOUT": "3s"}},
             "host n1: pd_env.ASCEND_CONNECT_TIMEOUT='3s' must be an integer in 1..86400000 (ms)",
         ),
+        # A digit that is not ASCII passes str.isdigit() and makes int() raise: a line, not a crash.
+        (
+            {"pd_hccl_env": {"HCCL_RDMA_TIMEOUT": "\u00b9"}},
+            "host n1: pd_hccl_env.HCCL_RDMA_TIMEOUT='\u00b9' must be an integer in 5..20 (exponent)",
+        ),
     ],
 )
 def test_a_value_its_reader_refuses_is_one_line(vars_, problem):

@@ -15,7 +15,10 @@ from hypothesis import strategies as st
 ROOT = Path(__file__).resolve().parents[2]
 PLANNER = sorted((ROOT / "plugins" / "module_utils").glob("pd_plan*.py"))
 # A read of a variable by its literal name: ctx.get(h, "tp", ...), ctx.raw(...), ctx.key(...).
-READ = re.compile(r"ctx\.(?:get|raw|key)\([^,()]+(?:\([^()]*\))?[^,()]*,\s*\"([a-z_]+)\"")
+# pd_plan_ha._group_setting(ctx, hosts, "proxy_vip_prefix", ...) reads one name on every proxy host.
+READ = re.compile(
+    r"(?:ctx\.(?:get|raw|key)\([^,()]+(?:\([^()]*\))?[^,()]*|_group_setting\(\s*ctx,\s*\w+),\s*\"([a-z_]+)\""
+)
 
 
 def _ctx(hv: dict) -> _Ctx:

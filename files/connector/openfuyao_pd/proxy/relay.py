@@ -154,7 +154,8 @@ class Response:
         head = conn.take(end + 4)[:end].decode("latin-1")
         lines = head.split("\r\n")
         parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        # isascii(): str.isdigit() also takes "¹", which int() refuses.
+        if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not (parts[1].isascii() and parts[1].isdigit()):
             raise UpstreamProtocolError(f"not an HTTP/1.x status line: {lines[0][:80]!r}")
         self.status = int(parts[1])
         headers = self.headers
