@@ -1414,7 +1414,8 @@ def build_plan(inventory: dict) -> dict:
     master = _mooncake_master(ctx, settings, claims)
     for label, machine_claims in _claims_by_machine(hosts.all, settings, claims):
         _check_host_ports(ctx, label, machine_claims)
-    shared_path = _shared_path(ctx, connector, instances, hosts.pd)
+    # The one KV directory of a centralized connector (shared_storage's path, UCM's store).
+    shared_path = _ucm_store_dir(ctx, hosts.pd) if connector == "ucm" else _shared_path(ctx, connector, instances, hosts.pd)
     _attach_ucm_files(ctx, connector, instances)
     _family_plan(ctx, connector, instances, hosts.pd, master)
     if ctx.problems:
@@ -1435,7 +1436,7 @@ def build_plan(inventory: dict) -> dict:
         for h in hosts.proxy
     ]
     proxy = proxies[0]
-    return {
+    plan = {
         "schema_version": SCHEMA_VERSION,
         "platforms": cluster.platforms,
         "connector": connector,
@@ -1451,10 +1452,14 @@ def build_plan(inventory: dict) -> dict:
         "hosts": _host_sections(ctx, cluster, instances, out_instances, claims, (proxies, vip, master)),
         # A master-only host needs the wheel too: mooncake_master ships in it.
         "mooncake": {"hosts": _mooncake_hosts(instances, master), "master": master},
-        "storage": _storage(ctx, cluster, instances, shared_path),
+        "storage": _storage(ctx, cluster, shared_path),
         "timeouts": timeouts,
         "warnings": collapse(ctx.warnings),
     }
+    # A problem found while writing the sections must not be dropped with a plan returned anyway.
+    if ctx.problems:
+        raise PlanError(ctx.problems, ctx.warnings)
+    return plan
 
 
 def _collect_hosts(ctx: _Ctx) -> _Hosts:
@@ -1653,7 +1658,7 @@ def _shared_path(ctx: _Ctx, connector: str | None, instances: list[dict], pd_hos
     data_dir = ctx.raw(first, "data_dir", default=DEFAULT_DATA_DIR)[0]
     shared_path, sname = ctx.raw(first, "kv_shared_path", default="{}/kv".format(str(data_dir).rstrip("/")))
     if not str(shared_path).startswith("/"):
-        ctx.error(f"{sname}={shared_path!r} must be an absolute directory")
+        ctx.error(f"host {first}: {sname}={shared_path!r} must be an absolute directory")
     for h in pd_hosts:
         if ctx.raw(h, "kv_shared_path", default=shared_path)[0] != shared_path:
             ctx.error(
@@ -1811,15 +1816,33 @@ def _mooncake_hosts(instances: list[dict], master: dict | None) -> list[str]:
     return sorted(users | ({master["host"]} if master else set()))
 
 
-def _storage(ctx: _Ctx, cluster: _Cluster, instances: list[dict], shared_path: str | None) -> dict | None:
+def _storage(ctx: _Ctx, cluster: _Cluster, shared_path: str | None) -> dict | None:
     """The shared KV storage of a centralized connector, its servers and its clients."""
     if cluster.connector not in ("ucm", "shared_storage"):
         return None
-    first = instances[0]["host"]
-    path = shared_path
-    if cluster.connector == "ucm":
-        path = ctx.raw(first, "ucm_storage_backends")[0] or ctx.raw(first, "kv_shared_path", default="")[0]
-    return {"path": str(path), "hosts": list(ctx.groups.get("storage") or []), "clients": cluster.hosts.pd}
+    return {"path": str(shared_path), "hosts": list(ctx.groups.get("storage") or []), "clients": cluster.hosts.pd}
+
+
+def _ucm_store_dir(ctx: _Ctx, pd_hosts: list[str]) -> str:
+    """UCM's store directory, one absolute path for every prefill and decode host: a decode reading
+    another directory than its prefill wrote finds no KV and recomputes every prompt, with no error."""
+    dirs = {}
+    for h in pd_hosts:
+        value, var = ctx.raw(h, "ucm_storage_backends")
+        if value is None:
+            value, var = ctx.raw(h, "kv_shared_path", default="")
+        dirs[h] = str(value)
+        if dirs[h] and not dirs[h].startswith("/"):
+            ctx.error(f"host {h}: {var}={brief(value)} must be an absolute directory (the shared store every "
+                      "prefill and decode host mounts)")
+    first = pd_hosts[0]
+    for h in pd_hosts[1:]:
+        if dirs[h] and dirs[first] and dirs[h] != dirs[first]:
+            ctx.error(
+                f"host {h}: pd_ucm_storage_backends={dirs[h]} differs from host {first} ({dirs[first]}): every "
+                "prefill and decode must use one shared store directory; set one pd_ucm_storage_backends"
+            )
+    return dirs[first]
 
 
 def _env_source(ctx, inst, key):

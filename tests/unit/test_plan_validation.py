@@ -195,9 +195,22 @@ def test_shared_storage_path_rules():
     assert any("shared filesystem" in w for w in plan["warnings"])
     inv["hostvars"]["a"]["pd_kv_shared_path"] = "kv"
     inv["hostvars"]["b"]["pd_kv_shared_path"] = "kv"
-    only(copy.deepcopy(inv), "pd_kv_shared_path='kv' must be an absolute directory")
+    only(copy.deepcopy(inv), "host a: pd_kv_shared_path='kv' must be an absolute directory")
     inv["hostvars"]["b"]["pd_kv_shared_path"] = "/x"
     only(inv, "host b: pd_kv_shared_path differs from host a")
+
+
+def test_ucm_store_directory_is_one_absolute_path():
+    # A decode that reads another directory than its prefill wrote recomputes every prompt, silently.
+    assert build_plan(two_hosts())["storage"]["path"] == "/mnt/kv"
+    assert problems(two_hosts(d={"pd_ucm_storage_backends": "/mnt/other"})) == [
+        "host d1: pd_ucm_storage_backends=/mnt/other differs from host p1 (/mnt/kv): every prefill and decode "
+        "must use one shared store directory; set one pd_ucm_storage_backends"
+    ]
+    assert problems(two_hosts(common={"pd_ucm_storage_backends": "kv"})) == [
+        "hosts p1, d1: pd_ucm_storage_backends='kv' must be an absolute directory (the shared store every prefill "
+        "and decode host mounts)"
+    ]
 
 
 def test_cpu_rejects_devices():
