@@ -24,7 +24,7 @@ options:
     elements: dict
     required: true
   conf_dir:
-    description: The configuration directory that holds C(instances/<name>/).
+    description: The configuration directory that holds C(instances/<name>/) (the plan's C(hosts[HOST].dirs.conf)).
     type: str
     required: true
 """
@@ -35,7 +35,7 @@ EXAMPLES = r"""
     content: "{{ item.content }}"
     dest: "{{ item.dest }}"
     mode: "0640"
-  loop: "{{ _vllm_pd_instances | openfuyao.pd.instance_files(vllm_pd_conf_dir) }}"
+  loop: "{{ _vllm_pd_instances | openfuyao.pd.instance_files(_vllm_pd_dirs.conf) }}"
 """
 
 RETURN = r"""

@@ -29,11 +29,11 @@ options:
     type: str
     required: true
   conf_dir:
-    description: The configuration directory that holds C(instances/<name>/).
+    description: The configuration directory that holds C(instances/<name>/) (the plan's C(hosts[HOST].dirs.conf)).
     type: str
     required: true
   log_dir:
-    description: Directory of the services' log files.
+    description: Directory of the services' log files (the plan's C(hosts[HOST].dirs.log)).
     type: str
     required: true
   runtime:
@@ -47,8 +47,8 @@ EXAMPLES = r"""
   ansible.builtin.include_tasks: service.yml
   vars:
     _vllm_pd_services: >-
-      {{ _vllm_pd_instances | openfuyao.pd.instance_services('openfuyao-pd-', vllm_pd_conf_dir,
-                                                             vllm_pd_log_dir, _vllm_pd_runtime) }}
+      {{ _vllm_pd_instances | openfuyao.pd.instance_services('openfuyao-pd-', _vllm_pd_dirs.conf,
+                                                             _vllm_pd_dirs.log, _vllm_pd_runtime) }}
 """
 
 RETURN = r"""

@@ -29,7 +29,7 @@ options:
     type: str
     required: true
   log_dir:
-    description: Directory of the services' log files.
+    description: Directory of the services' log files (the plan's C(hosts[HOST].dirs.log)).
     type: str
     required: true
   alive_cmd:
@@ -44,7 +44,7 @@ EXAMPLES = r"""
   ansible.builtin.include_tasks: wait.yml
   vars:
     _vllm_pd_wait_services: >-
-      {{ _vllm_pd_instances | openfuyao.pd.instance_wait_specs('openfuyao-pd-', vllm_pd_log_dir, service_alive_cmd) }}
+      {{ _vllm_pd_instances | openfuyao.pd.instance_wait_specs('openfuyao-pd-', _vllm_pd_dirs.log, service_alive_cmd) }}
 """
 
 RETURN = r"""

@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import dir_value
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan import host_address as _planned_address
 from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import DIR_VARS
 
@@ -23,8 +24,9 @@ description:
     host; a host the plan no longer has (scaled in, e.g. kept under C([retired])) gets the address
     the planner would give it (the planner's own rule, C(host_address) in module_utils/pd_plan.py).
   - Each entry says how to stop the service there, the host's supervisord configuration file
-    (the plan's C(dirs.conf); for a host the plan no longer has, its C(vllm_pd_conf_dir) or the
-    planner's default) or systemd (the host's detected C(service_manager)).
+    (the plan's C(dirs.conf); for a host the plan no longer has, the one the planner would give it
+    from its C(vllm_pd_conf_dir), by the planner's own rule, C(dir_value) in module_utils/pd_plan.py)
+    or systemd (the host's detected C(service_manager)).
 positional: hostnames, hostvars, plan_hosts
 options:
   _input:
@@ -69,9 +71,10 @@ def host_address(host: str, hv: Mapping[str, Any], plan_hosts: Mapping[str, Any]
 
 
 def _conf_dir(host: str, hv: Mapping[str, Any], plan_hosts: Mapping[str, Any]) -> str:
+    """The plan's conf directory of a planned host; for another, the one the planner would give it."""
     if host in plan_hosts:
         return plan_hosts[host]["dirs"]["conf"]
-    return str(hv.get(DIR_VARS["conf"].var, DIR_VARS["conf"].default)).rstrip("/")
+    return dir_value(DIR_VARS["conf"], hv.get(DIR_VARS["conf"].var))
 
 
 def removed_backend_hosts(

@@ -308,14 +308,17 @@ def _check_dir_vars(ctx, host):
             ctx.error(f"host {host}: {name}={brief(value)} must be an absolute path (e.g. {d.default})")
 
 
+def dir_value(d, value):
+    """A DIR_VARS entry's directory from its variable's value (None when unset): the value without
+    a trailing "/" when it is an absolute path, else the default. The one rule: host_dirs and the
+    day-2 filter that looks up a host the plan no longer has (removed_backend_hosts) both call it."""
+    ok = isinstance(value, str) and value.startswith("/") and not CONTROL.search(value)
+    return (value.rstrip("/") or "/") if ok else d.default
+
+
 def host_dirs(ctx, host):
     """hosts[HOST].dirs: every directory the roles use there, from the inventory or its default."""
-    dirs = {}
-    for key, d in DIR_VARS.items():
-        value = _role_dir_value(ctx, host, d)[0]
-        ok = isinstance(value, str) and value.startswith("/") and not CONTROL.search(value)
-        dirs[key] = (value.rstrip("/") or "/") if ok else d.default
-    return dirs
+    return {key: dir_value(d, _role_dir_value(ctx, host, d)[0]) for key, d in DIR_VARS.items()}
 
 
 def _check_host_texts(ctx, host):

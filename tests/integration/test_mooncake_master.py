@@ -41,14 +41,17 @@ def master():
     work = Path(tempfile.mkdtemp(prefix="pd-master-"))
     port = free_base(2, set())
     dirs = private_dirs(work, venv=False)
-    plan = {"schema_version": 1, "instances": [], "hosts": {"localhost": {"platform": None, "runtime": "host"}},
+    # The role reads its directories from the plan (hosts.<h>.dirs), as the planner writes them.
+    host_dirs = {key: dirs[f"vllm_pd_{key}_dir"] for key in ("conf", "log", "state", "run")}
+    plan = {"schema_version": 2, "instances": [],
+            "hosts": {"localhost": {"platform": None, "runtime": "host", "dirs": host_dirs}},
             "mooncake": {"hosts": ["localhost"], "master": {
                 "host": "localhost", "address": "127.0.0.1", "port": port, "metrics_port": port + 1,
                 "lease_ttl_ms": 34000, "args": family.master_args(34000, "127.0.0.1", port + 1)}}}
     (work / "plan.json").write_text(json.dumps(plan))
     (work / "play.yml").write_text(PLAY)
     (work / "vars.json").write_text(json.dumps({
-        **dirs, "plan_file": str(work / "plan.json"), "mooncake_venv": str(VENV), "mooncake_verify": False,
+        "plan_file": str(work / "plan.json"), "mooncake_venv": str(VENV), "mooncake_verify": False,
         "mooncake_system_packages": []}))
     env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1",
                PATH=f"{VENV / 'bin'}:{os.environ.get('PATH', '')}")
@@ -92,7 +95,7 @@ s.close()
 """
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0 and out.stdout.split()[-1] == "8192", out.stdout[-1000:] + out.stderr[-2000:]
-    log = Path(json.loads((work / "vars.json").read_text())["vllm_pd_log_dir"]) / "mooncake-master.log"
+    log = Path(json.loads((work / "plan.json").read_text())["hosts"]["localhost"]["dirs"]["log"]) / "mooncake-master.log"
     text = log.read_text(errors="replace")
     assert "default_kv_lease_ttl=34000" in text and "rpc_address=127.0.0.1" in text
     second = play()

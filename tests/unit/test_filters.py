@@ -124,6 +124,11 @@ def test_removed_backend_hosts_match_the_url_host_to_inventory_addresses() -> No
         {"name": "decode-2", "host": "node2", "conf": "/srv/node2/supervisord.conf", "systemd": False},
         {"name": "decode-2", "host": "local", "conf": "/etc/openfuyao-pd/supervisord.conf", "systemd": False},
     ]
+    # A host the plan no longer has gets the conf dir the planner would give it (its rule: no
+    # trailing "/", a path that is not absolute is the default).
+    for value, conf in (("/srv/pd/", "/srv/pd"), ("srv/pd", "/etc/openfuyao-pd")):
+        hostvars["node1"]["vllm_pd_conf_dir"] = value
+        assert removed_backend_hosts(removed[:1], ["node1"], hostvars, plan_hosts)[0]["conf"] == f"{conf}/supervisord.conf"
     assert host_address("named", hostvars["named"], plan_hosts) == "10.0.0.9"
     assert host_address("other", {}, plan_hosts) == "other"
     # Hosts the plan no longer has follow the planner's rule: localhost and ::1 are loopback, brackets go.

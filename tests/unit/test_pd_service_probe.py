@@ -215,3 +215,15 @@ def test_module_reads_package_versions_with_the_venv_python(capsys, tmp_path: Pa
     assert res["instances"] == [] and res["services"] == {}
     assert isinstance(res["packages"], dict)
     assert set(res["packages"]) <= set(service_probe.STACK_PACKAGES)
+
+
+def test_module_reads_the_named_packages_only(capsys, tmp_path: Path):
+    """vllm_pd's install reads the versions of its own pins (package_names), present or not."""
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "python").symlink_to(sys.executable)
+    res = run(capsys, {"venv": str(tmp_path), "package_names": ["pytest", "no-such-distribution"]},
+              check_mode=True)
+    # The python linked outside its venv sees the base installation's pytest: whichever, it is there.
+    assert list(res["packages"]) == ["pytest"] and res["packages"]["pytest"]
+    res = run(capsys, {"venv": str(tmp_path / "no-venv"), "package_names": ["pytest"]})
+    assert res["packages"] == {}

@@ -48,13 +48,14 @@ def rendered() -> Iterator[tuple[Path, dict[str, Any]]]:
     inventory = load_inventory("ascend-store")
     for hv in inventory["hostvars"].values():
         hv["pd_data_dir"] = str(tmp / "data")  # the mooncake.json files land in the test's directory
+        hv["vllm_pd_conf_dir"] = str(tmp / "etc")  # and the instance files (the plan's hosts.<h>.dirs.conf)
     plan_file.write_text(json.dumps(build_plan(inventory)))
     (tmp / "play.yml").write_text(PLAYBOOK)
     (tmp / "hosts.ini").write_text("".join(
         f"{h} ansible_connection=local ansible_python_interpreter={sys.executable}\n" for h in HOSTS))
     proc = subprocess.run(
         ["ansible-playbook", "-i", str(tmp / "hosts.ini"), str(tmp / "play.yml"),
-         "-e", f"plan_file={plan_file}", "-e", f"vllm_pd_conf_dir={tmp / 'etc'}"],
+         "-e", f"plan_file={plan_file}"],
         cwd=ROOT, env=_env(), capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:]
     yield tmp / "etc" / "instances", json.loads(plan_file.read_text())

@@ -85,16 +85,16 @@ def rendered() -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix="pd-render-"))
     plan = tmp / "plan.json"
     inv = ROOT / "inventories" / "ascend-1p1d" / "cluster.ini"
+    # The directory is a planner input: the role renders where the plan's hosts.<h>.dirs.conf says.
     proc = subprocess.run(["ansible-playbook", "-i", str(inv), str(ROOT / "playbooks" / "plan.yml"),
-                           "-e", f"pd_plan_output={plan}"], cwd=ROOT, env=_env(),
+                           "-e", f"pd_plan_output={plan}", "-e", f"vllm_pd_conf_dir={tmp / 'etc'}"], cwd=ROOT, env=_env(),
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-2000:]
     (tmp / "play.yml").write_text(PLAYBOOK)
     (tmp / "hosts.ini").write_text(f"npu-node1 ansible_connection=local ansible_python_interpreter={sys.executable}\n")
     proc = subprocess.run(
         ["ansible-playbook", "-i", str(tmp / "hosts.ini"), str(tmp / "play.yml"),
-         "-e", f"plan_file={plan}", "-e", f"vllm_pd_conf_dir={tmp / 'etc'}",
-         "-e", "vllm_pd_container_image=mindie:2.1.RC1"],
+         "-e", f"plan_file={plan}", "-e", "vllm_pd_container_image=mindie:2.1.RC1"],
         cwd=ROOT, env=_env(), capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:]
     assert "npu-node1" in proc.stdout and "skipping: no hosts matched" not in proc.stdout
