@@ -3,10 +3,11 @@
 """Plain-text tables for the human side of module and planner results (ad hoc runs print them).
 
 The collection's one column aligner. Standard library only and free of Ansible imports, so the
-controller-side helpers that run from the collection's tree (playbooks/tasks/day2/files/pd_day2.py
-`status`, files/connector/openfuyao_pd/benchreport.py, molecule/chaos/chaos.py) load this very file by its path instead
-of keeping copies: module_utils cannot import from files/connector (a package installed on hosts
-without the collection), while both of those run where the collection is.
+controller-side helpers that run from the collection's tree (the command line
+files/connector/openfuyao_pd/benchreport.py, molecule/chaos/chaos.py) load this very file by its
+path instead of keeping copies: module_utils cannot import from files/connector (a package
+installed on hosts without the collection), while both of those run where the collection is.
+Plugins (the day-2 status table, the bench report) import it as usual.
 """
 
 from __future__ import annotations

@@ -1,4 +1,6 @@
-"""benchreport: vLLM bench result -> table, comparison, plot; bad files -> one line, exit 2."""
+"""The bench report (plugins/module_utils/bench_report.py) and its command line
+(python -m openfuyao_pd.benchreport): vLLM bench result -> table, comparison, plot; bad files -> one
+line, exit 2. The action openfuyao.pd.bench_report is in test_bench_report_action.py."""
 
 from __future__ import annotations
 
@@ -7,9 +9,10 @@ import random
 from pathlib import Path
 
 import pytest
+from ansible_collections.openfuyao.pd.plugins.module_utils import bench_report as benchreport
 from hypothesis import given
 from hypothesis import strategies as st
-from openfuyao_pd import benchreport
+from openfuyao_pd.benchreport import main
 
 # The shape `vllm bench serve --save-result --percentile-metrics ttft,tpot,itl,e2el
 # --metric-percentiles 50,90,99` writes (vllm 0.32 benchmarks/serve.py), numbers invented.
@@ -104,7 +107,7 @@ def test_goodput_row_explains_missing_slo() -> None:
 def test_main_table_and_append_result_takes_last(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "r.json"
     path.write_text(json.dumps(dict(RESULT, p99_ttft_ms=999.0)) + "\n" + json.dumps(RESULT) + "\n")
-    assert benchreport.main([str(path)]) == 0
+    assert main([str(path)]) == 0
     out = capsys.readouterr().out
     assert "180.00" in out and "999.00" not in out
 
@@ -112,7 +115,7 @@ def test_main_table_and_append_result_takes_last(tmp_path: Path, capsys: pytest.
 def test_main_json_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     cur = write(tmp_path, "cur.json", RESULT)
     prev = write(tmp_path, "prev.json", dict(RESULT, failed=2))
-    assert benchreport.main([str(cur), "--previous", str(prev), "--json"]) == 0
+    assert main([str(cur), "--previous", str(prev), "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["current"]["latency_ms"]["ttft"]["p90"] == 150.0
     assert doc["previous"]["failed"] == 2
@@ -133,7 +136,7 @@ def test_bad_input_one_line_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture
     path = tmp_path / "bad.json"
     if content is not None:
         path.write_text(content)
-    assert benchreport.main([str(path)]) == 2
+    assert main([str(path)]) == 2
     err = capsys.readouterr().err
     assert needle in err and str(path) in err
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
@@ -160,8 +163,34 @@ def test_plot_without_matplotlib_says_so(tmp_path: Path, monkeypatch: pytest.Mon
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     cur = write(tmp_path, "cur.json", RESULT)
-    assert benchreport.main([str(cur), "--plot", str(tmp_path / "x.png")]) == 0
+    assert main([str(cur), "--plot", str(tmp_path / "x.png")]) == 0
     out = capsys.readouterr().out
     assert "no plot: matplotlib is not installed" in out
     assert "TTFT p50 (ms)" in out  # the table is still printed
     assert not (tmp_path / "x.png").exists()
+
+
+def test_report_is_the_structured_summary_and_check_mode_writes_no_plot(tmp_path: Path) -> None:
+    cur = write(tmp_path, "cur.json", RESULT)
+    doc = benchreport.report(cur, None, tmp_path / "x.png", check_mode=True)
+    assert doc["current"]["completed"] == 10 and doc["previous"] is None
+    assert doc["plot"] == f"check mode: the plot would be written to {tmp_path / 'x.png'}"
+    assert doc["plot_written"] is False and not (tmp_path / "x.png").exists()
+    assert doc["table"] == benchreport.format_table(benchreport.summarize(RESULT))
+    assert benchreport.report(cur)["plot"] is None
+
+
+def test_the_command_line_runs_without_ansible_from_the_collection_tree(tmp_path: Path) -> None:
+    """The host-side package's command line loads module_utils by its path: no collection on sys.path needed."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    cur = write(tmp_path, "cur.json", RESULT)
+    code = ("import sys; sys.path = [p for p in sys.path if 'collections' not in p and 'site-packages' not in p]; "
+            "sys.path.insert(0, sys.argv[1]); from openfuyao_pd.benchreport import main; "
+            "assert 'ansible' not in sys.modules; sys.exit(main(sys.argv[2:]))")
+    proc = subprocess.run([sys.executable, "-c", code, str(root / "files" / "connector"), str(cur)],
+                          capture_output=True, text=True, check=False, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].split() == ["metric", "this", "run"]

@@ -1,23 +1,26 @@
-#!/usr/bin/env python3
-"""Day-2 helper of openfuyao.pd's playbooks (status, rolling restart, upgrade, scale).
+# Copyright (c) openFuyao PD contributors
+# Apache License 2.0 (see LICENSE)
+"""The day-2 playbooks' controller-side logic (status, rolling restart, upgrade, scale) (PRIVATE).
 
-  pd_day2.py status         on the controller, JSON on stdin {plan, probes, proxy}: the status
-                            table of every instance, the proxy's view and the problems found
-  pd_day2.py batches        on the controller, JSON on stdin {plan, roles, max_unavailable,
-                            min_available, only}: the rolling order in batches, or why not
-  pd_day2.py diff           on the controller, JSON on stdin {plan, live}: what scaling changes
+  status(doc)    {plan, probes, proxy}: the status table of every instance, the proxy's view and
+                 the problems found (filter openfuyao.pd.day2_status)
+  batches(doc)   {plan, roles, max_unavailable, min_available, only}: the rolling order in
+                 batches, or why not (filter openfuyao.pd.day2_batches)
+  diff(doc)      {plan, live, would_change}: what scaling changes (filter openfuyao.pd.day2_diff)
 
-Runs on the controller; each host's side is the openfuyao.pd.pd_service_probe module, whose
-result is one of the `probes` here. Prints one JSON object; never a traceback (the playbooks
-turn `error` into one line). Standard library only.
+Pure functions over the plan and what the hosts and the proxy answered; each host's side is the
+openfuyao.pd.pd_service_probe module, whose result is one of the `probes` here. A refusal the
+operator can act on (a roll below capacity, a renaming scale) is the `error` of the result; input
+that is not a plan raises Day2InputError with one line (the filters turn it into the task's error).
 """
 
 from __future__ import annotations
 
-import json
 import re
-import sys
+from collections.abc import Mapping
 from typing import Any
+
+from ansible_collections.openfuyao.pd.plugins.module_utils.text_table import align_columns
 
 ROLES = ("prefill", "decode")
 # Service states that are not a problem by themselves: STARTING is a (re)start within supervisord's
@@ -29,16 +32,7 @@ UP_STATES = ("RUNNING", "ACTIVE", "STARTING", "ACTIVATING")
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """The collection's column aligner (plugins/module_utils/text_table.py), loaded by its path:
-    `status` runs on the controller, inside the collection's tree, with no collection on sys.path."""
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[4] / "plugins" / "module_utils" / "text_table.py"
-    spec = importlib.util.spec_from_file_location("openfuyao_pd_text_table", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.align_columns([header, *rows])
+    return align_columns([header, *rows])
 
 
 def _endpoint(address: str, port: int) -> str:
@@ -58,7 +52,7 @@ def status(doc: dict[str, Any]) -> dict[str, Any]:
     plan = doc["plan"]
     probes = doc.get("probes") or {}
     proxy = doc.get("proxy") or {}
-    live = {b.get("name"): b for b in (proxy.get("instances") or []) if isinstance(b, dict)}
+    live = {b.get("name"): b for b in (proxy.get("instances") or []) if isinstance(b, Mapping)}
     by_url = {b.get("url"): b for b in live.values()}
     served = plan.get("model", {}).get("served_name")
     problems: list[str] = []
@@ -212,7 +206,7 @@ def restart_reasons(kept: list[dict[str, Any]], added: list[dict[str, Any]],
     check mode ({instance name: files that would change}, or scale.yml's "name:file" list).
     """
     gaining = {i["host"] for i in added}
-    if isinstance(would_change, list):  # scale.yml's "name:file" entries
+    if not isinstance(would_change, Mapping):  # scale.yml's "name:file" entries
         by_name: dict[str, list[str]] = {}
         for entry in would_change:
             name, _sep, what = str(entry).partition(":")
@@ -234,7 +228,7 @@ def restart_reasons(kept: list[dict[str, Any]], added: list[dict[str, Any]],
 def diff(doc: dict[str, Any]) -> dict[str, Any]:
     """Plan vs the proxy's live backends, matched by role and endpoint (address:port)."""
     plan = doc["plan"]
-    live = [b for b in (doc.get("live") or []) if isinstance(b, dict)]
+    live = [b for b in (doc.get("live") or []) if isinstance(b, Mapping)]
     live_by_key = {(b.get("role"), b.get("url")): b for b in live}
     wanted = {(i["role"], _url(i)): i for i in plan.get("instances", [])}
     added = [i for k, i in wanted.items() if k not in live_by_key]
@@ -265,20 +259,21 @@ def diff(doc: dict[str, Any]) -> dict[str, Any]:
             "error": "\n".join(errors) or None}
 
 
+class Day2InputError(ValueError):
+    """The input is not what the day-2 playbooks pass (a plan this collection wrote, ...); one line."""
+
+
 COMMANDS = {"status": status, "batches": batches, "diff": diff}
 
 
-def main(argv: list[str]) -> int:
+def run(command: str, doc: Mapping[str, Any]) -> dict[str, Any]:
+    """COMMANDS[command](doc); input that is not a plan raises Day2InputError naming the filter and the fix."""
+    if not isinstance(doc.get("plan"), Mapping):
+        raise Day2InputError(f"openfuyao.pd.day2_{command}: its input must be pd_plan (a mapping, as "
+                             f"playbooks/plan.yml computes it), got {type(doc.get('plan')).__name__}")
     try:
-        if len(argv) == 1 and argv[0] in COMMANDS:
-            result = COMMANDS[argv[0]](json.load(sys.stdin))
-        else:
-            result = {"error": "usage: pd_day2.py status | batches | diff (JSON on stdin)"}
-    except (ValueError, KeyError, TypeError) as exc:
-        result = {"error": f"pd_day2.py {argv[:1]}: bad input ({type(exc).__name__}: {exc})"}
-    print(json.dumps(result))
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+        return COMMANDS[command](doc)
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        raise Day2InputError(f"openfuyao.pd.day2_{command}: bad input ({type(exc).__name__}: {exc}); "
+                             "pass pd_plan as playbooks/plan.yml computes it and the arguments the "
+                             "day-2 playbooks pass") from None

@@ -1,21 +1,22 @@
-"""The day-2 playbooks' helper (playbooks/tasks/day2/files/pd_day2.py): batches, diff, status."""
+"""The day-2 playbooks' logic (plugins/module_utils/pd_day2.py) and its filters day2_batches, day2_diff,
+day2_status: batches, capacity refusals, the scale diff, the status table; bad input is one line."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
+import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from ansible.errors import AnsibleFilterError
+from ansible_collections.openfuyao.pd.plugins.filter.day2_batches import day2_batches
+from ansible_collections.openfuyao.pd.plugins.filter.day2_diff import day2_diff
+from ansible_collections.openfuyao.pd.plugins.filter.day2_status import day2_status
+from ansible_collections.openfuyao.pd.plugins.module_utils import pd_day2
 
-HELPER = Path(__file__).resolve().parents[2] / "playbooks" / "tasks" / "day2" / "files" / "pd_day2.py"
-_spec = importlib.util.spec_from_file_location("pd_day2", HELPER)
-assert _spec and _spec.loader
-pd_day2 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(pd_day2)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def inst(name: str, role: str, port: int, host: str = "h1", address: str = "10.0.0.1") -> dict[str, Any]:
@@ -192,10 +193,47 @@ def test_status_unreachable_proxy_and_unprobed_host() -> None:
     assert "proxy on h0: no answer at http://10.0.0.9:9090" in problems
 
 
-@pytest.mark.parametrize(("argv", "stdin"), [(["batches"], "{not json"), (["diff"], "{}"), (["bogus"], "")])
-def test_cli_bad_input_is_one_json_line(argv: list[str], stdin: str) -> None:
-    proc = subprocess.run([sys.executable, str(HELPER), *argv], input=stdin, capture_output=True, text=True,
-                          check=False)
-    assert proc.stderr == ""
-    doc = json.loads(proc.stdout)
-    assert doc["error"] and "Traceback" not in proc.stdout
+def test_the_filters_give_what_the_functions_give() -> None:
+    out = day2_batches(P2D2, ["decode"], 1, {"decode": 1}, ["decode-1"])
+    assert out == {"batches": [{"role": "decode", "instances": [
+        {k: P2D2["instances"][3][k] for k in ("name", "host", "role", "health_url", "address", "http_port")}]}],
+        "error": None}
+    # the playbooks pass numbers templated from strings and no optional arguments
+    assert day2_batches(P2D2, ["decode", "prefill"], "2", {"decode": "0"})["error"] is None
+    running = live(("prefill-0", "prefill", "http://10.0.0.1:8100"))
+    assert day2_diff(P2D2, running) == pd_day2.diff({"plan": P2D2, "live": running})
+    # scale.yml's "NAME:FILE" entries: prefill-0's host gains prefill-1, so its changed env restarts it
+    lines = day2_diff(P2D2, running, ["prefill-0:env", "prefill-0:run.sh"])["lines"]
+    assert lines[-1] == "~ prefill-0    prefill  h1 http://10.0.0.1:8100  restarts: its env, run.sh change"
+    assert day2_status(P2D2)["problems"] == pd_day2.status({"plan": P2D2})["problems"]
+
+
+@pytest.mark.parametrize(("call", "why"), [
+    (lambda: day2_batches(None, ["decode"]), "openfuyao.pd.day2_batches: its input must be pd_plan (a mapping"),
+    (lambda: day2_batches({"instances": [{"name": "x"}]}, ["decode"]),
+     "openfuyao.pd.day2_batches: bad input (KeyError: 'role'); pass pd_plan as playbooks/plan.yml computes it"),
+    (lambda: day2_batches(P2D2, ["decode"], "many"), "openfuyao.pd.day2_batches: bad input (ValueError"),
+    (lambda: day2_diff("plan", []), "openfuyao.pd.day2_diff: its input must be pd_plan"),
+    (lambda: day2_diff({"instances": [{"role": "decode"}]}, []), "openfuyao.pd.day2_diff: bad input (KeyError: 'address')"),
+    (lambda: day2_status({"instances": [{"name": "x"}]}), "openfuyao.pd.day2_status: bad input (KeyError: 'host')"),
+])
+def test_bad_input_is_one_line_naming_the_filter_and_the_fix(call: Any, why: str) -> None:
+    with pytest.raises(AnsibleFilterError) as err:
+        call()
+    assert str(err.value).startswith(why) and "\n" not in str(err.value)
+
+
+def test_ansible_resolves_the_day2_filters_by_fqcn() -> None:
+    """Through Ansible's own templating, with the plan as a variable (lazy containers, not plain dicts)."""
+    expr = ("{{ {'b': (p | openfuyao.pd.day2_batches(['decode'], 1, {'decode': 1})).batches | length, "
+            "'d': (p | openfuyao.pd.day2_diff([], ['decode-0:env'])).lines | length, "
+            "'s': (p | openfuyao.pd.day2_status({}, {'error': 'down'})).problems[-1]} | to_json }}")
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_STDOUT_CALLBACK": "json",
+           "ANSIBLE_LOAD_CALLBACK_PLUGINS": "1"}
+    run = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible"), "localhost", "-c", "local", "-m", "ansible.builtin.debug",
+                          "-a", f"msg={expr}", "-e", json.dumps({"p": P2D2})],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert run.returncode == 0, run.stdout + run.stderr
+    msg = json.loads(run.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]["msg"]
+    value = json.loads(msg) if isinstance(msg, str) else msg
+    assert value == {"b": 2, "d": 4, "s": "proxy on h0: down"}
