@@ -4,11 +4,15 @@ asserts end to end; here every branch is reached without a playbook."""
 
 from __future__ import annotations
 
+import subprocess
+from pathlib import Path
+
 import pytest
 from ansible.errors import AnsibleFilterError
 from ansible_collections.openfuyao.pd.plugins.filter.preflight_findings import preflight_findings
 from ansible_collections.openfuyao.pd.plugins.filter.preflight_module_failure import preflight_module_failure
 
+ROOT = Path(__file__).resolve().parents[2]
 INVENTORY_OK = {"platform": "cpu", "runtime": "host", "ports": []}
 SKIPPED = {"skipped": True, "changed": False}
 CRASH = {"failed": True, "msg": "Module result deserialization failed: No start of json char found\nmore",
@@ -261,3 +265,11 @@ def test_an_unknown_step_or_a_record_that_is_not_a_dict_is_a_filter_error() -> N
 )
 def test_module_failure_is_one_line(result: dict | None, line: str) -> None:
     assert preflight_module_failure(result) == line
+
+
+def test_the_role_keeps_records_and_accumulates_no_findings_in_jinja() -> None:
+    """Each step sets its own record; no task builds the checks or problem lists by `x + [...]`."""
+    tasks = (ROOT / "roles" / "preflight" / "tasks").glob("*.yml")
+    grep = subprocess.run(["grep", "-n", "_preflight_checks\\|_preflight_problems", *map(str, tasks)],
+                          capture_output=True, text=True, check=False)
+    assert grep.stdout == ""
