@@ -23,7 +23,7 @@ description:
   - C(inventory) C({platform, runtime, ports}) gives lines for a platform other than ascend, cuda or cpu, a runtime
     other than host or container, port items without an integer start and ranges outside 1-65535 (no check).
   - C(topology) C({result}) (C(npu_topology)) and C(devices) C({result}) (C(hccn_check)) are a check each; a module
-    that did not report is one line C(npu: MODULE failed: WHY).
+    that did not report is one line, C(npu) then the module and what it said.
   - C(ping) and C(hccs) C({result, targets}) are the ping and HCCS meshes, C(skip) when the ping did not run.
   - C(product) C({product, group, members}) (C(members) maps each NPU host of the P2P group to its product) fails
     when the group holds A2 and A3 hosts, with the one line on the group's first host.
@@ -32,7 +32,7 @@ description:
     gives the storage, disk, ports and container runtime checks of C(pd_host_probe) (each carries its problem
     line as C(problem)); one with nothing to judge is left out.
   - C(firewall) C({state, firewall, ports}) notes what was done about firewalld.
-  - C(failure) C({task, result}) is a check task that failed (the role's rescue): one line naming the task.
+  - C(failure) C({task, result}) is a check task that failed (the role's rescue), one line naming the task.
 positional: host
 options:
   _input:
@@ -67,7 +67,7 @@ _value:
       type: list
       elements: dict
     problems:
-      description: One line per problem, C(HOST: ...).
+      description: One line per problem, each starting with the host name, a colon and a space.
       type: list
       elements: str
 """
