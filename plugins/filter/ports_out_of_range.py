@@ -1,12 +1,15 @@
 # Copyright (c) openFuyao PD contributors
 # Apache License 2.0 (see LICENSE)
-"""Port ranges that bind() cannot even try: outside 1-65535, or ending before they start."""
+"""Port ranges that bind() cannot even try: outside 1-65535, or ending before they start.
+
+The rule lives in module_utils/pd_preflight.py, where the preflight's inventory line uses it too."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from numbers import Number
 from typing import Any
+
+from ansible_collections.openfuyao.pd.plugins.module_utils import pd_preflight
 
 DOCUMENTATION = r"""
 ---
@@ -39,13 +42,8 @@ _value:
 """
 
 
-def _out_of_range(port: Mapping[str, Any]) -> bool:
-    start, end = port["start"], port.get("end", port["start"])
-    return not isinstance(end, Number) or start < 1 or end > 65535 or end < start
-
-
 def ports_out_of_range(ports: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    return [p for p in ports if isinstance(p.get("start"), Number) and _out_of_range(p)]
+    return pd_preflight.ports_out_of_range(ports)
 
 
 class FilterModule:

@@ -354,6 +354,9 @@ BROKEN_OTHER = {
                 "(module stderr: MemoryError: out of memory)",
                 'pycrash: preflight task "Read the probe\'s result" failed: Module result '
                 "deserialization failed: No start of json char found (module stderr: MemoryError: out of memory)"],
+    # hccn_check refuses a ping target that is no IPv4 address: the ping mesh is one line, the host checks still run
+    "badtarget": ["badtarget: ping: hccn_check failed: ping_targets: '10.60.99.300' not IPv4 address(es); hccn_tool "
+                  "pings device IPs such as 10.20.1.10"],
     # (the inventory file is written with sorted keys)
     "badports": ['badports: ports: [{"end": 70000, "purpose": "x", "start": 70000}, {"end": 8999, "start": 9000}] must lie '
                  "within 1-65535 with end >= start; fix the inventory/plan"],
@@ -378,6 +381,8 @@ def broken_run(tmp_path_factory):
     python.chmod(0o755)
     hosts["pycrash"] = {**make_npu_host(root, "pycrash", "healthy_a2.json", "10.60.50."), "preflight_ping_mesh": False,
                         "ansible_python_interpreter": str(python)}
+    hosts["badtarget"] = {**make_npu_host(root, "badtarget", "healthy_a2.json", "10.60.51."), "preflight_ping_mesh": False,
+                          "preflight_ping_targets": ["10.60.99.300"]}
     hosts["badports"] = {"preflight_ports": [{"start": 70000, "end": 70000, "purpose": "x"}, {"start": 9000, "end": 8999}]}
     proc, report = run_preflight(root, hosts, *BROKEN_OPTIONS)
     return proc, report, root, before
@@ -420,6 +425,15 @@ def test_a_crashing_module_and_impossible_ports_are_one_line_each(broken_run, ho
     proc, report = broken_run[:2]
     assert host_problems(report, host) == BROKEN_OTHER[host]
     assert all(line in proc.stdout for line in BROKEN_OTHER[host])
+
+
+def test_a_ping_mesh_whose_module_fails_is_its_own_check_and_the_host_checks_still_run(broken_run):
+    report = broken_run[1]
+    checks = checks_of(report, "badtarget")
+    assert checks["ping mesh"]["status"] == "fail"
+    assert checks["ping mesh"]["detail"].startswith("ping_targets: '10.60.99.300' not IPv4 address(es)")
+    assert checks["npu devices"]["status"] == "pass"
+    assert checks["disk"]["status"] == "pass"  # the checks after the ping mesh ran
 
 
 def test_report_is_written_when_the_only_hosts_module_fails(tmp_path):
