@@ -116,11 +116,8 @@ def _group_setting(ctx, proxy_hosts: list[str], name: str, default, parse, must:
     value, differ = _same_everywhere({h: v for h, (v, _var) in read.items()})
     var = SPECS[name].var
     if differ:
-        ctx.error(
-            "{} differs between the proxy hosts ({}): set one {} for group proxy".format(
-                var, ", ".join(f"{h}: {read[h][0]}" for h in proxy_hosts), var
-            )
-        )
+        shown = ", ".join(f"{h}: {read[h][0]}" for h in proxy_hosts)
+        ctx.error(f"{var} differs between the proxy hosts ({shown}): set one {var} for group proxy")
         return None
     parsed = parse(value)
     if parsed is None:
