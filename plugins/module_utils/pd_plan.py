@@ -656,13 +656,17 @@ def _binds_kv(connector: str, kv_role: str | None) -> bool:
 # ----------------------------------------------------------------------------- connectors
 
 
+def _ucm_store_setting(ctx: _Ctx, host: str) -> tuple[object, str]:
+    """(value, variable) of UCM's store directory on host: pd_ucm_storage_backends, else pd_kv_shared_path."""
+    value, var = ctx.raw(host, "ucm_storage_backends")
+    return (value, var) if value is not None else ctx.raw(host, "kv_shared_path")
+
+
 def _ucm_files(ctx: _Ctx, host: str, first_instance: bool) -> tuple[str, str]:
     path = ctx.raw(host, "ucm_config_file")[0]
     data_dir = ctx.raw(host, "data_dir", default=DEFAULT_DATA_DIR)[0]
     path = path or "{}/ucm/ucm_config.yaml".format(str(data_dir).rstrip("/"))
-    backends, _bname = ctx.raw(host, "ucm_storage_backends")
-    if backends is None:
-        backends = ctx.raw(host, "kv_shared_path")[0]
+    backends = _ucm_store_setting(ctx, host)[0]
     if not backends:
         ctx.error(
             f"host {host}: pd_ucm_storage_backends is not set: set it to the shared storage directory "
@@ -1831,10 +1835,8 @@ def _ucm_store_dir(ctx: _Ctx, pd_hosts: list[str]) -> str:
     another directory than its prefill wrote finds no KV and recomputes every prompt, with no error."""
     dirs = {}
     for h in pd_hosts:
-        value, var = ctx.raw(h, "ucm_storage_backends")
-        if value is None:
-            value, var = ctx.raw(h, "kv_shared_path", default="")
-        dirs[h] = str(value)
+        value, var = _ucm_store_setting(ctx, h)
+        dirs[h] = "" if value is None else str(value)
         if dirs[h] and not dirs[h].startswith("/"):
             ctx.error(f"host {h}: {var}={brief(value)} must be an absolute directory (the shared store every "
                       "prefill and decode host mounts)")
