@@ -15,8 +15,8 @@ from collections.abc import Callable, Mapping, Sequence
 from numbers import Number
 from typing import Any
 
-PLATFORMS = ("ascend", "cuda", "cpu")
-RUNTIMES = ("host", "container")
+# The planner's own choices, so preflight and the plan accept the same values.
+from ansible_collections.openfuyao.pd.plugins.module_utils.pd_plan_vars import PLATFORMS, RUNTIMES
 
 # The order the role runs its steps in, and so the order of the checks in the report. A step that did not
 # run (its record is missing or null) contributes nothing; "failure" (the rescue) is always the last.
